@@ -1,0 +1,225 @@
+// The ckptd C++ client: push PyTorch-style state to a ckptd server and pull
+// it back, plus the history/operator calls.
+//
+// State is a flattened tree (see Entry): containers, value leaves and tensor
+// leaves in pre-order. Push sends tensor bytes straight from the caller's
+// memory (no copies through protobuf objects where avoidable), packs small
+// tensors into shared blobs, skips blobs the server already has, and uploads
+// over several streams in parallel. Pull reads a manifest, then fills tensor
+// bytes into caller-provided (or library-allocated) buffers.
+//
+// Errors are absl::Status values carrying the server's message.
+//
+// Thread safety: a Client is safe for concurrent use from many threads.
+#ifndef CKPTD_CLIENT_INCLUDE_CKPTD_CLIENT_H_
+#define CKPTD_CLIENT_INCLUDE_CKPTD_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "ckptd/v1/checkpoint.pb.h"
+
+namespace ckptd {
+
+// Metadata types are the wire types.
+using VersionInfo = ::ckptd::v1::VersionInfo;
+using RunInfo = ::ckptd::v1::RunInfo;
+using Policy = ::ckptd::v1::Policy;
+using AliasInfo = ::ckptd::v1::AliasInfo;
+using AliasEvent = ::ckptd::v1::AliasEvent;
+using MetricPoint = ::ckptd::v1::MetricPoint;
+using Environment = ::ckptd::v1::Environment;
+using ManifestEntry = ::ckptd::v1::ManifestEntry;
+using ShardManifest = ::ckptd::v1::ShardManifest;
+using DType = ::ckptd::v1::DType;
+using ListVersionsRequest = ::ckptd::v1::ListVersionsRequest;
+
+// The server address every client defaults to: $CKPTD_SERVER, else
+// 127.0.0.1:50051.
+std::string DefaultServerAddress();
+
+// Bytes per element of `dtype`; 0 for DTYPE_UNSPECIFIED or unknown values.
+size_t DTypeSize(DType dtype);
+
+enum class MemoryKind { kHost, kCuda };
+
+// Where tensor bytes live (push) or go (pull).
+struct Memory {
+  MemoryKind kind = MemoryKind::kHost;
+  int device = 0;  // CUDA device ordinal for kCuda
+};
+
+// One tensor leaf to push. `data` must stay valid and unchanged for the
+// whole Push call. The bytes are contiguous, little-endian.
+struct TensorData {
+  const void* data = nullptr;
+  uint64_t byte_length = 0;
+  Memory memory;
+};
+
+// One leaf or container of the flattened state, in pre-order. `entry` holds
+// the path and the kind; for a tensor entry, `entry.tensor()` must have dtype
+// and shape set (the client fills byte_length, blob_digest, blob_offset) and
+// `tensor` gives the bytes.
+struct PushEntry {
+  ManifestEntry entry;
+  TensorData tensor;
+};
+
+struct PushRequest {
+  std::string run;
+  int64_t step = 0;
+  int64_t epoch = 0;
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  std::map<std::string, double> metrics;
+  Environment env;
+  std::vector<PushEntry> entries;
+};
+
+struct PushOptions {
+  // Parallel upload streams.
+  int streams = 4;
+  // Tensors smaller than this are packed together into shared blobs.
+  uint64_t pack_threshold = 1 << 20;
+  // Target size of one packed blob.
+  uint64_t pack_size = 16 << 20;
+  // Bytes per UploadChunk (1-4 MiB).
+  uint64_t chunk_size = 4 << 20;
+  // Attempts per RPC / upload before giving up (resume uses QueryUpload).
+  int max_attempts = 5;
+  // Called with (bytes done, bytes total) as upload progresses; may be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+// A version's metadata and (optionally) manifests, as returned by GetVersion.
+struct VersionManifest {
+  VersionInfo info;
+  std::vector<ShardManifest> shards;
+};
+
+// Where Pull writes one tensor: shard index and entry index into
+// VersionManifest::shards[shard].entries(), and a buffer of at least the
+// entry's byte_length.
+struct TensorDestination {
+  size_t shard = 0;
+  size_t entry = 0;
+  void* data = nullptr;
+  Memory memory;
+};
+
+struct PullOptions {
+  int streams = 4;
+  // Called with (bytes done, bytes total); may be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+struct GetVersionOptions {
+  bool include_manifest = true;
+  // Empty: every shard.
+  std::vector<uint32_t> ranks;
+};
+
+// A pulled tensor that owns its bytes.
+struct OwnedTensor {
+  size_t shard = 0;
+  size_t entry = 0;
+  std::string bytes;
+};
+
+struct ClientOptions {
+  std::string address;  // empty: DefaultServerAddress()
+  std::string token;    // bearer token, sent as "authorization: Bearer ..."
+  std::string root_certificates;  // PEM; non-empty switches to TLS
+  // Channels opened to the server (streams are spread over them).
+  int channels = 4;
+  // Deadline for unary calls, in seconds.
+  double rpc_timeout_seconds = 60;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const ClientOptions& options);
+  virtual ~Client() = default;
+
+  // ---- Push ----
+  // Begins (or joins) the pending version for (run, step), uploads missing
+  // blobs, commits shard `rank`. Returns the version as the server reports
+  // it after the commit (COMMITTED once every shard is in).
+  virtual absl::StatusOr<VersionInfo> Push(const PushRequest& request,
+                                           const PushOptions& options) = 0;
+  virtual absl::Status AbortVersion(const std::string& run, uint64_t version,
+                                    const std::string& reason) = 0;
+
+  // ---- Pull ----
+  virtual absl::StatusOr<VersionManifest> GetVersion(
+      const std::string& run, const std::string& ref,
+      const GetVersionOptions& options) = 0;
+  // Fills each destination with its tensor's bytes, verified against the
+  // chunk checksums.
+  virtual absl::Status ReadTensors(const VersionManifest& version,
+                                   absl::Span<const TensorDestination> dests,
+                                   const PullOptions& options) = 0;
+  // Every tensor of `version` (or those selected by `select`, given shard and
+  // entry index) into library-owned buffers.
+  virtual absl::StatusOr<std::vector<OwnedTensor>> ReadAllTensors(
+      const VersionManifest& version,
+      const std::function<bool(size_t shard, size_t entry)>& select,
+      const PullOptions& options) = 0;
+  // Streams a .safetensors file of one shard; `sink` gets each piece in
+  // order and `total` (the file size) with every call.
+  virtual absl::Status ExportSafetensors(
+      const std::string& run, const std::string& ref, uint32_t rank,
+      const std::vector<std::string>& keys,
+      const std::function<absl::Status(std::string_view piece,
+                                       uint64_t total)>& sink) = 0;
+  // Calls `on_move` each time `ref` moves, until it returns false, the
+  // server ends the stream, or an error occurs.
+  virtual absl::Status WatchRef(
+      const std::string& run, const std::string& ref,
+      const std::function<bool(const VersionInfo&)>& on_move) = 0;
+
+  // ---- History ----
+  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns() = 0;
+  // Every matching version, oldest first (pages are followed).
+  virtual absl::StatusOr<std::vector<VersionInfo>> ListVersions(
+      const ListVersionsRequest& request) = 0;
+  virtual absl::StatusOr<std::vector<MetricPoint>> GetMetricHistory(
+      const std::string& run, const std::string& metric) = 0;
+  virtual absl::StatusOr<AliasInfo> SetAlias(const std::string& run,
+                                             const std::string& name,
+                                             const std::string& ref) = 0;
+  virtual absl::Status DeleteAlias(const std::string& run,
+                                   const std::string& name) = 0;
+  virtual absl::StatusOr<std::vector<AliasEvent>> GetAliasHistory(
+      const std::string& run, const std::string& alias) = 0;
+  virtual absl::StatusOr<VersionInfo> Pin(const std::string& run,
+                                          const std::string& ref) = 0;
+  virtual absl::StatusOr<VersionInfo> Unpin(const std::string& run,
+                                            const std::string& ref) = 0;
+  virtual absl::Status DeleteVersion(const std::string& run,
+                                     const std::string& ref) = 0;
+  virtual absl::StatusOr<Policy> SetPolicy(const std::string& run,
+                                           const Policy& policy) = 0;
+  virtual absl::StatusOr<Policy> GetPolicy(const std::string& run) = 0;
+  virtual absl::StatusOr<::ckptd::v1::CollectGarbageResponse>
+  CollectGarbage() = 0;
+  virtual absl::StatusOr<::ckptd::v1::VerifyResponse> Verify(
+      const std::string& run, const std::string& ref) = 0;
+};
+
+// True when this build has CUDA support and a CUDA device is present.
+bool CudaAvailable();
+
+}  // namespace ckptd
+
+#endif  // CKPTD_CLIENT_INCLUDE_CKPTD_CLIENT_H_

@@ -1,0 +1,38 @@
+// Validation of user-supplied names: runs, aliases, refs, metric names.
+//
+// Run and alias names match [A-Za-z0-9][A-Za-z0-9._-]{0,127}. A name never
+// becomes a filesystem path; it appears only inside RocksDB keys, where '/'
+// separates fields (so '/' is forbidden). Every failure is INVALID_ARGUMENT
+// with a message that quotes the bad value (escaped) and states the rule.
+#ifndef CKPTD_SERVER_COMMON_NAMES_H_
+#define CKPTD_SERVER_COMMON_NAMES_H_
+
+#include <cstdint>
+#include <variant>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace ckptd {
+
+inline constexpr size_t kMaxNameLength = 128;
+inline constexpr size_t kMaxMetricNameLength = 256;
+inline constexpr size_t kMaxLabelLength = 4096;
+
+absl::Status ValidateRunName(absl::string_view name);
+// User alias names: a valid name other than the server-kept `last`/`best`.
+absl::Status ValidateUserAliasName(absl::string_view name);
+absl::Status ValidateMetricName(absl::string_view name);
+
+// A parsed ref: a version number, or an alias name (incl. last/best).
+struct Ref {
+  std::variant<uint64_t, std::string> value;
+};
+// "12" -> version 12; "last", "best", "prod" -> alias. Version numbers
+// start at 1.
+absl::StatusOr<Ref> ParseRef(absl::string_view ref);
+
+}  // namespace ckptd
+
+#endif  // CKPTD_SERVER_COMMON_NAMES_H_

@@ -1,0 +1,213 @@
+#include "server/core/manifest.h"
+
+#include <limits>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace ckptd::core {
+namespace {
+
+constexpr int kMaxValueDepth = 32;
+
+std::string PathKey(
+    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path,
+    int length) {
+  std::string out;
+  for (int i = 0; i < length; ++i) {
+    const auto& seg = path[i];
+    if (seg.kind_case() == v1::PathSegment::kIntKey) {
+      absl::StrAppend(&out, "i", seg.int_key(), "\x1f");
+    } else {
+      absl::StrAppend(&out, "s", seg.key(), "\x1f");
+    }
+  }
+  return out;
+}
+
+absl::Status CheckValue(const v1::Value& v, int depth, const std::string& key) {
+  if (depth > kMaxValueDepth) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value at '", key, "' nests deeper than ", kMaxValueDepth));
+  }
+  switch (v.kind_case()) {
+    case v1::Value::KIND_NOT_SET:
+      return absl::InvalidArgumentError(
+          absl::StrCat("value at '", key, "' has no kind set"));
+    case v1::Value::kListValue:
+      for (const auto& item : v.list_value().items()) {
+        if (auto st = CheckValue(item, depth + 1, key); !st.ok()) return st;
+      }
+      return absl::OkStatus();
+    default:
+      return absl::OkStatus();
+  }
+}
+
+}  // namespace
+
+uint64_t DTypeSize(v1::DType dtype) {
+  switch (dtype) {
+    case v1::BOOL:
+    case v1::UINT8:
+    case v1::INT8:
+      return 1;
+    case v1::FLOAT16:
+    case v1::BFLOAT16:
+    case v1::INT16:
+    case v1::UINT16:
+      return 2;
+    case v1::FLOAT32:
+    case v1::INT32:
+    case v1::UINT32:
+    case v1::COMPLEX32:
+      return 4;
+    case v1::FLOAT64:
+    case v1::INT64:
+    case v1::UINT64:
+    case v1::COMPLEX64:
+      return 8;
+    case v1::COMPLEX128:
+      return 16;
+    default:
+      return 0;
+  }
+}
+
+std::string PathToString(
+    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path) {
+  std::string out;
+  for (const auto& seg : path) {
+    if (!out.empty()) out += '.';
+    if (seg.kind_case() == v1::PathSegment::kIntKey) {
+      absl::StrAppend(&out, seg.int_key());
+    } else {
+      out += seg.key();
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
+  ManifestSummary summary;
+  if (m.entries_size() == 0) {
+    return absl::InvalidArgumentError(
+        "manifest is empty; a shard has at least its root container");
+  }
+  if (static_cast<size_t>(m.entries_size()) > kMaxManifestEntries) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest has ", m.entries_size(),
+                     " entries; the limit is ", kMaxManifestEntries));
+  }
+  absl::flat_hash_set<std::string> containers;
+  absl::flat_hash_set<std::string> seen;
+  absl::flat_hash_map<Digest, size_t> blob_index;
+  for (int i = 0; i < m.entries_size(); ++i) {
+    const v1::ManifestEntry& e = m.entries(i);
+    const std::string key = PathToString(e.path());
+    const std::string where =
+        absl::StrCat("manifest entry ", i, " ('", key, "')");
+    if (e.path_size() > kMaxPathDepth) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " has a key path deeper than ", kMaxPathDepth));
+    }
+    for (const auto& seg : e.path()) {
+      if (seg.kind_case() == v1::PathSegment::KIND_NOT_SET) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, " has a path segment with no key"));
+      }
+    }
+    if (i == 0) {
+      if (e.path_size() != 0 || !e.has_container()) {
+        return absl::InvalidArgumentError(
+            "manifest entry 0 must be the root container (empty path)");
+      }
+    } else {
+      if (e.path_size() == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, " has an empty path; only entry 0 may"));
+      }
+      if (!containers.contains(PathKey(e.path(), e.path_size() - 1))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, " has no parent container earlier in the manifest"));
+      }
+    }
+    std::string full = PathKey(e.path(), e.path_size());
+    if (!seen.insert(full).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " repeats an earlier key path"));
+    }
+    switch (e.kind_case()) {
+      case v1::ManifestEntry::kContainer:
+        if (e.container().kind() == v1::ContainerInfo::KIND_UNSPECIFIED) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " is a container of unspecified kind"));
+        }
+        containers.insert(std::move(full));
+        break;
+      case v1::ManifestEntry::kValue:
+        if (auto st = CheckValue(e.value(), 0, key); !st.ok()) return st;
+        break;
+      case v1::ManifestEntry::kTensor: {
+        const v1::TensorInfo& t = e.tensor();
+        const uint64_t elem = DTypeSize(t.dtype());
+        if (elem == 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, " has unknown dtype ", static_cast<int>(t.dtype())));
+        }
+        if (t.shape_size() > kMaxTensorRank) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " has ", t.shape_size(),
+                           " dimensions; the limit is ", kMaxTensorRank));
+        }
+        uint64_t bytes = elem;
+        for (int64_t d : t.shape()) {
+          if (d < 0) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(where, " has negative dimension ", d));
+          }
+          if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() /
+                                    static_cast<uint64_t>(d)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(where, " has a shape whose size overflows"));
+          }
+          bytes *= static_cast<uint64_t>(d);
+        }
+        if (bytes != t.byte_length()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " declares byte_length ", t.byte_length(),
+                           " but shape x dtype size is ", bytes));
+        }
+        auto digest = DigestFromBytes(t.blob_digest());
+        if (!digest.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": ", digest.status().message()));
+        }
+        if (t.blob_offset() >
+            std::numeric_limits<uint64_t>::max() - t.byte_length()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " has a blob range that overflows"));
+        }
+        const uint64_t end = t.blob_offset() + t.byte_length();
+        auto [it, inserted] =
+            blob_index.try_emplace(*digest, summary.blobs.size());
+        if (inserted) {
+          summary.blobs.push_back(BlobUse{*digest, end, key});
+        } else if (summary.blobs[it->second].end < end) {
+          summary.blobs[it->second].end = end;
+          summary.blobs[it->second].key = key;
+        }
+        summary.total_bytes += bytes;
+        ++summary.tensor_count;
+        break;
+      }
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, " is neither container, value nor tensor"));
+    }
+  }
+  return summary;
+}
+
+}  // namespace ckptd::core

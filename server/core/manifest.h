@@ -1,0 +1,47 @@
+// Manifest validation: the server's checks of a shard manifest before it is
+// committed. Pure functions over the wire types; no storage access.
+#ifndef CKPTD_SERVER_CORE_MANIFEST_H_
+#define CKPTD_SERVER_CORE_MANIFEST_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ckptd/v1/checkpoint.pb.h"
+#include "server/common/digest.h"
+
+namespace ckptd::core {
+
+inline constexpr size_t kMaxManifestEntries = 10'000'000;
+inline constexpr int kMaxPathDepth = 64;
+inline constexpr int kMaxTensorRank = 64;
+
+// Bytes per element; 0 for an unknown dtype.
+uint64_t DTypeSize(v1::DType dtype);
+// "model.layers.0.weight" style rendering of a key path, for messages and
+// safetensors names.
+std::string PathToString(
+    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path);
+
+struct BlobUse {
+  Digest digest;
+  uint64_t end = 0;  // blob_offset + byte_length: the blob must be this long
+  std::string key;   // first key that uses it, for messages
+};
+
+struct ManifestSummary {
+  uint64_t total_bytes = 0;
+  uint32_t tensor_count = 0;
+  std::vector<BlobUse> blobs;  // one per distinct digest, max end
+};
+
+// Checks structure (the root container first, every parent a container that
+// came earlier, no duplicate paths), tensors (known dtype, non-negative
+// dims, byte_length == product(shape) * dtype size, 16-byte digest), values.
+// INVALID_ARGUMENT naming the entry's key path.
+absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m);
+
+}  // namespace ckptd::core
+
+#endif  // CKPTD_SERVER_CORE_MANIFEST_H_

@@ -1,0 +1,118 @@
+// ckptd: the checkpoint server daemon. Flags -> Options -> Start -> Wait.
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/service/server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "Address to serve gRPC on, HOST:PORT. Port 0 picks a free port "
+          "(printed in the log).");
+ABSL_FLAG(std::string, data_dir, "./ckptd-data",
+          "Directory for the RocksDB metadata (meta/) and blob files "
+          "(blobs/). Created if missing; one ckptd per directory.");
+ABSL_FLAG(std::string, log_level, "info",
+          "Log verbosity: trace, debug, info, warn, error or off.");
+ABSL_FLAG(absl::Duration, pending_timeout, absl::Hours(6),
+          "A version whose shards are not all committed within this time "
+          "(e.g. 90s, 30m, 6h) is aborted and its blobs become collectable.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "On SIGTERM/SIGINT, how long in-flight calls may run before they "
+          "are cancelled.");
+ABSL_FLAG(int, io_threads, 16, "Threads for blocking disk and RocksDB work.");
+
+namespace {
+
+// Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
+std::vector<char*> NormalizeFlagNames(int argc, char** argv,
+                                      std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  std::vector<char*> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      size_t end = arg.find('=');
+      if (end == std::string::npos) end = arg.size();
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+    }
+    storage->push_back(std::move(arg));
+  }
+  for (auto& s : *storage) out.push_back(s.data());
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ckptd: checkpoint server for PyTorch training.\n\n"
+      "Training ranks push state_dict shards over gRPC; ckptd stores them as "
+      "immutable, versioned checkpoints in --data_dir and keeps `last` and "
+      "`best` per run.\n\nExample:\n  ckptd --listen 127.0.0.1:50051 "
+      "--data_dir ./ckptd-data\n");
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
+  const std::string level_name = absl::GetFlag(FLAGS_log_level);
+  const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
+  if (level == spdlog::level::off && level_name != "off") {
+    std::fprintf(stderr,
+                 "ckptd: --log_level=%s is not a level; use trace, debug, "
+                 "info, warn, error or off\n",
+                 level_name.c_str());
+    return 2;
+  }
+  spdlog::set_level(level);
+  if (absl::GetFlag(FLAGS_io_threads) < 1) {
+    std::fprintf(stderr, "ckptd: --io_threads must be at least 1\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_pending_timeout) <= absl::ZeroDuration()) {
+    std::fprintf(stderr, "ckptd: --pending_timeout must be positive\n");
+    return 2;
+  }
+
+  // Signals are taken by one thread with sigwait, before gRPC starts any.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ckptd::service::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.io_threads = absl::GetFlag(FLAGS_io_threads);
+  options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
+  auto server = ckptd::service::Server::Start(options);
+  if (!server.ok()) {
+    spdlog::critical("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  ckptd::service::Server* raw = server->get();
+  std::thread signal_thread([&signals, raw, grace] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::info("received signal {}", sig);
+    raw->Shutdown(grace);
+  });
+  (*server)->Wait();
+  signal_thread.join();
+  server->reset();
+  return 0;
+}

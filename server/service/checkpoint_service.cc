@@ -1,0 +1,518 @@
+#include "server/service/checkpoint_service.h"
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/common/names.h"
+#include "server/common/status.h"
+#include "server/service/status_mapping.h"
+#include "spdlog/spdlog.h"
+
+namespace ckptd::service {
+namespace {
+
+const grpc::Status kBusy(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         "ckptd is busy: too many queued requests; retry "
+                         "with backoff");
+const grpc::Status kDraining(grpc::StatusCode::UNAVAILABLE,
+                             "ckptd is shutting down; retry against the "
+                             "restarted server");
+
+// ---------------------------------------------------------------------------
+// UploadBlobs: chunks of blobs, each blob's chunks in order. One chunk is in
+// memory per stream; the write happens on the executor before the next read.
+class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
+ public:
+  UploadReactor(CheckpointService* service, v1::UploadBlobsResponse* resp)
+      : service_(service), resp_(resp) {
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // End of the client's stream (or a cancelled call).
+      service_->executor()->Submit([this] { FinishStream(); });
+      return;
+    }
+    service_->executor()->Submit([this] {
+      absl::Status st = HandleChunk();
+      if (!st.ok()) {
+        if (upload_) upload_.reset();  // suspends: resumable
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      StartRead(&chunk_);
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status HandleChunk() {
+    if (!started_) {
+      if (service_->draining()) {
+        return absl::UnavailableError(kDraining.error_message());
+      }
+      run_ = chunk_.run();
+      version_ = chunk_.version();
+      RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
+      started_ = true;
+    } else if ((!chunk_.run().empty() && chunk_.run() != run_) ||
+               (chunk_.version() != 0 && chunk_.version() != version_)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk names ", chunk_.run(), "@", chunk_.version(),
+                       " but this stream uploads for ", run_, "@", version_,
+                       "; use one stream per version"));
+    }
+    ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(chunk_.digest()));
+    const std::string& data = chunk_.data();
+    if (data.size() > core::kMaxUploadChunk) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk of ", data.size(), " bytes exceeds the limit of ",
+                       core::kMaxUploadChunk, "; send 1-4 MiB chunks"));
+    }
+    if (ChunkChecksum(data.data(), data.size()) != chunk_.checksum()) {
+      return absl::DataLossError(
+          absl::StrCat("chunk checksum mismatch for blob ", digest.Hex(),
+                       " at offset ", chunk_.offset(),
+                       ": the bytes were damaged in transit; resend from "
+                       "the offset QueryUpload reports"));
+    }
+    if (upload_ == nullptr || upload_->digest() != digest) {
+      if (upload_ != nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "blob ", upload_->digest().Hex(), " ended at byte ",
+            upload_->received(), " of ", upload_->blob_size(), " before blob ",
+            digest.Hex(), " began; send each blob's chunks contiguously"));
+      }
+      ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
+                                    run_, version_, digest, chunk_.blob_size(),
+                                    chunk_.offset()));
+    }
+    RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
+    resp_->set_bytes_received(resp_->bytes_received() + data.size());
+    if (upload_->complete()) {
+      std::unique_ptr<core::BlobUpload> done = std::move(upload_);
+      RETURN_IF_ERROR(done->Finish());
+      v1::BlobInfo* info = resp_->add_blobs();
+      info->set_digest(std::string(digest.AsBytes()));
+      info->set_size(done->blob_size());
+    }
+    return absl::OkStatus();
+  }
+
+  void FinishStream() {
+    if (upload_ != nullptr) {
+      std::string message = absl::StrCat(
+          "stream ended inside blob ", upload_->digest().Hex(), " at byte ",
+          upload_->received(), " of ", upload_->blob_size(),
+          "; the received bytes are kept: resume at the offset QueryUpload "
+          "reports");
+      upload_.reset();  // suspends for resume
+      Finish(grpc::Status(grpc::StatusCode::ABORTED, message));
+      return;
+    }
+    Finish(grpc::Status::OK);
+  }
+
+  CheckpointService* service_;
+  v1::UploadBlobsResponse* resp_;
+  v1::UploadChunk chunk_;
+  bool started_ = false;
+  std::string run_;
+  uint64_t version_ = 0;
+  std::unique_ptr<core::BlobUpload> upload_;
+};
+
+// ---------------------------------------------------------------------------
+// ReadBlobs: ranges of blobs a committed version references, streamed in
+// chunks whose bytes the blob store verified.
+class ReadReactor final : public grpc::ServerWriteReactor<v1::ReadChunk> {
+ public:
+  ReadReactor(CheckpointService* service, const v1::ReadBlobsRequest* req)
+      : service_(service), req_(req) {
+    chunk_size_ =
+        req->chunk_size() == 0
+            ? kDefaultReadChunk
+            : std::min<uint32_t>(req->chunk_size(), core::kMaxUploadChunk);
+    service_->executor()->Submit([this] {
+      absl::Status st = Prepare();
+      if (!st.ok()) {
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      Next();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    service_->executor()->Submit([this] { Next(); });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Prepare() {
+    ASSIGN_OR_RETURN(auto allowed, service_->repo()->VersionBlobs(
+                                       req_->run(), req_->version()));
+    for (int i = 0; i < req_->ranges_size(); ++i) {
+      const v1::BlobRange& r = req_->ranges(i);
+      ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
+      if (!allowed.contains(d)) {
+        return absl::NotFoundError(absl::StrCat("blob ", d.Hex(),
+                                                " is not part of ", req_->run(),
+                                                "@", req_->version()));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Reads and writes the next chunk, or finishes.
+  void Next() {
+    while (range_ < req_->ranges_size()) {
+      const v1::BlobRange& r = req_->ranges(range_);
+      if (reader_ == nullptr) {
+        auto d = DigestFromBytes(r.digest());
+        auto reader = service_->repo()->blobs().Open(*d);
+        if (!reader.ok()) {
+          Finish(ToGrpcStatus(reader.status()));
+          return;
+        }
+        reader_ = std::move(*reader);
+        const uint64_t size = reader_->size();
+        end_ = r.length() == 0 ? size : r.offset() + r.length();
+        if (r.offset() > size || end_ > size || end_ < r.offset()) {
+          Finish(grpc::Status(
+              grpc::StatusCode::OUT_OF_RANGE,
+              absl::StrCat("range [", r.offset(), ", ", end_, ") of blob ",
+                           d->Hex(), " is outside its ", size, " bytes")));
+          return;
+        }
+        offset_ = r.offset();
+      }
+      if (offset_ >= end_) {  // an empty range sends no chunk
+        reader_.reset();
+        ++range_;
+        continue;
+      }
+      const uint64_t n = std::min<uint64_t>(chunk_size_, end_ - offset_);
+      chunk_.Clear();
+      chunk_.set_range_index(range_);
+      chunk_.set_offset(offset_);
+      std::string* data = chunk_.mutable_data();
+      data->resize(n);
+      absl::Status st = reader_->ReadAt(offset_, n, data->data());
+      if (!st.ok()) {
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      chunk_.set_checksum(ChunkChecksum(data->data(), n));
+      offset_ += n;
+      StartWrite(&chunk_);
+      return;
+    }
+    Finish(grpc::Status::OK);
+  }
+
+  CheckpointService* service_;
+  const v1::ReadBlobsRequest* req_;
+  uint32_t chunk_size_;
+  int range_ = 0;
+  std::unique_ptr<storage::BlobReader> reader_;
+  uint64_t offset_ = 0;
+  uint64_t end_ = 0;
+  v1::ReadChunk chunk_;
+};
+
+// ---------------------------------------------------------------------------
+// WatchRef: the current target first, then one event per move.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
+ public:
+  WatchReactor(CheckpointService* service, const v1::WatchRefRequest* req)
+      : service_(service), req_(req) {
+    service_->executor()->Submit([this] { Begin(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      Close(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    MaybeWrite();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    // Before Begin() has run, it closes the call itself: OnDone must not
+    // delete the reactor under a running Begin().
+    if (begun_) {
+      Close(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+    }
+  }
+
+  void OnDone() override {
+    if (watch_id_ != 0) service_->repo()->Unwatch(watch_id_);
+    delete this;
+  }
+
+ private:
+  void Begin() {
+    auto ref = ParseRef(req_->ref());
+    absl::Status st = ValidateRunName(req_->run());
+    if (st.ok() && !ref.ok()) st = ref.status();
+    if (st.ok() && std::holds_alternative<uint64_t>(ref->value)) {
+      st = absl::InvalidArgumentError(
+          "WatchRef needs an alias (last, best or a user alias), not a "
+          "version number: versions never move");
+    }
+    if (!st.ok()) {
+      absl::MutexLock lock(&mu_);
+      begun_ = true;
+      Close(ToGrpcStatus(st));
+      return;
+    }
+    uint64_t id = service_->repo()->Watch(req_->run(), req_->ref(),
+                                          [this](const v1::VersionInfo& v) {
+                                            absl::MutexLock lock(&mu_);
+                                            if (closed_) return;
+                                            v1::WatchRefEvent e;
+                                            *e.mutable_version() = v;
+                                            queue_.push_back(std::move(e));
+                                            MaybeWrite();
+                                          });
+    v1::GetVersionRequest get;
+    get.set_run(req_->run());
+    get.set_ref(req_->ref());
+    auto current = service_->repo()->GetVersion(get);
+    absl::MutexLock lock(&mu_);
+    watch_id_ = id;
+    begun_ = true;
+    if (cancelled_) {
+      Close(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+      return;
+    }
+    if (current.ok()) {
+      v1::WatchRefEvent e;
+      *e.mutable_version() = current->info();
+      queue_.push_front(std::move(e));
+      MaybeWrite();
+    } else if (!absl::IsNotFound(current.status()) ||
+               absl::StrContains(current.status().message(), "no run named")) {
+      Close(ToGrpcStatus(current.status()));
+    }
+  }
+
+  void MaybeWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || closed_ || queue_.empty()) return;
+    current_ = std::move(queue_.front());
+    queue_.pop_front();
+    writing_ = true;
+    StartWrite(&current_);
+  }
+
+  void Close(grpc::Status st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (closed_) return;
+    closed_ = true;
+    Finish(std::move(st));
+  }
+
+  CheckpointService* service_;
+  const v1::WatchRefRequest* req_;
+  absl::Mutex mu_;
+  std::deque<v1::WatchRefEvent> queue_ ABSL_GUARDED_BY(mu_);
+  v1::WatchRefEvent current_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool begun_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t watch_id_ = 0;
+};
+
+}  // namespace
+
+CheckpointService::CheckpointService(core::Repository* repo, Executor* executor)
+    : repo_(repo), executor_(executor) {}
+
+core::Actor CheckpointService::ActorOf(grpc::CallbackServerContext* ctx) const {
+  core::Actor actor;
+  actor.name = ctx->peer();
+  return actor;
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* CheckpointService::Unary(
+    grpc::CallbackServerContext* ctx, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (!executor_->TrySubmit([reactor, fn = std::move(fn)]() mutable {
+        reactor->Finish(ToGrpcStatus(fn()));
+      })) {
+    reactor->Finish(kBusy);
+  }
+  return reactor;
+}
+
+// Runs `expr` (a StatusOr) and stores its value in *resp.
+#define CKPTD_UNARY(expr)                     \
+  Unary(ctx, [=, this]() -> absl::Status {    \
+    auto result = (expr);                     \
+    if (!result.ok()) return result.status(); \
+    *resp = std::move(*result);               \
+    return absl::OkStatus();                  \
+  })
+
+grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
+    grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
+    v1::BeginVersionResponse* resp) {
+  if (draining()) {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(kDraining);
+    return reactor;
+  }
+  return CKPTD_UNARY(repo_->BeginVersion(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(
+    grpc::CallbackServerContext* ctx, const v1::FindMissingBlobsRequest* req,
+    v1::FindMissingBlobsResponse* resp) {
+  return CKPTD_UNARY(repo_->FindMissingBlobs(*req));
+}
+
+grpc::ServerReadReactor<v1::UploadChunk>* CheckpointService::UploadBlobs(
+    grpc::CallbackServerContext* ctx, v1::UploadBlobsResponse* resp) {
+  return new UploadReactor(this, resp);
+}
+
+grpc::ServerUnaryReactor* CheckpointService::QueryUpload(
+    grpc::CallbackServerContext* ctx, const v1::QueryUploadRequest* req,
+    v1::QueryUploadResponse* resp) {
+  return CKPTD_UNARY(repo_->QueryUpload(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::CommitShard(
+    grpc::CallbackServerContext* ctx, const v1::CommitShardRequest* req,
+    v1::CommitShardResponse* resp) {
+  core::Actor actor = ActorOf(ctx);
+  return Unary(ctx, [=, this]() -> absl::Status {
+    ASSIGN_OR_RETURN(*resp->mutable_version(), repo_->CommitShard(*req, actor));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::AbortVersion(
+    grpc::CallbackServerContext* ctx, const v1::AbortVersionRequest* req,
+    v1::AbortVersionResponse* resp) {
+  return Unary(ctx, [=, this] { return repo_->AbortVersion(*req); });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetVersion(
+    grpc::CallbackServerContext* ctx, const v1::GetVersionRequest* req,
+    v1::GetVersionResponse* resp) {
+  return CKPTD_UNARY(repo_->GetVersion(*req));
+}
+
+grpc::ServerWriteReactor<v1::ReadChunk>* CheckpointService::ReadBlobs(
+    grpc::CallbackServerContext* ctx, const v1::ReadBlobsRequest* req) {
+  return new ReadReactor(this, req);
+}
+
+grpc::ServerWriteReactor<v1::WatchRefEvent>* CheckpointService::WatchRef(
+    grpc::CallbackServerContext* ctx, const v1::WatchRefRequest* req) {
+  return new WatchReactor(this, req);
+}
+
+grpc::ServerUnaryReactor* CheckpointService::ListRuns(
+    grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
+    v1::ListRunsResponse* resp) {
+  return CKPTD_UNARY(repo_->ListRuns());
+}
+
+grpc::ServerUnaryReactor* CheckpointService::ListVersions(
+    grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
+    v1::ListVersionsResponse* resp) {
+  return CKPTD_UNARY(repo_->ListVersions(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetMetricHistory(
+    grpc::CallbackServerContext* ctx, const v1::GetMetricHistoryRequest* req,
+    v1::GetMetricHistoryResponse* resp) {
+  return CKPTD_UNARY(repo_->GetMetricHistory(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::SetAlias(
+    grpc::CallbackServerContext* ctx, const v1::SetAliasRequest* req,
+    v1::AliasInfo* resp) {
+  core::Actor actor = ActorOf(ctx);
+  return CKPTD_UNARY(repo_->SetAlias(*req, actor));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::DeleteAlias(
+    grpc::CallbackServerContext* ctx, const v1::DeleteAliasRequest* req,
+    v1::DeleteAliasResponse* resp) {
+  core::Actor actor = ActorOf(ctx);
+  return Unary(ctx, [=, this] { return repo_->DeleteAlias(*req, actor); });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetAliasHistory(
+    grpc::CallbackServerContext* ctx, const v1::GetAliasHistoryRequest* req,
+    v1::GetAliasHistoryResponse* resp) {
+  return CKPTD_UNARY(repo_->GetAliasHistory(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Pin(
+    grpc::CallbackServerContext* ctx, const v1::PinRequest* req,
+    v1::VersionInfo* resp) {
+  return CKPTD_UNARY(repo_->SetPinned(*req, true));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Unpin(
+    grpc::CallbackServerContext* ctx, const v1::PinRequest* req,
+    v1::VersionInfo* resp) {
+  return CKPTD_UNARY(repo_->SetPinned(*req, false));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
+    grpc::CallbackServerContext* ctx, const v1::DeleteVersionRequest* req,
+    v1::DeleteVersionResponse* resp) {
+  return Unary(ctx, [=, this] { return repo_->DeleteVersion(*req); });
+}
+
+grpc::ServerUnaryReactor* CheckpointService::SetPolicy(
+    grpc::CallbackServerContext* ctx, const v1::SetPolicyRequest* req,
+    v1::Policy* resp) {
+  core::Actor actor = ActorOf(ctx);
+  return CKPTD_UNARY(repo_->SetPolicy(*req, actor));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetPolicy(
+    grpc::CallbackServerContext* ctx, const v1::GetPolicyRequest* req,
+    v1::Policy* resp) {
+  return CKPTD_UNARY(repo_->GetPolicy(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::CollectGarbage(
+    grpc::CallbackServerContext* ctx, const v1::CollectGarbageRequest* req,
+    v1::CollectGarbageResponse* resp) {
+  return CKPTD_UNARY(repo_->CollectGarbage());
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Verify(
+    grpc::CallbackServerContext* ctx, const v1::VerifyRequest* req,
+    v1::VerifyResponse* resp) {
+  return CKPTD_UNARY(repo_->Verify(*req));
+}
+
+#undef CKPTD_UNARY
+
+}  // namespace ckptd::service

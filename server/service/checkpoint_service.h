@@ -1,0 +1,113 @@
+// CheckpointService: the gRPC adapter of ckptd.v1.Checkpoint over a
+// core::Repository, on the callback API. No business rules live here: each
+// handler validates nothing beyond the wire shape, hands the request to the
+// repository on the blocking-work Executor, and maps the result with
+// ToGrpcStatus. Streaming RPCs are one final reactor class each; reactions
+// never block (disk and RocksDB work runs on the Executor, which resumes the
+// reactor).
+//
+// Thread safety: gRPC calls handlers concurrently; the service is
+// thread-safe. SetDraining(true) makes push calls answer UNAVAILABLE.
+#ifndef CKPTD_SERVER_SERVICE_CHECKPOINT_SERVICE_H_
+#define CKPTD_SERVER_SERVICE_CHECKPOINT_SERVICE_H_
+
+#include <atomic>
+
+#include "ckptd/v1/checkpoint.grpc.pb.h"
+#include "server/common/executor.h"
+#include "server/core/repository.h"
+
+namespace ckptd::service {
+
+// Default bytes per ReadChunk.
+inline constexpr uint32_t kDefaultReadChunk = 4 << 20;
+
+class CheckpointService final : public v1::Checkpoint::CallbackService {
+ public:
+  CheckpointService(core::Repository* repo, Executor* executor);
+
+  void SetDraining(bool draining) { draining_.store(draining); }
+  bool draining() const { return draining_.load(); }
+  core::Repository* repo() { return repo_; }
+  Executor* executor() { return executor_; }
+
+  grpc::ServerUnaryReactor* BeginVersion(
+      grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
+      v1::BeginVersionResponse* resp) override;
+  grpc::ServerUnaryReactor* FindMissingBlobs(
+      grpc::CallbackServerContext* ctx, const v1::FindMissingBlobsRequest* req,
+      v1::FindMissingBlobsResponse* resp) override;
+  grpc::ServerReadReactor<v1::UploadChunk>* UploadBlobs(
+      grpc::CallbackServerContext* ctx, v1::UploadBlobsResponse* resp) override;
+  grpc::ServerUnaryReactor* QueryUpload(grpc::CallbackServerContext* ctx,
+                                        const v1::QueryUploadRequest* req,
+                                        v1::QueryUploadResponse* resp) override;
+  grpc::ServerUnaryReactor* CommitShard(grpc::CallbackServerContext* ctx,
+                                        const v1::CommitShardRequest* req,
+                                        v1::CommitShardResponse* resp) override;
+  grpc::ServerUnaryReactor* AbortVersion(
+      grpc::CallbackServerContext* ctx, const v1::AbortVersionRequest* req,
+      v1::AbortVersionResponse* resp) override;
+  grpc::ServerUnaryReactor* GetVersion(grpc::CallbackServerContext* ctx,
+                                       const v1::GetVersionRequest* req,
+                                       v1::GetVersionResponse* resp) override;
+  grpc::ServerWriteReactor<v1::ReadChunk>* ReadBlobs(
+      grpc::CallbackServerContext* ctx,
+      const v1::ReadBlobsRequest* req) override;
+  grpc::ServerWriteReactor<v1::WatchRefEvent>* WatchRef(
+      grpc::CallbackServerContext* ctx,
+      const v1::WatchRefRequest* req) override;
+  grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* ctx,
+                                     const v1::ListRunsRequest* req,
+                                     v1::ListRunsResponse* resp) override;
+  grpc::ServerUnaryReactor* ListVersions(
+      grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
+      v1::ListVersionsResponse* resp) override;
+  grpc::ServerUnaryReactor* GetMetricHistory(
+      grpc::CallbackServerContext* ctx, const v1::GetMetricHistoryRequest* req,
+      v1::GetMetricHistoryResponse* resp) override;
+  grpc::ServerUnaryReactor* SetAlias(grpc::CallbackServerContext* ctx,
+                                     const v1::SetAliasRequest* req,
+                                     v1::AliasInfo* resp) override;
+  grpc::ServerUnaryReactor* DeleteAlias(grpc::CallbackServerContext* ctx,
+                                        const v1::DeleteAliasRequest* req,
+                                        v1::DeleteAliasResponse* resp) override;
+  grpc::ServerUnaryReactor* GetAliasHistory(
+      grpc::CallbackServerContext* ctx, const v1::GetAliasHistoryRequest* req,
+      v1::GetAliasHistoryResponse* resp) override;
+  grpc::ServerUnaryReactor* Pin(grpc::CallbackServerContext* ctx,
+                                const v1::PinRequest* req,
+                                v1::VersionInfo* resp) override;
+  grpc::ServerUnaryReactor* Unpin(grpc::CallbackServerContext* ctx,
+                                  const v1::PinRequest* req,
+                                  v1::VersionInfo* resp) override;
+  grpc::ServerUnaryReactor* DeleteVersion(
+      grpc::CallbackServerContext* ctx, const v1::DeleteVersionRequest* req,
+      v1::DeleteVersionResponse* resp) override;
+  grpc::ServerUnaryReactor* SetPolicy(grpc::CallbackServerContext* ctx,
+                                      const v1::SetPolicyRequest* req,
+                                      v1::Policy* resp) override;
+  grpc::ServerUnaryReactor* GetPolicy(grpc::CallbackServerContext* ctx,
+                                      const v1::GetPolicyRequest* req,
+                                      v1::Policy* resp) override;
+  grpc::ServerUnaryReactor* CollectGarbage(
+      grpc::CallbackServerContext* ctx, const v1::CollectGarbageRequest* req,
+      v1::CollectGarbageResponse* resp) override;
+  grpc::ServerUnaryReactor* Verify(grpc::CallbackServerContext* ctx,
+                                   const v1::VerifyRequest* req,
+                                   v1::VerifyResponse* resp) override;
+
+ private:
+  // Runs `fn` on the executor and finishes the call with its status.
+  template <typename Fn>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, Fn fn);
+  core::Actor ActorOf(grpc::CallbackServerContext* ctx) const;
+
+  core::Repository* repo_;
+  Executor* executor_;
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace ckptd::service
+
+#endif  // CKPTD_SERVER_SERVICE_CHECKPOINT_SERVICE_H_

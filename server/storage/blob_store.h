@@ -1,0 +1,96 @@
+// BlobStore: content-addressed storage of immutable blobs (tensor bytes).
+//
+// A blob is named by the XXH3-128 digest of its bytes (server/common/digest.h).
+// Writers stream bytes in, the store computes the digest itself, and Commit
+// publishes the blob under its digest only if it matches the caller's claim.
+// A committed blob is durable when Commit returns: nothing outside this layer
+// may assume a blob is a local file (an object-store implementation must fit
+// behind the same interface).
+//
+// Reads verify stored per-chunk checksums and answer DATA_LOSS instead of
+// returning bad bytes.
+//
+// Thread safety: BlobStore methods are safe to call concurrently. A
+// BlobWriter or BlobReader is used by one thread at a time. Two writers may
+// upload the same digest concurrently; the first Commit wins and the second
+// finds the blob present and discards its copy.
+#ifndef CKPTD_SERVER_STORAGE_BLOB_STORE_H_
+#define CKPTD_SERVER_STORAGE_BLOB_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/common/digest.h"
+
+namespace ckptd::storage {
+
+// Size of the units the stores checksum (and verify on read).
+inline constexpr uint64_t kBlobChecksumChunk = 1 << 20;
+
+class BlobWriter {
+ public:
+  virtual ~BlobWriter() = default;  // abandons an uncommitted blob
+
+  // Appends at the current end.
+  virtual absl::Status Append(std::string_view data) = 0;
+  // Bytes appended so far.
+  virtual uint64_t size() const = 0;
+  // Makes every byte appended so far durable and returns that count: the
+  // offset an interrupted upload may resume from.
+  virtual absl::StatusOr<uint64_t> Sync() = 0;
+  // Checks that the digest of the appended bytes equals `expected`
+  // (INVALID_ARGUMENT naming both digests if not, and the partial blob is
+  // discarded), then makes the blob durable and visible under `expected`:
+  // for files, fsync, rename into place, fsync the directory. If the blob is
+  // already present the copy is discarded and Commit succeeds. The writer
+  // is finished afterwards, whatever the result.
+  virtual absl::Status Commit(const Digest& expected) = 0;
+  // Discards the partial blob. The writer is finished afterwards.
+  virtual void Abandon() = 0;
+};
+
+class BlobReader {
+ public:
+  virtual ~BlobReader() = default;
+  virtual uint64_t size() const = 0;
+  // Reads bytes [offset, offset + length) into `out`. OUT_OF_RANGE past the
+  // end; DATA_LOSS (naming the digest and offset) if a stored checksum does
+  // not match.
+  virtual absl::Status ReadAt(uint64_t offset, uint64_t length, char* out) = 0;
+};
+
+class BlobStore {
+ public:
+  virtual ~BlobStore() = default;
+
+  virtual absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter() = 0;
+  // Size of the blob, or nullopt when it is not stored.
+  virtual absl::StatusOr<std::optional<uint64_t>> Stat(
+      const Digest& digest) = 0;
+  // NOT_FOUND when the blob is not stored.
+  virtual absl::StatusOr<std::unique_ptr<BlobReader>> Open(
+      const Digest& digest) = 0;
+  // Removes a blob durably; OK when it is not stored.
+  virtual absl::Status Delete(const Digest& digest) = 0;
+  // Calls `fn` for every committed blob (order unspecified).
+  virtual absl::Status ForEach(
+      absl::FunctionRef<void(const Digest& digest, uint64_t size)> fn) = 0;
+  // Removes partial blobs left behind by an earlier process. Call once after
+  // opening, before any writer exists.
+  virtual absl::Status RemoveTemporaries() = 0;
+};
+
+// Opens (creating if needed) a store of files under `dir`. The layout is
+// described in file_blob_store.cc.
+absl::StatusOr<std::unique_ptr<BlobStore>> OpenFileBlobStore(
+    const std::string& dir);
+
+}  // namespace ckptd::storage
+
+#endif  // CKPTD_SERVER_STORAGE_BLOB_STORE_H_

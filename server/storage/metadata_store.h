@@ -1,0 +1,107 @@
+// MetadataStore: the RocksDB database that holds every run, version,
+// manifest and alias. One database per data dir, opened by one process at a
+// time (RocksDB's LOCK file; a second opener gets FAILED_PRECONDITION).
+//
+// Key schema (all keys are ASCII; run and alias names match
+// [A-Za-z0-9][A-Za-z0-9._-]{0,127}, so '/' cannot occur inside a name;
+// numbers are 16 lowercase hex digits so that keys sort numerically):
+//
+//   meta/schema                     "1"
+//   run/<run>                       v1.RunInfo  (name, created_at, policy;
+//                                   counters are derived, not stored)
+//   seq/<run>                       last version number handed out (decimal)
+//   ver/<run>/<version:016x>        v1.VersionInfo (aliases left empty)
+//   man/<run>/<version:016x>/<rank:08x>
+//                                   v1.ShardManifest of one committed shard
+//   pend/<run>/<step>               pending version number for (run, step)
+//   alias/<run>/<name>              v1.AliasInfo (also `last` and `best`)
+//   ahist/<run>/<seq:016x>          v1.AliasEvent, the alias audit history
+//
+// Every change that publishes or moves something is one WriteBatch written
+// with sync=true, so a crash leaves either all of it or none of it.
+//
+// Thread safety: all methods are safe to call concurrently; callers that do
+// read-modify-write sequences serialise them themselves (server/core).
+#ifndef CKPTD_SERVER_STORAGE_METADATA_STORE_H_
+#define CKPTD_SERVER_STORAGE_METADATA_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/message_lite.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+
+namespace ckptd::storage {
+
+namespace keys {
+std::string Run(absl::string_view run);
+inline constexpr absl::string_view kRunPrefix = "run/";
+std::string Seq(absl::string_view run);
+std::string Version(absl::string_view run, uint64_t version);
+std::string VersionPrefix(absl::string_view run);
+std::string Manifest(absl::string_view run, uint64_t version, uint32_t rank);
+std::string ManifestPrefix(absl::string_view run, uint64_t version);
+inline constexpr absl::string_view kManifestPrefix = "man/";
+std::string Pending(absl::string_view run, int64_t step);
+std::string Alias(absl::string_view run, absl::string_view name);
+std::string AliasPrefix(absl::string_view run);
+std::string AliasEvent(absl::string_view run, uint64_t seq);
+std::string AliasEventPrefix(absl::string_view run);
+// Parses the version number out of a Version() key; nullopt if malformed.
+std::optional<uint64_t> VersionFromKey(absl::string_view key);
+std::string Hex16(uint64_t n);
+}  // namespace keys
+
+// A batch of puts and deletes applied atomically by MetadataStore::Commit.
+class MetadataBatch {
+ public:
+  void Put(absl::string_view key, absl::string_view value);
+  void Put(absl::string_view key, const google::protobuf::MessageLite& value);
+  void Delete(absl::string_view key);
+  bool empty() const { return batch_.Count() == 0; }
+
+ private:
+  friend class MetadataStore;
+  rocksdb::WriteBatch batch_;
+};
+
+class MetadataStore {
+ public:
+  // Opens (creating) the database in `dir`.
+  static absl::StatusOr<std::unique_ptr<MetadataStore>> Open(
+      const std::string& dir);
+  ~MetadataStore();  // flushes and closes cleanly
+
+  absl::StatusOr<std::optional<std::string>> Get(absl::string_view key);
+  // Parses the value at `key` into `out`; false when absent. DATA_LOSS when
+  // the stored value does not parse.
+  absl::StatusOr<bool> GetProto(absl::string_view key,
+                                google::protobuf::MessageLite* out);
+  // Applies `batch` atomically; durable on return when `sync`.
+  absl::Status Commit(MetadataBatch& batch, bool sync = true);
+  // Calls fn(key, value) for every key starting with `prefix`, in key
+  // order, starting at `start` (>= prefix) if non-empty, until fn returns
+  // false.
+  absl::Status Scan(
+      absl::string_view prefix, absl::string_view start,
+      absl::FunctionRef<bool(absl::string_view key, absl::string_view value)>
+          fn);
+  // The last key (and value) with this prefix, if any.
+  absl::StatusOr<std::optional<std::pair<std::string, std::string>>> Last(
+      absl::string_view prefix);
+
+ private:
+  explicit MetadataStore(std::unique_ptr<rocksdb::DB> db);
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace ckptd::storage
+
+#endif  // CKPTD_SERVER_STORAGE_METADATA_STORE_H_
