@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/common/names.h"
+#include "server/service/blob_cursor.h"
 #include "server/common/status.h"
 #include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
@@ -130,29 +131,19 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
 };
 
 // ---------------------------------------------------------------------------
-// ReadBlobs: ranges of blobs a committed version references, streamed in
-// chunks whose bytes the blob store verified.
-class ReadReactor final : public grpc::ServerWriteReactor<v1::ReadChunk> {
+// Server-streaming of blob bytes: a prologue on the executor builds a
+// BlobCursor, then each chunk is read on the executor and written; the next
+// read starts when the write is done (one chunk in memory per call).
+template <typename Message>
+class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
  public:
-  ReadReactor(CheckpointService* service, const v1::ReadBlobsRequest* req)
-      : service_(service), req_(req) {
-    chunk_size_ =
-        req->chunk_size() == 0
-            ? kDefaultReadChunk
-            : std::min<uint32_t>(req->chunk_size(), core::kMaxUploadChunk);
-    service_->executor()->Submit([this] {
-      absl::Status st = Prepare();
-      if (!st.ok()) {
-        Finish(ToGrpcStatus(st));
-        return;
-      }
-      Next();
-    });
-  }
+  explicit StreamingReadReactor(CheckpointService* service)
+      : service_(service) {}
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      this->Finish(
+          grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
     service_->executor()->Submit([this] { Next(); });
@@ -160,77 +151,134 @@ class ReadReactor final : public grpc::ServerWriteReactor<v1::ReadChunk> {
 
   void OnDone() override { delete this; }
 
+ protected:
+  // Runs Prepare() on the executor, then streams.
+  void Begin() {
+    service_->executor()->Submit([this] {
+      absl::Status st = Prepare();
+      if (!st.ok()) {
+        this->Finish(ToGrpcStatus(st));
+        return;
+      }
+      Next();
+    });
+  }
+  // Sets cursor_ (and may queue a first message in message_ by returning
+  // with has_prologue_ set).
+  virtual absl::Status Prepare() = 0;
+  // Moves the chunk's bytes into message_.
+  virtual void Fill(const BlobCursor::Chunk& chunk, std::string bytes) = 0;
+
+  CheckpointService* service_;
+  std::unique_ptr<BlobCursor> cursor_;
+  Message message_;
+  bool has_prologue_ = false;
+
  private:
-  absl::Status Prepare() {
+  void Next() {
+    if (has_prologue_) {
+      has_prologue_ = false;
+      this->StartWrite(&message_);
+      return;
+    }
+    std::string bytes;
+    auto chunk = cursor_->Next(&bytes);
+    if (!chunk.ok()) {
+      this->Finish(ToGrpcStatus(chunk.status()));
+      return;
+    }
+    if (!chunk->has_value()) {
+      this->Finish(grpc::Status::OK);
+      return;
+    }
+    message_.Clear();
+    Fill(**chunk, std::move(bytes));
+    this->StartWrite(&message_);
+  }
+};
+
+// ReadBlobs: ranges of blobs that a committed version references.
+class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
+ public:
+  ReadReactor(CheckpointService* service, const v1::ReadBlobsRequest* req)
+      : StreamingReadReactor(service), req_(req) {
+    Begin();
+  }
+
+ private:
+  absl::Status Prepare() override {
     ASSIGN_OR_RETURN(auto allowed, service_->repo()->VersionBlobs(
                                        req_->run(), req_->version()));
-    for (int i = 0; i < req_->ranges_size(); ++i) {
-      const v1::BlobRange& r = req_->ranges(i);
+    std::vector<core::BlobSlice> slices;
+    for (const v1::BlobRange& r : req_->ranges()) {
       ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
       if (!allowed.contains(d)) {
         return absl::NotFoundError(absl::StrCat("blob ", d.Hex(),
                                                 " is not part of ", req_->run(),
                                                 "@", req_->version()));
       }
+      slices.push_back({d, r.offset(), r.length()});
     }
+    const uint64_t chunk_size =
+        req_->chunk_size() == 0
+            ? kDefaultReadChunk
+            : std::min<uint64_t>(req_->chunk_size(), core::kMaxUploadChunk);
+    cursor_ = std::make_unique<BlobCursor>(&service_->repo()->blobs(),
+                                           std::move(slices), chunk_size);
     return absl::OkStatus();
   }
 
-  // Reads and writes the next chunk, or finishes.
-  void Next() {
-    while (range_ < req_->ranges_size()) {
-      const v1::BlobRange& r = req_->ranges(range_);
-      if (reader_ == nullptr) {
-        auto d = DigestFromBytes(r.digest());
-        auto reader = service_->repo()->blobs().Open(*d);
-        if (!reader.ok()) {
-          Finish(ToGrpcStatus(reader.status()));
-          return;
-        }
-        reader_ = std::move(*reader);
-        const uint64_t size = reader_->size();
-        end_ = r.length() == 0 ? size : r.offset() + r.length();
-        if (r.offset() > size || end_ > size || end_ < r.offset()) {
-          Finish(grpc::Status(
-              grpc::StatusCode::OUT_OF_RANGE,
-              absl::StrCat("range [", r.offset(), ", ", end_, ") of blob ",
-                           d->Hex(), " is outside its ", size, " bytes")));
-          return;
-        }
-        offset_ = r.offset();
-      }
-      if (offset_ >= end_) {  // an empty range sends no chunk
-        reader_.reset();
-        ++range_;
-        continue;
-      }
-      const uint64_t n = std::min<uint64_t>(chunk_size_, end_ - offset_);
-      chunk_.Clear();
-      chunk_.set_range_index(range_);
-      chunk_.set_offset(offset_);
-      std::string* data = chunk_.mutable_data();
-      data->resize(n);
-      absl::Status st = reader_->ReadAt(offset_, n, data->data());
-      if (!st.ok()) {
-        Finish(ToGrpcStatus(st));
-        return;
-      }
-      chunk_.set_checksum(ChunkChecksum(data->data(), n));
-      offset_ += n;
-      StartWrite(&chunk_);
-      return;
-    }
-    Finish(grpc::Status::OK);
+  void Fill(const BlobCursor::Chunk& chunk, std::string bytes) override {
+    message_.set_range_index(static_cast<uint32_t>(chunk.slice));
+    message_.set_offset(chunk.offset);
+    message_.set_checksum(ChunkChecksum(bytes.data(), bytes.size()));
+    *message_.mutable_data() = std::move(bytes);
   }
 
-  CheckpointService* service_;
   const v1::ReadBlobsRequest* req_;
-  uint32_t chunk_size_;
-  int range_ = 0;
-  std::unique_ptr<storage::BlobReader> reader_;
-  uint64_t offset_ = 0;
-  uint64_t end_ = 0;
-  v1::ReadChunk chunk_;
+};
+
+// ExportSafetensors: the header, then every selected tensor's bytes.
+class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
+ public:
+  ExportReactor(CheckpointService* service,
+                const v1::ExportSafetensorsRequest* req)
+      : StreamingReadReactor(service), req_(req) {
+    Begin();
+  }
+
+ private:
+  absl::Status Prepare() override {
+    v1::GetVersionRequest get;
+    get.set_run(req_->run());
+    get.set_ref(req_->ref());
+    get.set_include_manifest(true);
+    get.add_ranks(req_->rank());
+    ASSIGN_OR_RETURN(v1::GetVersionResponse version,
+                     service_->repo()->GetVersion(get));
+    if (version.shards_size() != 1) {
+      return absl::NotFoundError(absl::StrCat(
+          req_->run(), "@", version.info().version(), " has no shard of rank ",
+          req_->rank()));
+    }
+    std::vector<std::string> keys(req_->keys().begin(), req_->keys().end());
+    ASSIGN_OR_RETURN(core::SafetensorsPlan plan,
+                     core::PlanSafetensors(version.info(), version.shards(0),
+                                           keys));
+    message_.set_total_size(plan.total_size);
+    *message_.mutable_data() = std::move(plan.header);
+    has_prologue_ = true;
+    cursor_ = std::make_unique<BlobCursor>(&service_->repo()->blobs(),
+                                           std::move(plan.slices),
+                                           kDefaultReadChunk);
+    return absl::OkStatus();
+  }
+
+  void Fill(const BlobCursor::Chunk&, std::string bytes) override {
+    *message_.mutable_data() = std::move(bytes);
+  }
+
+  const v1::ExportSafetensorsRequest* req_;
 };
 
 // ---------------------------------------------------------------------------
@@ -425,6 +473,11 @@ grpc::ServerUnaryReactor* CheckpointService::GetVersion(
 grpc::ServerWriteReactor<v1::ReadChunk>* CheckpointService::ReadBlobs(
     grpc::CallbackServerContext* ctx, const v1::ReadBlobsRequest* req) {
   return new ReadReactor(this, req);
+}
+
+grpc::ServerWriteReactor<v1::ExportChunk>* CheckpointService::ExportSafetensors(
+    grpc::CallbackServerContext* ctx, const v1::ExportSafetensorsRequest* req) {
+  return new ExportReactor(this, req);
 }
 
 grpc::ServerWriteReactor<v1::WatchRefEvent>* CheckpointService::WatchRef(

@@ -54,6 +54,9 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   grpc::ServerWriteReactor<v1::ReadChunk>* ReadBlobs(
       grpc::CallbackServerContext* ctx,
       const v1::ReadBlobsRequest* req) override;
+  grpc::ServerWriteReactor<v1::ExportChunk>* ExportSafetensors(
+      grpc::CallbackServerContext* ctx,
+      const v1::ExportSafetensorsRequest* req) override;
   grpc::ServerWriteReactor<v1::WatchRefEvent>* WatchRef(
       grpc::CallbackServerContext* ctx,
       const v1::WatchRefRequest* req) override;

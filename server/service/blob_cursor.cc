@@ -1,0 +1,43 @@
+#include "server/service/blob_cursor.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status.h"
+
+namespace ckptd::service {
+
+BlobCursor::BlobCursor(storage::BlobStore* blobs,
+                       std::vector<core::BlobSlice> slices,
+                       uint64_t chunk_size)
+    : blobs_(blobs), slices_(std::move(slices)), chunk_size_(chunk_size) {}
+
+absl::StatusOr<std::optional<BlobCursor::Chunk>> BlobCursor::Next(
+    std::string* out) {
+  while (slice_ < slices_.size()) {
+    const core::BlobSlice& s = slices_[slice_];
+    if (reader_ == nullptr) {
+      ASSIGN_OR_RETURN(reader_, blobs_->Open(s.digest));
+      const uint64_t size = reader_->size();
+      end_ = s.length == 0 ? size : s.offset + s.length;
+      if (s.offset > size || end_ > size || end_ < s.offset) {
+        return absl::OutOfRangeError(
+            absl::StrCat("range [", s.offset, ", ", end_, ") of blob ",
+                         s.digest.Hex(), " is outside its ", size, " bytes"));
+      }
+      offset_ = s.offset;
+    }
+    if (offset_ >= end_) {
+      reader_.reset();
+      ++slice_;
+      continue;
+    }
+    const uint64_t n = std::min(chunk_size_, end_ - offset_);
+    out->resize(n);
+    RETURN_IF_ERROR(reader_->ReadAt(offset_, n, out->data()));
+    Chunk chunk{slice_, offset_};
+    offset_ += n;
+    return chunk;
+  }
+  return std::nullopt;
+}
+
+}  // namespace ckptd::service
