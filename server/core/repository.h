@@ -101,7 +101,7 @@ class Repository {
   static absl::StatusOr<std::unique_ptr<Repository>> Open(
       const RepositoryOptions& options,
       std::shared_ptr<storage::BlobStore> blobs);
-  // RocksDB at <data_dir>/meta, file blobs at <data_dir>/blobs.
+  // RocksDB at <data_dir>/meta, file blobs under <data_dir> (blobs/, tmp/).
   static absl::StatusOr<std::unique_ptr<Repository>> OpenDataDir(
       const std::string& data_dir, RepositoryOptions options);
   ~Repository();

@@ -16,21 +16,36 @@ constexpr size_t kHeaderAlignment = 8;
 
 const char* SafetensorsDType(v1::DType dtype) {
   switch (dtype) {
-    case v1::FLOAT32: return "F32";
-    case v1::FLOAT64: return "F64";
-    case v1::FLOAT16: return "F16";
-    case v1::BFLOAT16: return "BF16";
-    case v1::INT8: return "I8";
-    case v1::INT16: return "I16";
-    case v1::INT32: return "I32";
-    case v1::INT64: return "I64";
-    case v1::UINT8: return "U8";
-    case v1::UINT16: return "U16";
-    case v1::UINT32: return "U32";
-    case v1::UINT64: return "U64";
-    case v1::BOOL: return "BOOL";
-    case v1::COMPLEX64: return "C64";
-    default: return nullptr;
+    case v1::FLOAT32:
+      return "F32";
+    case v1::FLOAT64:
+      return "F64";
+    case v1::FLOAT16:
+      return "F16";
+    case v1::BFLOAT16:
+      return "BF16";
+    case v1::INT8:
+      return "I8";
+    case v1::INT16:
+      return "I16";
+    case v1::INT32:
+      return "I32";
+    case v1::INT64:
+      return "I64";
+    case v1::UINT8:
+      return "U8";
+    case v1::UINT16:
+      return "U16";
+    case v1::UINT32:
+      return "U32";
+    case v1::UINT64:
+      return "U64";
+    case v1::BOOL:
+      return "BOOL";
+    case v1::COMPLEX64:
+      return "C64";
+    default:
+      return nullptr;
   }
 }
 
@@ -38,11 +53,21 @@ std::string JsonString(absl::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -79,8 +104,8 @@ absl::StatusOr<SafetensorsPlan> PlanSafetensors(
     const std::vector<std::string>& keys) {
   SafetensorsPlan plan;
   std::vector<std::string> fields;
-  std::vector<std::pair<std::string, double>> metrics(
-      info.metrics().begin(), info.metrics().end());
+  std::vector<std::pair<std::string, double>> metrics(info.metrics().begin(),
+                                                      info.metrics().end());
   std::sort(metrics.begin(), metrics.end());
   std::vector<std::string> metric_fields;
   for (const auto& [k, v] : metrics) {

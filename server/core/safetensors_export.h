@@ -29,7 +29,7 @@ struct BlobSlice {
 };
 
 struct SafetensorsPlan {
-  std::string header;  // length prefix + JSON, ready to send
+  std::string header;             // length prefix + JSON, ready to send
   std::vector<BlobSlice> slices;  // the data section, in order
   uint64_t total_size = 0;
 };

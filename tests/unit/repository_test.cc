@@ -87,10 +87,9 @@ class RepositoryTest : public ::testing::Test {
     return m;
   }
 
-  absl::StatusOr<v1::VersionInfo> Commit(const std::string& run,
-                                         uint64_t version, uint32_t rank,
-                                         const v1::ShardManifest& m,
-                                         std::map<std::string, double> metrics = {}) {
+  absl::StatusOr<v1::VersionInfo> Commit(
+      const std::string& run, uint64_t version, uint32_t rank,
+      const v1::ShardManifest& m, std::map<std::string, double> metrics = {}) {
     v1::CommitShardRequest req;
     req.set_run(run);
     req.set_version(version);
@@ -193,7 +192,7 @@ TEST_F(RepositoryTest, PublishMovesLastAndBest) {
   uint64_t v2 = Push("r", 2, {{"val_loss", 0.5}});
   uint64_t v3 = Push("r", 3, {{"val_loss", 0.7}});
   uint64_t v4 = Push("r", 4, {{"val_loss", 0.5}});  // tie: earlier stays
-  uint64_t v5 = Push("r", 5, {});                    // no metric: never best
+  uint64_t v5 = Push("r", 5, {});                   // no metric: never best
   EXPECT_EQ(*RefTarget("r", "last"), v5);
   EXPECT_EQ(*RefTarget("r", "best"), v2);
   (void)v1, (void)v3, (void)v4;
@@ -475,8 +474,11 @@ TEST_F(RepositoryTest, RetentionTable) {
        1},
       {"keep_every_n_steps",
        MakePolicy(1, std::nullopt, 10, false),
-       {{5, std::nullopt}, {10, std::nullopt}, {15, std::nullopt},
-        {20, std::nullopt}, {25, std::nullopt}},
+       {{5, std::nullopt},
+        {10, std::nullopt},
+        {15, std::nullopt},
+        {20, std::nullopt},
+        {25, std::nullopt}},
        false,
        {2, 4, 5},
        5,
@@ -532,7 +534,8 @@ TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {
   {
     auto up = repo_->StartBlobUpload("r", v, d, bytes.size(), 0);
     ASSERT_TRUE(up.ok());
-    ASSERT_TRUE((*up)->Append(0, absl::string_view(bytes).substr(0, 1 << 20)).ok());
+    ASSERT_TRUE(
+        (*up)->Append(0, absl::string_view(bytes).substr(0, 1 << 20)).ok());
     // Destroyed unfinished: suspended for resume.
   }
   v1::QueryUploadRequest q;
@@ -546,7 +549,8 @@ TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
   auto up = repo_->StartBlobUpload("r", v, d, bytes.size(), 1 << 20);
   ASSERT_TRUE(up.ok()) << up.status();
-  ASSERT_TRUE((*up)->Append(1 << 20, absl::string_view(bytes).substr(1 << 20)).ok());
+  ASSERT_TRUE(
+      (*up)->Append(1 << 20, absl::string_view(bytes).substr(1 << 20)).ok());
   ASSERT_TRUE((*up)->Finish().ok());
   where = repo_->QueryUpload(q);
   EXPECT_TRUE(where->complete());
