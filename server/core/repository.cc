@@ -173,9 +173,8 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   // Open RocksDB first: its LOCK keeps a second ckptd off the blobs too.
   ASSIGN_OR_RETURN(auto meta,
                    storage::MetadataStore::Open(options.metadata_dir));
-  ASSIGN_OR_RETURN(
-      std::shared_ptr<storage::BlobStore> blobs,
-      storage::OpenFileBlobStore(absl::StrCat(data_dir, "/blobs")));
+  ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
+                   storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   RETURN_IF_ERROR(repo->Recover());
