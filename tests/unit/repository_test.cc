@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -511,6 +513,45 @@ TEST_F(RepositoryTest, RetentionTable) {
       EXPECT_EQ(*best, c.best) << c.name;
     }
   }
+}
+
+TEST_F(RepositoryTest, GarbageCollectionRacingUploadsNeverLosesABlob) {
+  constexpr int kVersions = 40;
+  // keep_last=1: older versions are deleted, so their blobs turn to garbage
+  // while the next version is leasing or uploading.
+  SetPolicy("race", MakePolicy(1, std::nullopt, std::nullopt, false));
+  std::atomic<bool> done{false};
+  std::thread gc([&] {
+    while (!done.load()) {
+      auto st = repo_->CollectGarbage();
+      ASSERT_TRUE(st.ok()) << st.status();
+    }
+  });
+  for (int i = 0; i < kVersions; ++i) {
+    uint64_t v = Begin("race", i);
+    // Every other version re-uses a blob that the previous one uploaded,
+    // found through FindMissingBlobs (leased, not re-sent).
+    std::string bytes(64, static_cast<char>('A' + i / 2));
+    Digest d = DigestOf(bytes.data(), bytes.size());
+    v1::FindMissingBlobsRequest find;
+    find.set_run("race");
+    find.set_version(v);
+    find.add_digests(std::string(d.AsBytes()));
+    auto missing = repo_->FindMissingBlobs(find);
+    ASSERT_TRUE(missing.ok());
+    if (missing->missing_size() == 1) Upload("race", v, bytes);
+    auto info = Commit("race", v, 0, OneTensor(d, 16));
+    ASSERT_TRUE(info.ok()) << "version " << v << ": " << info.status();
+  }
+  done = true;
+  gc.join();
+  v1::VerifyRequest verify;
+  verify.set_run("race");
+  auto report = repo_->Verify(verify);
+  ASSERT_TRUE(report.ok());
+  EXPECT_THAT(report->errors(), IsEmpty());
+  EXPECT_EQ(report->blobs_checked(), 1u);
+  EXPECT_THAT(Surviving("race"), ElementsAre(kVersions));
 }
 
 TEST_F(RepositoryTest, WatchSeesMovesInOrder) {
