@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "server/common/names.h"
 #include "server/common/status.h"
 #include "server/core/manifest.h"
@@ -184,6 +185,28 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
 absl::Status Repository::Recover() {
   RETURN_IF_ERROR(blobs_->RemoveTemporaries());
   absl::MutexLock lock(&mu_);
+  // Leases of versions still pending come back; stale ones are dropped.
+  storage::MetadataBatch stale;
+  RETURN_IF_ERROR(meta_->Scan(
+      storage::keys::kLeasePrefix, "",
+      [&](absl::string_view key, absl::string_view) {
+        std::vector<absl::string_view> parts = absl::StrSplit(key, '/');
+        uint64_t version = 0;
+        absl::StatusOr<Digest> digest = absl::InvalidArgumentError("");
+        if (parts.size() == 4 && absl::SimpleHexAtoi(parts[2], &version)) {
+          digest = DigestFromHex(parts[3]);
+        }
+        auto info = digest.ok()
+                        ? LoadVersion(std::string(parts[1]), version)
+                        : absl::StatusOr<v1::VersionInfo>(digest.status());
+        if (info.ok() && info->state() == v1::PENDING) {
+          leases_[{std::string(parts[1]), version}].digests.insert(*digest);
+        } else {
+          stale.Delete(key);
+        }
+        return true;
+      }));
+  if (!stale.empty()) RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
   v1::CollectGarbageResponse gc;
   RETURN_IF_ERROR(CollectGarbageLocked(&gc));
   if (gc.blobs_deleted() > 0) {
@@ -467,15 +490,16 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
   v1::FindMissingBlobsResponse resp;
   // Under mu_, so GC cannot delete a blob between "present" and the lease.
   absl::MutexLock lock(&mu_);
-  PendingLeases& leases = leases_[{req.run(), req.version()}];
+  std::vector<Digest> present;
   for (const Digest& d : digests) {
     ASSIGN_OR_RETURN(auto size, blobs_->Stat(d));
     if (size.has_value()) {
-      leases.digests.insert(d);
+      present.push_back(d);
     } else {
       resp.add_missing(std::string(d.AsBytes()));
     }
   }
+  RETURN_IF_ERROR(PersistLeases(req.run(), req.version(), present));
   return resp;
 }
 
@@ -518,9 +542,37 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
 void Repository::RecordUpload(const std::string& run, uint64_t version,
                               const Digest& digest, uint64_t bytes) {
   absl::MutexLock lock(&mu_);
+  leases_[{run, version}].uploaded_bytes += bytes;
+  absl::Status st = PersistLeases(run, version, {digest});
+  if (!st.ok()) {
+    // The in-memory lease still protects the blob in this process.
+    spdlog::warn("persist lease of {} for {}@{}: {}", digest.Hex(), run,
+                 version, st.ToString());
+  }
+}
+
+absl::Status Repository::PersistLeases(const std::string& run, uint64_t version,
+                                       const std::vector<Digest>& digests) {
   PendingLeases& leases = leases_[{run, version}];
-  leases.digests.insert(digest);
-  leases.uploaded_bytes += bytes;
+  storage::MetadataBatch batch;
+  for (const Digest& d : digests) {
+    leases.digests.insert(d);
+    batch.Put(storage::keys::Lease(run, version, d.Hex()), "");
+  }
+  if (batch.empty()) return absl::OkStatus();
+  return meta_->Commit(batch, /*sync=*/false);
+}
+
+absl::Status Repository::ReleasePending(storage::MetadataBatch& batch,
+                                        const std::string& run,
+                                        uint64_t version) {
+  RETURN_IF_ERROR(meta_->Scan(storage::keys::LeasePrefix(run, version), "",
+                              [&](absl::string_view key, absl::string_view) {
+                                batch.Delete(key);
+                                return true;
+                              }));
+  leases_.erase({run, version});
+  return absl::OkStatus();
 }
 
 void Repository::SuspendUpload(const Digest& digest, uint64_t blob_size,
@@ -695,8 +747,10 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       }
     }
     batch.Put(storage::keys::Version(req.run(), req.version()), info);
+    if (publish) {
+      RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
+    }
     RETURN_IF_ERROR(meta_->Commit(batch));
-    if (publish) ReleasePending(req.run(), req.version());
     RETURN_IF_ERROR(FillAliases(&info));
   }
   if (!moves.empty()) {
@@ -710,10 +764,6 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     }
   }
   return info;
-}
-
-void Repository::ReleasePending(const std::string& run, uint64_t version) {
-  leases_.erase({run, version});
 }
 
 absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
@@ -733,9 +783,8 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
   storage::MetadataBatch batch;
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
-  RETURN_IF_ERROR(meta_->Commit(batch));
-  ReleasePending(req.run(), req.version());
-  return absl::OkStatus();
+  RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
+  return meta_->Commit(batch);
 }
 
 absl::StatusOr<int> Repository::AbortExpiredPending() {

@@ -14,10 +14,10 @@
 //  3. Retention runs after the commit, in a separate step; GC deletes only
 //     blobs that no committed or pending version references or leases.
 //  Recovery on Open: partial blobs are removed; pending versions stay
-//  pending (ranks may still commit; `pending_timeout` aborts them);
-//  unreferenced blobs are deleted (leases do not survive a restart: a rank
-//  whose blob was collected re-uploads it after CommitShard reports it
-//  missing).
+//  pending (ranks may still commit; `pending_timeout` aborts them) with
+//  their leases (persisted without sync: a lease lost to a power failure
+//  only means the blob is collected and the rank re-uploads it after
+//  CommitShard reports it missing); unreferenced blobs are deleted.
 //
 // Thread safety: all methods are safe to call concurrently. Metadata
 // read-modify-write sequences are serialised by `mu_`; blob bytes move
@@ -226,7 +226,14 @@ class Repository {
   absl::Status CollectGarbageLocked(v1::CollectGarbageResponse* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const std::string& run, const std::vector<AliasMove>& moves);
-  void ReleasePending(const std::string& run, uint64_t version)
+  // Drops the leases of a version that published or aborted, in memory and
+  // (through `batch`) on disk.
+  absl::Status ReleasePending(storage::MetadataBatch& batch,
+                              const std::string& run, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records leases durably enough (unsynced) to survive a process crash.
+  absl::Status PersistLeases(const std::string& run, uint64_t version,
+                             const std::vector<Digest>& digests)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordUpload(const std::string& run, uint64_t version,
                     const Digest& digest, uint64_t bytes);

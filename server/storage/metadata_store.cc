@@ -41,6 +41,13 @@ std::string AliasEvent(absl::string_view run, uint64_t seq) {
 std::string AliasEventPrefix(absl::string_view run) {
   return absl::StrCat("ahist/", run, "/");
 }
+std::string Lease(absl::string_view run, uint64_t version,
+                  absl::string_view digest_hex) {
+  return absl::StrCat("lease/", run, "/", Hex16(version), "/", digest_hex);
+}
+std::string LeasePrefix(absl::string_view run, uint64_t version) {
+  return absl::StrCat("lease/", run, "/", Hex16(version), "/");
+}
 std::optional<uint64_t> VersionFromKey(absl::string_view key) {
   size_t slash = key.rfind('/');
   if (slash == absl::string_view::npos || key.size() - slash - 1 != 16) {

@@ -16,6 +16,13 @@
 //   pend/<run>/<step>               pending version number for (run, step)
 //   alias/<run>/<name>              v1.AliasInfo (also `last` and `best`)
 //   ahist/<run>/<seq:016x>          v1.AliasEvent, the alias audit history
+//   lease/<run>/<version:016x>/<digest hex>
+//                                   "" : a blob a pending version uploaded
+//                                   or was told exists; keeps GC off it.
+//                                   Written without sync (a lease lost to
+//                                   power failure only costs a re-upload),
+//                                   deleted when the version publishes or
+//                                   aborts.
 //
 // Every change that publishes or moves something is one WriteBatch written
 // with sync=true, so a crash leaves either all of it or none of it.
@@ -54,6 +61,10 @@ std::string Alias(absl::string_view run, absl::string_view name);
 std::string AliasPrefix(absl::string_view run);
 std::string AliasEvent(absl::string_view run, uint64_t seq);
 std::string AliasEventPrefix(absl::string_view run);
+std::string Lease(absl::string_view run, uint64_t version,
+                  absl::string_view digest_hex);
+std::string LeasePrefix(absl::string_view run, uint64_t version);
+inline constexpr absl::string_view kLeasePrefix = "lease/";
 // Parses the version number out of a Version() key; nullopt if malformed.
 std::optional<uint64_t> VersionFromKey(absl::string_view key);
 std::string Hex16(uint64_t n);

@@ -5,8 +5,8 @@
 
 #include <unistd.h>
 
-#include <filesystem>
 #include <atomic>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -356,14 +356,22 @@ TEST_F(RepositoryTest, GarbageCollectionKeepsReferencedAndLeasedBlobs) {
   ASSERT_TRUE(gc.ok());
   EXPECT_EQ(gc->blobs_deleted(), 0u);
   ASSERT_TRUE(repo_->blobs().Stat(leased)->has_value());
-  // After a restart the lease is gone: recovery collects the blob, and the
-  // commit then reports it missing (the client re-uploads).
+  // The lease survives a restart (pending versions resume), so recovery
+  // keeps the blob and the commit succeeds without a re-upload.
   Reopen();
-  EXPECT_FALSE(repo_->blobs().Stat(leased)->has_value());
-  auto st = Commit("r", pending, 0, OneTensor(leased, 16));
-  EXPECT_EQ(st.status().code(), absl::StatusCode::kFailedPrecondition);
-  Upload("r", pending, std::string(64, 'L'));
+  EXPECT_TRUE(repo_->blobs().Stat(leased)->has_value());
   EXPECT_TRUE(Commit("r", pending, 0, OneTensor(leased, 16)).ok());
+  // A lease dies with its aborted version: the blob becomes garbage.
+  uint64_t doomed = Begin("r", 3);
+  Digest orphan = Upload("r", doomed, std::string(64, 'O'));
+  v1::AbortVersionRequest abort;
+  abort.set_run("r");
+  abort.set_version(doomed);
+  ASSERT_TRUE(repo_->AbortVersion(abort).ok());
+  gc = repo_->CollectGarbage();
+  ASSERT_TRUE(gc.ok());
+  EXPECT_EQ(gc->blobs_deleted(), 1u);
+  EXPECT_FALSE(repo_->blobs().Stat(orphan)->has_value());
 }
 
 TEST_F(RepositoryTest, DeleteAndPinRules) {
