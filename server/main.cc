@@ -1,4 +1,5 @@
 // ckptd: the checkpoint server daemon. Flags -> Options -> Start -> Wait.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -98,6 +99,9 @@ int main(int argc, char** argv) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
+  // Sweep often enough that a timed-out version aborts within ~25% of it.
+  options.maintenance_interval = std::min(
+      options.maintenance_interval, options.repository.pending_timeout / 4);
   auto server = ckptd::service::Server::Start(options);
   if (!server.ok()) {
     spdlog::critical("cannot start: {}", server.status().ToString());

@@ -28,7 +28,11 @@
 //
 // Writing: data is write()n to the tmp file as it arrives; the writer keeps a
 // streaming XXH3-128 of the whole blob and the per-chunk XXH3-64s in memory
-// (8 bytes per MiB). Sync() is fdatasync: the bytes so far are durable.
+// (8 bytes per MiB). Every kWritebackWindow (8 MiB) appended, writeback of
+// the new range is started (sync_file_range WRITE, no wait), so the disk works
+// while data still arrives and Commit's fdatasync finds little left; it is
+// only a hint, durability comes from fdatasync alone. Sync() is fdatasync:
+// the bytes so far are durable.
 // Commit(expected):
 //   1. digest != expected: INVALID_ARGUMENT, tmp file unlinked.
 //   2. append the trailer, fdatasync, close.

@@ -118,6 +118,9 @@ struct TensorDestination {
 
 struct PullOptions {
   int streams = 4;
+  // Attempts per ReadBlobs stream before giving up (a retry resumes where
+  // each range stopped).
+  int max_attempts = 5;
   // Called with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -180,8 +183,8 @@ class Client {
   virtual absl::Status ExportSafetensors(
       const std::string& run, const std::string& ref, uint32_t rank,
       const std::vector<std::string>& keys,
-      const std::function<absl::Status(std::string_view piece,
-                                       uint64_t total)>& sink) = 0;
+      const std::function<absl::Status(std::string_view piece, uint64_t total)>&
+          sink) = 0;
   // Calls `on_move` each time `ref` moves, until it returns false, the
   // server ends the stream, or an error occurs.
   virtual absl::Status WatchRef(
