@@ -1,0 +1,786 @@
+"""The ckptd Python client.
+
+Example:
+    >>> import ckptd
+    >>> client = ckptd.Client("127.0.0.1:50051")
+    >>> client.set_policy("resnet-run", monitor="val_loss", mode="min")
+    >>> info = client.save("resnet-run", {"model": model.state_dict(), "epoch": 3},
+    ...                    step=3000, epoch=3, metrics={"val_loss": 0.41})
+    >>> client.load_into(model, "resnet-run", "best", key="model")
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import numbers
+import operator
+import platform
+import socket
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _native, _tree
+from ._version import __version__
+from .errors import (
+    DataLossError,
+    InvalidArgumentError,
+    NotFoundError,
+    StateDictMismatchError,
+    UnimplementedError,
+)
+from .types import AliasInfo, LoadResult, MetricPoint, Policy, RunInfo, SaveHandle, VersionInfo
+
+__all__ = ["Client"]
+
+Ref = Union[int, str]
+MapLocation = Union[None, str, torch.device, Mapping[str, Union[str, torch.device]], Callable[..., Any]]
+
+# Long key lists in error messages are cut after this many names.
+_MAX_KEYS_IN_MESSAGE = 20
+
+_cuda_lock = threading.Lock()
+_cuda_native: Optional[bool] = None
+
+
+def _native_cuda() -> bool:
+    """``_native.cuda_available()``, asked once, and only when a CUDA tensor shows up."""
+    global _cuda_native
+    with _cuda_lock:
+        if _cuda_native is None:
+            _cuda_native = bool(_native.cuda_available())
+        return _cuda_native
+
+
+def _ref(ref: Ref) -> str:
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        raise InvalidArgumentError(f"ref must be a version number or a name like 'last', got {ref!r}")
+    if isinstance(ref, int):
+        if ref < 1:
+            raise InvalidArgumentError(f"version numbers start at 1, got {ref}")
+        return str(ref)
+    if not ref:
+        raise InvalidArgumentError("ref is empty; use a version number, 'last', 'best' or an alias")
+    return ref
+
+
+def _int(value: Any, name: str, minimum: Optional[int] = None) -> int:
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__}") from None
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an int, got bool")
+    if minimum is not None and out < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def _metrics(metrics: Optional[Mapping[str, Any]]) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for name, value in (metrics or {}).items():
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"metric names must be non-empty str, got {name!r}")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidArgumentError(
+                f"metric '{name}' must be a number (float, int, 0-d tensor), got {type(value).__name__}"
+            ) from None
+    return out
+
+
+def _labels(labels: Optional[Mapping[str, Any]]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for k, v in (labels or {}).items():
+        if not isinstance(k, str) or not k:
+            raise InvalidArgumentError(f"label names must be non-empty str, got {k!r}")
+        if isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, (bool, numbers.Number)):
+            out[k] = str(v)
+        else:
+            raise InvalidArgumentError(f"label '{k}' must be a str (or a number), got {type(v).__name__}")
+    return out
+
+
+def _environment() -> Dict[str, str]:
+    return {
+        "torch_version": str(torch.__version__),
+        "cuda_version": torch.version.cuda or "",
+        "python_version": platform.python_version(),
+        "hostname": socket.gethostname(),
+        "client_version": __version__,
+    }
+
+
+def _key_list(keys: Sequence[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_IN_MESSAGE])
+    if len(keys) > _MAX_KEYS_IN_MESSAGE:
+        shown += f", ... ({len(keys) - _MAX_KEYS_IN_MESSAGE} more)"
+    return f"[{shown}]"
+
+
+def _sync_cuda(devices: Iterable[int]) -> None:
+    """Waits for the current stream of each device, so that native code reads
+    (or writes) memory no queued kernel still uses."""
+    for device in sorted(set(devices)):
+        if device != _tree.HOST_DEVICE:
+            torch.cuda.current_stream(device).synchronize()
+
+
+class _Placement:
+    """Where loaded tensors go, from a ``map_location`` (like ``torch.load``).
+
+    ckptd does not record the device a tensor was saved from; every stored
+    tensor counts as coming from ``"cpu"`` for dict remapping and callables.
+    """
+
+    def __init__(self, map_location: MapLocation) -> None:
+        self.device = torch.device("cpu")
+        self.function: Optional[Callable[..., Any]] = None
+        if map_location is None:
+            return
+        if isinstance(map_location, (str, torch.device)):
+            self.device = torch.device(map_location)
+        elif isinstance(map_location, Mapping):
+            self.device = torch.device(map_location.get("cpu", "cpu"))
+        elif callable(map_location):
+            self.function = map_location
+        else:
+            raise InvalidArgumentError(
+                f"map_location must be a str, torch.device, dict or callable, got {type(map_location).__name__}"
+            )
+
+    def finish(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.function is not None:
+            moved = self.function(tensor, "cpu")
+            return tensor if moved is None else moved
+        return tensor
+
+
+class _Reader:
+    """Allocates destination tensors for manifest entries and fills them in one
+    ``read_tensors`` call (all shards' streams in parallel)."""
+
+    def __init__(self, manifest: Any) -> None:
+        self._manifest = manifest
+        self._dests: List[Tuple[int, int, int, int]] = []
+        self._devices: List[int] = []
+        # (shard, entry) -> (tensor being filled, final device or None)
+        self._tensors: Dict[Tuple[int, int], Tuple[torch.Tensor, Optional[torch.device]]] = {}
+
+    def add(self, shard: int, index: int, entry: Tuple[Any, ...], device: torch.device) -> None:
+        path, _, code, shape, nbytes = entry
+        dtype = _tree.TORCH_DTYPES.get(code)
+        if dtype is None:
+            raise UnimplementedError(
+                f"tensor '{_tree.path_string(path)}' has dtype {_tree.dtype_name(code)}, "
+                f"which torch {torch.__version__} does not have"
+            )
+        move_to: Optional[torch.device] = None
+        native_device = _tree.HOST_DEVICE
+        if device.type == "cuda" and _native_cuda():
+            tensor = torch.empty(shape, dtype=dtype, device=device)
+            native_device = tensor.device.index
+        else:
+            tensor = torch.empty(shape, dtype=dtype)
+            if device.type != "cpu":
+                move_to = device
+        if tensor.numel() * tensor.element_size() != nbytes:
+            raise DataLossError(
+                f"tensor '{_tree.path_string(path)}': manifest says {nbytes} bytes for shape "
+                f"{list(shape)} of {dtype}"
+            )
+        self._tensors[(shard, index)] = (tensor, move_to)
+        if nbytes:
+            self._dests.append((shard, index, tensor.data_ptr(), native_device))
+            self._devices.append(native_device)
+
+    def read(self, client: Any) -> None:
+        if self._dests:
+            _sync_cuda(self._devices)
+            client.read_tensors(self._manifest, self._dests)
+
+    def get(self, shard: int, index: int) -> torch.Tensor:
+        tensor, move_to = self._tensors[(shard, index)]
+        return tensor if move_to is None else tensor.to(move_to)
+
+
+class Client:
+    """A connection to a ckptd server.
+
+    Safe to use from several threads. Network calls release the GIL.
+
+    Args:
+        address: ``host:port``; None: ``$CKPTD_SERVER``, else ``127.0.0.1:50051``.
+        token: bearer token for servers with authentication.
+        root_certificates: PEM root certificates (str or bytes); switches to TLS.
+        timeout: deadline in seconds for each unary call (a dead server is
+            reported as UnavailableError or DeadlineExceededError within it).
+        channels: TCP connections to open to the server.
+        streams: parallel upload / download streams per save / load.
+        max_attempts: attempts per call or upload before giving up (uploads
+            resume where they stopped).
+
+    Example:
+        >>> client = ckptd.Client()                      # $CKPTD_SERVER or 127.0.0.1:50051
+        >>> client = ckptd.Client("ckpt.internal:50051", token=os.environ["CKPTD_TOKEN"])
+    """
+
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        root_certificates: Union[str, bytes, None] = None,
+        timeout: float = 60.0,
+        channels: int = 4,
+        streams: int = 4,
+        max_attempts: int = 5,
+    ) -> None:
+        if isinstance(root_certificates, bytes):
+            root_certificates = root_certificates.decode("ascii")
+        if not timeout or timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be positive seconds, got {timeout!r}")
+        self.address: str = address or _native.default_server_address()
+        self._native = _native.Client(
+            address or "",
+            token or "",
+            root_certificates or "",
+            _int(channels, "channels", 1),
+            float(timeout),
+            _int(streams, "streams", 1),
+            _int(max_attempts, "max_attempts", 1),
+        )
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ckptd.Client({self.address!r})"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for pending ``save_async`` uploads. The client stays usable."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- push
+
+    def save(
+        self,
+        run: str,
+        state: Any,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        metrics: Optional[Mapping[str, Any]] = None,
+        labels: Optional[Mapping[str, Any]] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> VersionInfo:
+        """Saves ``state`` as a new version of ``run`` and returns when it is durable.
+
+        ``state`` is any nesting of dict / OrderedDict / list / tuple with
+        tensor, int, float, bool, str and None leaves (e.g.
+        ``{"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}``);
+        it round-trips exactly (types, key order, int keys). Tensors are stored
+        contiguous, without ``requires_grad``. Nothing is pickled. The torch,
+        CUDA and Python versions and the hostname are recorded with it.
+
+        Sharded saves: every rank calls ``save`` with the same ``step``, its
+        ``rank`` and the ``world_size``; the version publishes when all shards
+        are in (each rank gets the version; only the last one sees COMMITTED).
+
+        Args:
+            run: run name, ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``.
+            state: the state to save.
+            step: training step (a sharded save's ranks meet on it).
+            epoch: training epoch.
+            metrics: ``{name: number}``; the run policy's ``monitor`` metric
+                decides ``best``.
+            labels: free-form ``{name: str}`` metadata (git sha, dataset, ...).
+            rank: this process's shard.
+            world_size: number of shards.
+
+        Returns:
+            The new version's :class:`VersionInfo`.
+
+        Raises:
+            InvalidArgumentError: an unsupported leaf, key or dtype (naming its
+                key path; nothing is sent), a bad run name, ...
+            CheckpointError: any other failure, e.g. UnavailableError.
+
+        Example:
+            >>> info = client.save("resnet-run", {"model": model.state_dict(), "epoch": epoch},
+            ...                    step=step, epoch=epoch, metrics={"val_loss": val_loss})
+            >>> info.version, info.aliases
+            (7, ('last',))
+        """
+        flat = _tree.flatten(state, native_cuda=self._native_cuda_enabled())
+        args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
+        _sync_cuda(leaf.device for leaf in flat.tensors)
+        return self._push(args, flat)
+
+    def save_async(
+        self,
+        run: str,
+        state: Any,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        metrics: Optional[Mapping[str, Any]] = None,
+        labels: Optional[Mapping[str, Any]] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> SaveHandle:
+        """Like :meth:`save`, but uploads in a background thread.
+
+        Returns once a consistent snapshot is taken: every tensor is copied to
+        host memory (one memcpy of the state, GIL released) while the caller
+        waits, so the caller may modify its tensors as soon as this returns.
+        Input errors (unsupported leaves, ...) raise here; upload errors raise
+        from ``handle.result()``. Saves of one client upload in call order.
+        Each pending save holds its host copy until its upload ends;
+        :meth:`close` waits for all of them (so does interpreter exit).
+
+        Args:
+            run, state, step, epoch, metrics, labels, rank, world_size: as for :meth:`save`.
+
+        Returns:
+            A :class:`SaveHandle` (``result()``, ``done()``).
+
+        Example:
+            >>> handle = client.save_async("resnet-run", {"model": model.state_dict()}, step=step)
+            >>> optimizer.step()           # safe: the snapshot is already taken
+            >>> handle.result().version
+            8
+        """
+        flat = _tree.flatten(state, native_cuda=False)
+        args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
+        _tree.snapshot(flat)
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="ckptd-save"
+                )
+            future = self._executor.submit(self._push, args, flat)
+        return SaveHandle(future, run, args["step"])
+
+    @staticmethod
+    def _native_cuda_enabled() -> bool:
+        # Without CUDA in torch there are no CUDA tensors: do not ask the
+        # native library (it prints a note when it finds no device).
+        return torch.cuda.is_available() and _native_cuda()
+
+    def _push_args(
+        self,
+        run: str,
+        step: Any,
+        epoch: Any,
+        metrics: Optional[Mapping[str, Any]],
+        labels: Optional[Mapping[str, Any]],
+        rank: Any,
+        world_size: Any,
+    ) -> Dict[str, Any]:
+        if not isinstance(run, str):
+            raise InvalidArgumentError(f"run must be a str, got {type(run).__name__}")
+        world_size = _int(world_size, "world_size", 1)
+        rank = _int(rank, "rank", 0)
+        if rank >= world_size:
+            raise InvalidArgumentError(f"rank {rank} is not below world_size {world_size}")
+        return {
+            "run": run,
+            "step": _int(step, "step"),
+            "epoch": _int(epoch, "epoch"),
+            "rank": rank,
+            "world_size": world_size,
+            "metrics": _metrics(metrics),
+            "env": _environment(),
+            "labels": _labels(labels),
+        }
+
+    def _push(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
+        # `flat` holds every tensor (and snapshot buffer) the entries point
+        # into; it lives until push returns.
+        info = self._native.push(entries=flat.entries, **args)
+        del flat
+        return VersionInfo._from_native(info)
+
+    # ---------------------------------------------------------------- pull
+
+    def load(
+        self,
+        run: str,
+        ref: Ref = "last",
+        map_location: MapLocation = None,
+        keys: Union[None, str, Tuple[Any, ...], Sequence[Union[str, Tuple[Any, ...]]]] = None,
+        rank: Optional[int] = None,
+    ) -> Any:
+        """Loads a saved state.
+
+        Args:
+            run: run name.
+            ref: version number, ``"last"``, ``"best"`` or an alias.
+            map_location: where tensors go, as for ``torch.load``: None (CPU),
+                a device string / ``torch.device``, a dict remapping locations
+                (``{"cpu": "cuda:0"}``; stored tensors count as ``"cpu"``, since
+                the saving device is not recorded), or a callable
+                ``f(tensor, "cpu") -> tensor`` (None keeps the CPU tensor).
+                CUDA targets are filled directly when the native library
+                has CUDA support.
+            keys: load only these subtrees (only their bytes travel). A key is
+                a dotted path (``"model"``, ``"optimizer.state"``,
+                ``"model.fc.weight"`` — matched against the dotted rendering
+                of the stored paths, so dict keys containing dots work too) or
+                a tuple of exact path segments (``("optimizer", "state", 0)``).
+                The result keeps the enclosing containers (``{"model": {...}}``);
+                a selected list element keeps its position only if the
+                elements before it are selected too.
+            rank: the shard to load. None: the state of a single-shard
+                version, or ``{rank: state}`` for a multi-shard one.
+
+        Returns:
+            The state, rebuilt with the types it was saved with.
+
+        Raises:
+            NotFoundError: unknown run, ref, shard or key.
+            CheckpointError: any other failure.
+
+        Example:
+            >>> state = client.load("resnet-run", "best", map_location="cpu", keys=["model"])
+            >>> model.load_state_dict(state["model"])
+        """
+        placement = _Placement(map_location)
+        manifest = self._get_manifest(run, ref, rank)
+        if isinstance(keys, (str, tuple)):
+            keys = [keys]
+        shards = self._shard_indices(manifest, rank)
+        reader = _Reader(manifest)
+        plans = []
+        for shard in shards:
+            entries = manifest.entries(shard)
+            indices = list(range(len(entries))) if keys is None else _tree.select(entries, keys)
+            for i in indices:
+                if entries[i][1] == _tree.ENTRY_TENSOR:
+                    reader.add(shard, i, entries[i], placement.device)
+            plans.append((shard, entries, indices))
+        reader.read(self._native)
+        states = {}
+        for shard, entries, indices in plans:
+            states[manifest.shard_rank(shard)] = _tree.unflatten(
+                entries, lambda i, s=shard: placement.finish(reader.get(s, i)), indices
+            )
+        if rank is None and len(states) > 1:
+            return states
+        return next(iter(states.values()))
+
+    def load_into(
+        self,
+        model: torch.nn.Module,
+        run: str,
+        ref: Ref = "last",
+        key: Union[None, str, Tuple[Any, ...]] = None,
+        strict: bool = True,
+        strip_prefix: Optional[str] = None,
+        rank: Optional[int] = None,
+    ) -> LoadResult:
+        """Loads a saved state dict into ``model``.
+
+        Compares the stored keys and shapes (from the manifest, before any
+        bytes travel) with ``model.state_dict()``, then fetches only the
+        tensors that fit, straight onto the device of the parameter or buffer
+        they go to, and copies them in with ``model.load_state_dict`` (no
+        autograd). With ``strict=True`` the model is left untouched when
+        anything does not fit.
+
+        Args:
+            model: the module to fill.
+            run: run name.
+            ref: version number, ``"last"``, ``"best"`` or an alias.
+            key: the subtree holding the state dict (``"model"`` for
+                ``save(run, {"model": model.state_dict(), ...})``); a dotted
+                path or tuple as for ``load(keys=...)``. None: the whole state.
+            strict: raise when keys are missing, unexpected or shaped
+                differently; False loads what fits and reports the rest.
+            strip_prefix: removed from the start of stored keys that have it,
+                e.g. ``"module."`` to load a DDP-wrapped model's state into a
+                plain model.
+            rank: the shard, for multi-shard versions.
+
+        Returns:
+            :class:`LoadResult` with missing_keys, unexpected_keys,
+            mismatched_keys (skipped, left as initialised) and the version.
+
+        Raises:
+            StateDictMismatchError (an InvalidArgumentError): ``strict=True``
+                and the state does not fit; lists the keys.
+            NotFoundError: unknown run, ref or key.
+
+        Example:
+            >>> res = client.load_into(model, "resnet-run", "best", key="model", strip_prefix="module.")
+            >>> res.missing_keys, res.unexpected_keys
+            ([], [])
+        """
+        manifest = self._get_manifest(run, ref, rank)
+        info = VersionInfo._from_native(manifest.info())
+        shards = self._shard_indices(manifest, rank)
+        if len(shards) > 1:
+            ranks = [manifest.shard_rank(s) for s in shards]
+            raise InvalidArgumentError(f"{info.name} has shards {ranks}; pass rank= to load_into")
+        shard = shards[0]
+        entries = manifest.entries(shard)
+        root = 0
+        if key is not None:
+            matches = _tree.select(entries, [key])
+            root = next(i for i in matches if _matches_key(entries[i][0], key))
+        if entries[root][1] != _tree.ENTRY_CONTAINER or entries[root][2] not in (_tree.DICT, _tree.ORDERED_DICT):
+            raise InvalidArgumentError(
+                f"'{_tree.path_string(entries[root][0])}' in {info.name} is not a state dict; "
+                "pass key= naming the subtree that holds it"
+            )
+        children = _children(entries, root)
+
+        model_state = model.state_dict()
+        stored: "collections.OrderedDict[str, Tuple[int, List[int]]]" = collections.OrderedDict()
+        for index, subtree in children:
+            name = str(entries[index][0][-1])
+            if strip_prefix and name.startswith(strip_prefix):
+                name = name[len(strip_prefix) :]
+            stored[name] = (index, subtree)
+        missing = [k for k in model_state if k not in stored]
+        unexpected = [k for k in stored if k not in model_state]
+        mismatched = []
+        details = []
+        for name, (index, _) in stored.items():
+            if name not in model_state:
+                continue
+            target = model_state[name]
+            entry = entries[index]
+            if isinstance(target, torch.Tensor) != (entry[1] == _tree.ENTRY_TENSOR):
+                mismatched.append(name)
+                details.append(f"{name}: stored {_describe(entry)}, model has {_describe_object(target)}")
+            elif entry[1] == _tree.ENTRY_TENSOR and tuple(entry[3]) != tuple(target.shape):
+                mismatched.append(name)
+                details.append(f"{name}: stored shape {list(entry[3])}, model {list(target.shape)}")
+        if strict and (missing or unexpected or mismatched):
+            problems = []
+            if missing:
+                problems.append(f"missing keys (in the model, not in the checkpoint): {_key_list(missing)}")
+            if unexpected:
+                problems.append(f"unexpected keys (in the checkpoint, not in the model): {_key_list(unexpected)}")
+            if mismatched:
+                problems.append(f"shape mismatch: {'; '.join(details[:_MAX_KEYS_IN_MESSAGE])}")
+            hint = ""
+            if unexpected and not strip_prefix and all(k.startswith("module.") for k in unexpected):
+                hint = " (saved from a DDP/DataParallel model? pass strip_prefix='module.')"
+            raise StateDictMismatchError(
+                f"{info.name} does not fit {type(model).__name__} (strict=True); "
+                + "; ".join(problems)
+                + hint
+                + ". The model was not changed; strict=False loads what fits.",
+                missing,
+                unexpected,
+                mismatched,
+            )
+
+        reader = _Reader(manifest)
+        load_names = [n for n in stored if n in model_state and n not in mismatched]
+        for name in load_names:
+            index, subtree = stored[name]
+            if entries[index][1] == _tree.ENTRY_TENSOR:
+                reader.add(shard, index, entries[index], model_state[name].device)
+            else:
+                for i in subtree:
+                    if entries[i][1] == _tree.ENTRY_TENSOR:
+                        reader.add(shard, i, entries[i], torch.device("cpu"))
+        reader.read(self._native)
+        new_state = collections.OrderedDict()
+        for name in load_names:
+            index, subtree = stored[name]
+            new_state[name] = _tree.unflatten(entries, lambda i: reader.get(shard, i), subtree)
+        with torch.no_grad():
+            model.load_state_dict(new_state, strict=False)
+        return LoadResult(missing, unexpected, mismatched, info)
+
+    def _get_manifest(self, run: str, ref: Ref, rank: Optional[int]) -> Any:
+        ranks = [] if rank is None else [_int(rank, "rank", 0)]
+        return self._native.get_version(run, _ref(ref), True, ranks)
+
+    @staticmethod
+    def _shard_indices(manifest: Any, rank: Optional[int]) -> List[int]:
+        if rank is None:
+            return list(range(manifest.shard_count))
+        for s in range(manifest.shard_count):
+            if manifest.shard_rank(s) == rank:
+                return [s]
+        info = manifest.info()
+        raise NotFoundError(f"{info['run']}@{info['version']} has no shard {rank} (world_size {info['world_size']})")
+
+    # ------------------------------------------------------------- history
+
+    def get(self, run: str, ref: Ref = "last") -> VersionInfo:
+        """Metadata of one version.
+
+        Args:
+            run: run name.
+            ref: version number, ``"last"``, ``"best"`` or an alias.
+
+        Returns:
+            Its :class:`VersionInfo`.
+
+        Example:
+            >>> client.get("resnet-run", "best").metrics["val_loss"]
+            0.3127
+        """
+        return VersionInfo._from_native(self._native.get_version(run, _ref(ref), False, []).info())
+
+    def versions(
+        self,
+        run: str,
+        *,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        metric: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        include_aborted: bool = False,
+    ) -> List[VersionInfo]:
+        """The committed versions of ``run``, oldest first.
+
+        Args:
+            run: run name.
+            min_step, max_step: only versions with step in this range.
+            metric: only versions that report this metric.
+            labels: only versions with all these labels.
+            include_aborted: also list aborted versions.
+
+        Returns:
+            A list of :class:`VersionInfo`.
+
+        Example:
+            >>> [(v.version, v.metrics["val_loss"]) for v in client.versions("resnet-run")]
+        """
+        return [
+            VersionInfo._from_native(v)
+            for v in self._native.list_versions(
+                run, min_step, max_step, metric or "", _labels(labels), include_aborted
+            )
+        ]
+
+    def runs(self) -> List[RunInfo]:
+        """Every run on the server.
+
+        Returns:
+            A list of :class:`RunInfo`.
+
+        Example:
+            >>> [r.name for r in client.runs()]
+        """
+        return [RunInfo._from_native(r) for r in self._native.list_runs()]
+
+    def set_policy(
+        self,
+        run: str,
+        monitor: Optional[str] = None,
+        mode: str = "min",
+        keep_last: Optional[int] = None,
+        keep_best: Optional[int] = None,
+        keep_every_n_steps: Optional[int] = None,
+    ) -> Policy:
+        """Sets which metric defines ``best`` and the retention of ``run``.
+
+        Args:
+            run: run name (the run is created if it does not exist yet).
+            monitor: metric name; None: the run has no ``best``.
+            mode: ``"min"`` or ``"max"``.
+            keep_last: keep only the newest N versions (None: all).
+            keep_best: keep only the N best by ``monitor`` (None: all).
+            keep_every_n_steps: also keep versions whose step is a multiple of N.
+            ``last`` and ``best`` are never deleted; pinned versions neither.
+
+        Returns:
+            The stored :class:`Policy`.
+
+        Example:
+            >>> client.set_policy("resnet-run", monitor="val_loss", mode="min", keep_last=3, keep_best=1)
+        """
+        if mode not in ("min", "max"):
+            raise InvalidArgumentError(f"mode must be 'min' or 'max', got {mode!r}")
+        opt = lambda v, n: None if v is None else _int(v, n, 0)  # noqa: E731
+        return Policy._from_native(
+            self._native.set_policy(
+                run,
+                monitor or "",
+                mode,
+                opt(keep_last, "keep_last"),
+                opt(keep_best, "keep_best"),
+                opt(keep_every_n_steps, "keep_every_n_steps"),
+            )
+        )
+
+    def get_policy(self, run: str) -> Policy:
+        """The policy of ``run``."""
+        return Policy._from_native(self._native.get_policy(run))
+
+    def set_alias(self, run: str, name: str, ref: Ref) -> AliasInfo:
+        """Points alias ``name`` (e.g. ``"prod"``) at ``ref``."""
+        return AliasInfo._from_native(self._native.set_alias(run, name, _ref(ref)))
+
+    def delete_alias(self, run: str, name: str) -> None:
+        """Removes alias ``name``."""
+        self._native.delete_alias(run, name)
+
+    def pin(self, run: str, ref: Ref) -> VersionInfo:
+        """Exempts a version from retention."""
+        return VersionInfo._from_native(self._native.set_pinned(run, _ref(ref), True))
+
+    def unpin(self, run: str, ref: Ref) -> VersionInfo:
+        """Makes a pinned version subject to retention again."""
+        return VersionInfo._from_native(self._native.set_pinned(run, _ref(ref), False))
+
+    def delete_version(self, run: str, ref: Ref) -> None:
+        """Deletes one version (its blobs are collected when unreferenced)."""
+        self._native.delete_version(run, _ref(ref))
+
+    def metric_history(self, run: str, metric: Optional[str] = None) -> List[MetricPoint]:
+        """Metric values over the versions of ``run`` (every metric if None)."""
+        return [MetricPoint._from_native(p) for p in self._native.metric_history(run, metric or "")]
+
+
+def _matches_key(path: Tuple[Any, ...], key: Any) -> bool:
+    return path == key if isinstance(key, tuple) else _tree.path_string(path) == key
+
+
+def _children(entries: Sequence[Tuple[Any, ...]], root: int) -> List[Tuple[int, List[int]]]:
+    """(child index, indices of the child's subtree) for each child of container ``root``."""
+    depth = len(entries[root][0])
+    out: List[Tuple[int, List[int]]] = []
+    i = root + 1
+    while i < len(entries) and len(entries[i][0]) > depth:
+        if len(entries[i][0]) == depth + 1:
+            out.append((i, [i]))
+        else:
+            out[-1][1].append(i)
+        i += 1
+    return out
+
+
+def _describe(entry: Tuple[Any, ...]) -> str:
+    if entry[1] == _tree.ENTRY_TENSOR:
+        return f"a tensor of shape {list(entry[3])}"
+    return "a container" if entry[1] == _tree.ENTRY_CONTAINER else f"a {type(entry[2]).__name__} value"
+
+
+def _describe_object(obj: Any) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"a tensor of shape {list(obj.shape)}"
+    return f"a {type(obj).__name__}"
