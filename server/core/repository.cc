@@ -133,6 +133,9 @@ absl::Status BlobUpload::Finish() {
 
 void BlobUpload::Suspend() {
   if (writer_ == nullptr) return;
+  // The bytes of an interrupted stream travelled too: uploaded_bytes counts
+  // them, whether the upload resumes or starts over.
+  repo_->CountUploadedBytes(run_, version_, appended_this_stream_);
   repo_->SuspendUpload(digest_, blob_size_, std::move(writer_));
 }
 
@@ -549,6 +552,13 @@ void Repository::RecordUpload(const std::string& run, uint64_t version,
     spdlog::warn("persist lease of {} for {}@{}: {}", digest.Hex(), run,
                  version, st.ToString());
   }
+}
+
+void Repository::CountUploadedBytes(const std::string& run, uint64_t version,
+                                    uint64_t bytes) {
+  if (bytes == 0) return;
+  absl::MutexLock lock(&mu_);
+  leases_[{run, version}].uploaded_bytes += bytes;
 }
 
 absl::Status Repository::PersistLeases(const std::string& run, uint64_t version,

@@ -237,6 +237,10 @@ class Repository {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordUpload(const std::string& run, uint64_t version,
                     const Digest& digest, uint64_t bytes);
+  // Adds the bytes an interrupted stream delivered to the version's
+  // uploaded_bytes.
+  void CountUploadedBytes(const std::string& run, uint64_t version,
+                          uint64_t bytes);
   void SuspendUpload(const Digest& digest, uint64_t blob_size,
                      std::unique_ptr<storage::BlobWriter> writer);
 

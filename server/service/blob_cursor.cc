@@ -6,8 +6,7 @@
 namespace ckptd::service {
 
 BlobCursor::BlobCursor(storage::BlobStore* blobs,
-                       std::vector<core::BlobSlice> slices,
-                       uint64_t chunk_size)
+                       std::vector<core::BlobSlice> slices, uint64_t chunk_size)
     : blobs_(blobs), slices_(std::move(slices)), chunk_size_(chunk_size) {}
 
 absl::StatusOr<std::optional<BlobCursor::Chunk>> BlobCursor::Next(

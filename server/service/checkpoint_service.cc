@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/common/names.h"
-#include "server/service/blob_cursor.h"
 #include "server/common/status.h"
+#include "server/service/blob_cursor.h"
 #include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
 
@@ -257,20 +257,19 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
     ASSIGN_OR_RETURN(v1::GetVersionResponse version,
                      service_->repo()->GetVersion(get));
     if (version.shards_size() != 1) {
-      return absl::NotFoundError(absl::StrCat(
-          req_->run(), "@", version.info().version(), " has no shard of rank ",
-          req_->rank()));
+      return absl::NotFoundError(
+          absl::StrCat(req_->run(), "@", version.info().version(),
+                       " has no shard of rank ", req_->rank()));
     }
     std::vector<std::string> keys(req_->keys().begin(), req_->keys().end());
-    ASSIGN_OR_RETURN(core::SafetensorsPlan plan,
-                     core::PlanSafetensors(version.info(), version.shards(0),
-                                           keys));
+    ASSIGN_OR_RETURN(
+        core::SafetensorsPlan plan,
+        core::PlanSafetensors(version.info(), version.shards(0), keys));
     message_.set_total_size(plan.total_size);
     *message_.mutable_data() = std::move(plan.header);
     has_prologue_ = true;
-    cursor_ = std::make_unique<BlobCursor>(&service_->repo()->blobs(),
-                                           std::move(plan.slices),
-                                           kDefaultReadChunk);
+    cursor_ = std::make_unique<BlobCursor>(
+        &service_->repo()->blobs(), std::move(plan.slices), kDefaultReadChunk);
     return absl::OkStatus();
   }
 

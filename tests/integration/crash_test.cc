@@ -98,7 +98,9 @@ void CheckInvariants(Client& client, const std::map<int64_t, bool>& acked) {
   }
   // Every fully acknowledged step is listed.
   for (const auto& [step, done] : acked) {
-    if (done) EXPECT_TRUE(by_step.contains(step)) << "lost step " << step;
+    if (done) {
+      EXPECT_TRUE(by_step.contains(step)) << "lost step " << step;
+    }
   }
   if (!versions->empty()) {
     auto last = client.GetVersion("crash", "last", {});

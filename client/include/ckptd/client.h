@@ -95,8 +95,13 @@ struct PushOptions {
   // Bytes per UploadChunk (1-4 MiB).
   uint64_t chunk_size = 4 << 20;
   // Attempts per RPC / upload before giving up (resume uses QueryUpload).
-  int max_attempts = 5;
+  // With the backoff (100 ms doubling to 2 s) the default rides out a
+  // server that is back within about 10 s (a supervisor's restart).
+  int max_attempts = 10;
   // Called with (bytes done, bytes total) as upload progresses; may be empty.
+  // `total` counts the blobs the server is missing (after dedup; 0 when it
+  // has everything); `done` may step back when a stream resumes. Called
+  // from upload threads, one call at a time.
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
@@ -120,7 +125,7 @@ struct PullOptions {
   int streams = 4;
   // Attempts per ReadBlobs stream before giving up (a retry resumes where
   // each range stopped).
-  int max_attempts = 5;
+  int max_attempts = 10;
   // Called with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };

@@ -1,0 +1,287 @@
+#include "client/src/blob_upload.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/src/chunk_wire.h"
+#include "client/src/cuda_staging.h"
+#include "grpcpp/support/sync_stream.h"
+
+namespace ckptd::internal {
+namespace {
+
+using ByteWriter = grpc::ClientWriter<grpc::ByteBuffer>;
+
+struct PendingBlob {
+  const PlannedBlob* blob;
+  uint64_t offset = 0;  // where the next attempt starts
+  uint64_t sent = 0;    // end of what the current attempt handed to gRPC
+};
+
+// One upload stream's blobs, sent in order, resumed after failures.
+class UploadStream {
+ public:
+  UploadStream(Connection& connection, int index, const std::string& run,
+               uint64_t version, const PushOptions& options,
+               ProgressReporter* progress, std::atomic<bool>* stop)
+      : connection_(connection),
+        index_(index),
+        run_(run),
+        version_(version),
+        options_(options),
+        progress_(progress),
+        stop_(stop),
+        stagers_(options.chunk_size) {}
+
+  void Add(const PlannedBlob* blob) { queue_.push_back(PendingBlob{blob}); }
+  uint64_t bytes() const {
+    uint64_t n = 0;
+    for (const auto& p : queue_) n += p.blob->size;
+    return n;
+  }
+  void SortByPlanOrder() {
+    std::sort(queue_.begin(), queue_.end(),
+              [](const PendingBlob& a, const PendingBlob& b) {
+                return a.blob < b.blob;
+              });
+  }
+
+  absl::Status Run() {
+    Backoff backoff;
+    bool refresh = false;
+    bool trust_durable = true;
+    size_t refresh_upto = 0;
+    for (int attempt = 1;; ++attempt) {
+      absl::Status st;
+      if (refresh) st = Refresh(refresh_upto, trust_durable);
+      if (st.ok()) {
+        refresh = false;
+        trust_durable = true;
+        if (queue_.empty()) return absl::OkStatus();
+        size_t failed_at = queue_.size();
+        st = Attempt(&failed_at);
+        if (st.ok()) {
+          queue_.clear();
+          return absl::OkStatus();
+        }
+        refresh = true;
+        refresh_upto = std::min(failed_at, queue_.size() - 1);
+        if (st.code() == absl::StatusCode::kFailedPrecondition &&
+            absl::StrContains(st.message(), "resume")) {
+          // The server no longer holds the partial upload we resumed:
+          // start those blobs over.
+          trust_durable = false;
+          refresh_upto = queue_.size() - 1;
+          if (attempt < options_.max_attempts && !stop_->load()) {
+            backoff.Wait(connection_.channel(index_).get());
+            continue;
+          }
+        }
+      }
+      if (stop_->load()) {
+        return absl::CancelledError("another upload stream failed");
+      }
+      if (!IsRetryableStreamError(st) || attempt >= options_.max_attempts) {
+        return st;
+      }
+      backoff.Wait(connection_.channel(index_).get());
+    }
+  }
+
+ private:
+  // One UploadBlobs call over every queued blob. On a failed write,
+  // `*failed_at` is the index of the blob in flight.
+  absl::Status Attempt(size_t* failed_at) {
+    grpc::ClientContext ctx;
+    connection_.Prepare(&ctx, /*unary_deadline=*/false);
+    v1::UploadBlobsResponse response;
+    const std::shared_ptr<grpc::Channel>& channel = connection_.channel(index_);
+    grpc::internal::RpcMethod method(
+        kUploadBlobsMethod, grpc::internal::RpcMethod::CLIENT_STREAMING,
+        channel);
+    std::unique_ptr<ByteWriter> writer(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
+            channel.get(), method, &ctx, &response));
+    bool first_chunk = true;
+    absl::Status local;
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      if (!SendBlob(writer.get(), queue_[i], &first_chunk, &local)) {
+        *failed_at = i;
+        break;
+      }
+    }
+    const bool stopped = stop_->load();
+    if (!local.ok() || stopped) {
+      ctx.TryCancel();
+    } else if (*failed_at == queue_.size()) {
+      writer->WritesDone();
+    }
+    absl::Status st = FromGrpcStatus(writer->Finish());
+    if (!local.ok()) return local;
+    if (stopped) return absl::CancelledError("another upload stream failed");
+    return st;
+  }
+
+  // Sends `p` from p.offset. False when the stream broke (Finish() says
+  // why), when the push is stopping, or with `*error` set for a local error.
+  bool SendBlob(ByteWriter* writer, PendingBlob& p, bool* first_chunk,
+                absl::Status* error) {
+    const PlannedBlob& b = *p.blob;
+    uint64_t offset = p.offset;
+    p.sent = p.offset;
+    auto send = [&](const char* data, size_t n) -> bool {
+      v1::UploadChunk header;
+      if (*first_chunk) {
+        header.set_run(run_);
+        header.set_version(version_);
+        *first_chunk = false;
+      }
+      header.set_digest(b.digest);
+      if (offset == p.offset) header.set_blob_size(b.size);
+      header.set_offset(offset);
+      header.set_checksum(XXH3_64bits(data, n));
+      if (!writer->Write(EncodeUploadChunk(header, data, n))) return false;
+      offset += n;
+      p.sent = offset;
+      progress_->Add(static_cast<int64_t>(n));
+      return !stop_->load();
+    };
+    if (b.size == 0 || offset >= b.size) return send(b.data, 0);
+    if (b.memory.kind == MemoryKind::kHost) {
+      while (offset < b.size) {
+        const size_t n = static_cast<size_t>(
+            std::min<uint64_t>(options_.chunk_size, b.size - offset));
+        if (!send(b.data + offset, n)) return false;
+      }
+      return true;
+    }
+    absl::StatusOr<CudaStager*> stager = stagers_.Get(b.memory.device);
+    if (!stager.ok()) {
+      *error = stager.status();
+      return false;
+    }
+    bool broken = false;
+    absl::Status st = (*stager)->ReadDevice(
+        b.data + offset, b.size - offset, [&](const char* piece, size_t n) {
+          if (send(piece, n)) return absl::OkStatus();
+          broken = true;
+          return absl::CancelledError("stream broke");
+        });
+    if (broken) return false;
+    if (!st.ok()) {
+      *error = st;
+      return false;
+    }
+    return true;
+  }
+
+  // Asks the server how far blobs [0, upto] got: complete ones leave the
+  // queue, others continue at the durable offset (or 0 when
+  // `trust_durable` is false).
+  absl::Status Refresh(size_t upto, bool trust_durable) {
+    std::vector<PendingBlob> kept;
+    for (size_t j = 0; j < queue_.size(); ++j) {
+      PendingBlob& p = queue_[j];
+      if (j > upto) {
+        kept.push_back(p);
+        continue;
+      }
+      v1::QueryUploadRequest req;
+      req.set_run(run_);
+      req.set_version(version_);
+      req.set_digest(p.blob->digest);
+      absl::StatusOr<v1::QueryUploadResponse> r =
+          connection_.Unary(&v1::Checkpoint::Stub::QueryUpload, req);
+      if (!r.ok()) {
+        // Keep the unqueried rest as it was; a later Refresh covers it.
+        for (size_t k = j; k < queue_.size(); ++k) kept.push_back(queue_[k]);
+        queue_ = std::move(kept);
+        return r.status();
+      }
+      if (r->complete()) {
+        progress_->Add(static_cast<int64_t>(p.blob->size) -
+                       static_cast<int64_t>(p.sent));
+        continue;
+      }
+      uint64_t durable = trust_durable ? r->durable_offset() : 0;
+      if (durable > p.blob->size) durable = 0;
+      progress_->Add(static_cast<int64_t>(durable) -
+                     static_cast<int64_t>(p.sent));
+      p.offset = p.sent = durable;
+      kept.push_back(p);
+    }
+    queue_ = std::move(kept);
+    return absl::OkStatus();
+  }
+
+  Connection& connection_;
+  const int index_;
+  const std::string& run_;
+  const uint64_t version_;
+  const PushOptions& options_;
+  ProgressReporter* progress_;
+  std::atomic<bool>* stop_;
+  CudaStagerCache stagers_;
+  std::vector<PendingBlob> queue_;
+};
+
+}  // namespace
+
+absl::Status UploadBlobs(Connection& connection, const std::string& run,
+                         uint64_t version,
+                         const std::vector<const PlannedBlob*>& blobs,
+                         const PushOptions& options,
+                         ProgressReporter* progress) {
+  if (blobs.empty()) return absl::OkStatus();
+  const int stream_count = static_cast<int>(
+      std::min<size_t>(std::max(1, options.streams), blobs.size()));
+  std::atomic<bool> stop{false};
+  std::vector<std::unique_ptr<UploadStream>> streams;
+  for (int i = 0; i < stream_count; ++i) {
+    streams.push_back(std::make_unique<UploadStream>(
+        connection, i, run, version, options, progress, &stop));
+  }
+  // Largest first, each to the least loaded stream.
+  std::vector<const PlannedBlob*> by_size = blobs;
+  std::stable_sort(by_size.begin(), by_size.end(),
+                   [](const PlannedBlob* a, const PlannedBlob* b) {
+                     return a->size > b->size;
+                   });
+  std::vector<uint64_t> load(stream_count, 0);
+  for (const PlannedBlob* b : by_size) {
+    const size_t s = std::min_element(load.begin(), load.end()) - load.begin();
+    streams[s]->Add(b);
+    load[s] += b->size;
+  }
+  for (auto& s : streams) s->SortByPlanOrder();
+
+  std::vector<absl::Status> results(stream_count);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < stream_count; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = streams[i]->Run();
+      if (!results[i].ok()) stop = true;
+    });
+  }
+  for (auto& t : threads) t.join();
+  // The first real failure, not the cancellations it caused.
+  absl::Status first;
+  for (const absl::Status& st : results) {
+    if (st.ok()) continue;
+    if (first.ok() || (first.code() == absl::StatusCode::kCancelled &&
+                       st.code() != absl::StatusCode::kCancelled)) {
+      first = st;
+    }
+  }
+  return first;
+}
+
+}  // namespace ckptd::internal

@@ -1,0 +1,123 @@
+// Connection: the gRPC channels a Client holds to one server, and the
+// per-call settings every RPC shares (bearer token, unary deadline), the
+// grpc::Status -> absl::Status mapping and the retry backoff.
+//
+// Each channel gets distinct channel args and a local subchannel pool, so
+// the channels are separate TCP connections and parallel streams do not
+// share one HTTP/2 connection's flow-control window.
+//
+// Thread safety: all methods are safe for concurrent use.
+#ifndef CKPTD_CLIENT_SRC_CONNECTION_H_
+#define CKPTD_CLIENT_SRC_CONNECTION_H_
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ckptd/client.h"
+#include "ckptd/v1/checkpoint.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace ckptd::internal {
+
+// Manifests of large states are big; chunks are up to 4 MiB plus framing.
+inline constexpr int kMaxMessageBytes = 64 << 20;
+
+// Retry backoff: 100 ms, doubling, capped at 2 s.
+inline constexpr std::chrono::milliseconds kInitialBackoff{100};
+inline constexpr std::chrono::milliseconds kMaxBackoff{2000};
+
+// Same code, the server's message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// Codes after which a stream is resumed / an idempotent call repeated.
+bool IsRetryableStreamError(const absl::Status& status);
+
+// Retry backoff. Wait(channel) returns as soon as `channel` is connected
+// again, so a retry after a server restart goes out the moment the server
+// is back instead of failing fast on a channel still in TRANSIENT_FAILURE.
+class Backoff {
+ public:
+  // Sleeps for the current delay (or, with a channel that is not ready,
+  // until it connects, at most the delay), then doubles the delay (up to
+  // kMaxBackoff).
+  void Wait(grpc::Channel* channel = nullptr) {
+    if (channel == nullptr ||
+        channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) {
+      std::this_thread::sleep_for(delay_);
+    } else {
+      channel->WaitForConnected(std::chrono::system_clock::now() + delay_);
+    }
+    delay_ = std::min(delay_ * 2, kMaxBackoff);
+  }
+
+ private:
+  std::chrono::milliseconds delay_ = kInitialBackoff;
+};
+
+class Connection {
+ public:
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(
+      const ClientOptions& options);
+
+  int channel_count() const { return static_cast<int>(channels_.size()); }
+  const std::shared_ptr<grpc::Channel>& channel(int i) const {
+    return channels_[i % channels_.size()];
+  }
+  v1::Checkpoint::Stub* stub(int i) const {
+    return stubs_[i % stubs_.size()].get();
+  }
+  // Spreads unary calls over the channels.
+  v1::Checkpoint::Stub* NextStub() {
+    return stub(
+        static_cast<int>(next_.fetch_add(1, std::memory_order_relaxed)));
+  }
+
+  // Adds the bearer token; with `unary_deadline`, sets the deadline of a
+  // unary call.
+  void Prepare(grpc::ClientContext* ctx, bool unary_deadline) const;
+
+  // Runs one unary RPC. Repeats it (with backoff) on UNAVAILABLE up to
+  // `max_attempts` times: use more than 1 only for idempotent calls.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      grpc::Status (v1::Checkpoint::Stub::*method)(grpc::ClientContext*,
+                                                   const Request&, Response*),
+      const Request& request, int max_attempts = 1) {
+    Backoff backoff;
+    const int index =
+        static_cast<int>(next_.fetch_add(1, std::memory_order_relaxed));
+    for (int attempt = 1;; ++attempt) {
+      grpc::ClientContext ctx;
+      Prepare(&ctx, /*unary_deadline=*/true);
+      Response response;
+      absl::Status st =
+          FromGrpcStatus((stub(index)->*method)(&ctx, request, &response));
+      if (st.ok()) return response;
+      if (st.code() != absl::StatusCode::kUnavailable ||
+          attempt >= max_attempts) {
+        return st;
+      }
+      backoff.Wait(channel(index).get());
+    }
+  }
+
+ private:
+  Connection(const ClientOptions& options,
+             std::vector<std::shared_ptr<grpc::Channel>> channels);
+
+  std::string authorization_;  // "Bearer <token>" or empty
+  std::chrono::microseconds rpc_timeout_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::Checkpoint::Stub>> stubs_;
+  std::atomic<uint64_t> next_{0};
+};
+
+}  // namespace ckptd::internal
+
+#endif  // CKPTD_CLIENT_SRC_CONNECTION_H_
