@@ -25,8 +25,10 @@ ABSL_FLAG(std::string, data_dir, "./ckptd-data",
 ABSL_FLAG(std::string, log_level, "info",
           "Log verbosity: trace, debug, info, warn, error or off.");
 ABSL_FLAG(absl::Duration, pending_timeout, absl::Hours(6),
-          "A version whose shards are not all committed within this time "
-          "(e.g. 90s, 30m, 6h) is aborted and its blobs become collectable.");
+          "A pending version on which no rank made progress (began, "
+          "uploaded or committed a shard) for this long (e.g. 90s, 30m, 6h) "
+          "is aborted and the blobs only it held are deleted; interrupted "
+          "uploads older than this are dropped.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM/SIGINT, how long in-flight calls may run before they "
           "are cancelled.");

@@ -608,26 +608,50 @@ absl::Status CmdPull(Session& s) {
 
   ProgressBar bar(s.err(), absl::StrCat("pull ", vr.run, "@", vr.ref),
                   s.progress());
+  uint64_t announced = 0;  // the file size the server promised
   CKPT_RETURN_IF_ERROR(client->ExportSafetensors(
       vr.run, vr.ref, s.args().rank, s.args().keys,
       [&](std::string_view piece, uint64_t total) -> absl::Status {
+        announced = total;
         CKPT_RETURN_IF_ERROR(
             writer.Append(absl::string_view(piece.data(), piece.size())));
+        if (announced != 0 && writer.bytes_written() > announced) {
+          return absl::DataLossError(
+              absl::StrCat("the server sent more than the ", announced,
+                           " bytes it announced for ", vr.run, "@", vr.ref,
+                           "; nothing was written to ", path));
+        }
         bar.Update(writer.bytes_written(), total);
         return absl::OkStatus();
       }));
   bar.Finish();
 
-  // Check what arrived before it replaces anything at `path`.
+  // Check what arrived before it replaces anything at `path`. A well-formed
+  // header over shifted bytes would still parse, so the size must match the
+  // announced one and the tensors must cover the data section exactly (the
+  // server writes them back to back).
+  const auto invalid = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat(
+        "the server sent an invalid .safetensors file for ", vr.run, "@",
+        vr.ref, ": ", why, "; nothing was written to ", path));
+  };
+  if (announced != 0 && writer.bytes_written() != announced) {
+    return invalid(absl::StrCat(writer.bytes_written(), " bytes arrived but ",
+                                announced, " were announced"));
+  }
   size_t tensor_count = 0;
   {
     CKPT_ASSIGN_OR_RETURN(MappedFile mapped,
                           MappedFile::Open(writer.temp_path()));
     absl::StatusOr<SafetensorsFile> parsed = ParseSafetensors(mapped.view());
-    if (!parsed.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("the server sent an invalid .safetensors file: ",
-                       parsed.status().message()));
+    if (!parsed.ok()) return invalid(parsed.status().message());
+    uint64_t covered = 0;
+    for (const SafetensorsTensor& t : parsed->tensors) {
+      covered = std::max(covered, t.end);
+    }
+    if (covered != parsed->data.size()) {
+      return invalid(absl::StrCat("the data section has ", parsed->data.size(),
+                                  " bytes but the tensors cover ", covered));
     }
     tensor_count = parsed->tensors.size();
   }
@@ -793,14 +817,22 @@ absl::Status CmdPolicy(Session& s) {
   const Args& a = s.args();
   CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
   CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(Policy current, client->GetPolicy(a.run));
+  absl::StatusOr<Policy> current = client->GetPolicy(a.run);
   if (a.policy.empty()) {
-    PrintPolicy(s, a.run, current);
+    if (!current.ok()) return current.status();
+    PrintPolicy(s, a.run, *current);
     return absl::OkStatus();
   }
+  // Setting a policy before the first push is how `best` and retention are
+  // in force from version 1 on: the server's SetPolicy creates the run, so
+  // an unknown run starts from the defaults (keep everything, no best).
+  if (!current.ok() && !absl::IsNotFound(current.status())) {
+    return current.status();
+  }
+  const Policy base = current.ok() ? *current : Policy();
   CKPT_ASSIGN_OR_RETURN(
       Policy updated,
-      client->SetPolicy(a.run, ApplyPolicyEdit(current, a.policy)));
+      client->SetPolicy(a.run, ApplyPolicyEdit(base, a.policy)));
   PrintPolicy(s, a.run, updated);
   return absl::OkStatus();
 }
@@ -1006,7 +1038,8 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
 
   c = AddCommand(
       app, h, "policy",
-      "Show a run's best/retention policy, or change it with flags",
+      "Show a run's best/retention policy, or change it with flags (also "
+      "before the run's first push)",
       "ckpt policy llama --monitor val_loss --mode min --keep-last 3",
       CmdPolicy);
   c->add_option("RUN", args.run, "Run name")->required();

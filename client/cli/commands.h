@@ -85,7 +85,9 @@ absl::Status CheckRef(absl::string_view ref);
 absl::StatusOr<std::pair<std::string, std::string>> ParseKeyValue(
     absl::string_view arg, absl::string_view flag);
 
-// The policy edits `ckpt policy RUN --...` asks for; unset fields stay.
+// The policy edits `ckpt policy RUN --...` asks for; unset fields stay. On a
+// run the server does not know yet, they apply to the default policy (the
+// server's SetPolicy creates the run).
 struct PolicyEdit {
   std::optional<std::string> monitor;
   std::optional<std::string> mode;  // "min" or "max"

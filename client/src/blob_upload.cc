@@ -89,11 +89,18 @@ class UploadStream {
       if (stop_->load()) {
         return absl::CancelledError("another upload stream failed");
       }
-      if (!IsRetryableStreamError(st) || attempt >= options_.max_attempts) {
+      if (stalled_ || !IsRetryableUploadError(st) ||
+          attempt >= options_.max_attempts) {
         return st;
       }
       backoff.Wait(connection_.channel(index_).get());
     }
+  }
+
+  // Stream errors, and DATA_LOSS: a chunk damaged in transit is resent.
+  static bool IsRetryableUploadError(const absl::Status& st) {
+    return IsRetryableStreamError(st) ||
+           st.code() == absl::StatusCode::kDataLoss;
   }
 
  private:
@@ -110,6 +117,8 @@ class UploadStream {
     std::unique_ptr<ByteWriter> writer(
         grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
             channel.get(), method, &ctx, &response));
+    StallWatchdog watchdog(&ctx, connection_.stall_timeout());
+    watchdog_ = &watchdog;
     bool first_chunk = true;
     absl::Status local;
     for (size_t i = 0; i < queue_.size(); ++i) {
@@ -125,8 +134,13 @@ class UploadStream {
       writer->WritesDone();
     }
     absl::Status st = FromGrpcStatus(writer->Finish());
+    watchdog_ = nullptr;
     if (!local.ok()) return local;
     if (stopped) return absl::CancelledError("another upload stream failed");
+    if (watchdog.fired()) {
+      stalled_ = true;
+      return watchdog.StalledError("UploadBlobs stream");
+    }
     return st;
   }
 
@@ -149,6 +163,7 @@ class UploadStream {
       header.set_offset(offset);
       header.set_checksum(XXH3_64bits(data, n));
       if (!writer->Write(EncodeUploadChunk(header, data, n))) return false;
+      watchdog_->Progress();
       offset += n;
       p.sent = offset;
       progress_->Add(static_cast<int64_t>(n));
@@ -231,6 +246,8 @@ class UploadStream {
   std::atomic<bool>* stop_;
   CudaStagerCache stagers_;
   std::vector<PendingBlob> queue_;
+  StallWatchdog* watchdog_ = nullptr;  // of the attempt under way
+  bool stalled_ = false;               // a stall is reported, not retried
 };
 
 }  // namespace

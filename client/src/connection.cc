@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace ckptd::internal {
 namespace {
@@ -93,6 +94,42 @@ Connection::Connection(const ClientOptions& options,
   for (const auto& channel : channels_) {
     stubs_.push_back(v1::Checkpoint::NewStub(channel));
   }
+}
+
+StallWatchdog::StallWatchdog(grpc::ClientContext* ctx,
+                             std::chrono::microseconds timeout)
+    : ctx_(ctx), timeout_(timeout), last_progress_(Now()) {
+  thread_ = std::thread([this] { Watch(); });
+}
+
+StallWatchdog::~StallWatchdog() {
+  {
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+  }
+  thread_.join();
+}
+
+void StallWatchdog::Watch() {
+  // Checks a few times per timeout; a stall is noticed within 1.25x.
+  const absl::Duration tick =
+      std::min(absl::FromChrono(timeout_) / 4, absl::Seconds(1));
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&done_), tick)) {
+    if (Now() - last_progress_.load(std::memory_order_relaxed) >
+        timeout_.count()) {
+      fired_ = true;
+      ctx_->TryCancel();
+      return;
+    }
+  }
+}
+
+absl::Status StallWatchdog::StalledError(absl::string_view what) const {
+  return absl::DeadlineExceededError(
+      absl::StrCat(what, " made no progress for ",
+                   absl::FormatDuration(absl::FromChrono(timeout_)),
+                   " (the server or the network is stuck); cancelled"));
 }
 
 void Connection::Prepare(grpc::ClientContext* ctx, bool unary_deadline) const {

@@ -19,6 +19,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "ckptd/client.h"
 #include "ckptd/v1/checkpoint.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -60,6 +62,40 @@ class Backoff {
   std::chrono::milliseconds delay_ = kInitialBackoff;
 };
 
+// Cancels a streaming call that makes no progress for `timeout`: a server
+// that stops reading or sending, or a network that silently drops packets,
+// would otherwise block the stream forever (streams have no deadline: a
+// large upload may take hours). Call Progress() after every message.
+class StallWatchdog {
+ public:
+  StallWatchdog(grpc::ClientContext* ctx, std::chrono::microseconds timeout);
+  ~StallWatchdog();
+  StallWatchdog(const StallWatchdog&) = delete;
+  StallWatchdog& operator=(const StallWatchdog&) = delete;
+
+  void Progress() { last_progress_.store(Now(), std::memory_order_relaxed); }
+  // True once the call was cancelled for a stall.
+  bool fired() const { return fired_.load(); }
+  // DEADLINE_EXCEEDED naming `what` and the timeout.
+  absl::Status StalledError(absl::string_view what) const;
+
+ private:
+  static int64_t Now() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  void Watch();
+
+  grpc::ClientContext* ctx_;
+  const std::chrono::microseconds timeout_;
+  std::atomic<int64_t> last_progress_;
+  std::atomic<bool> fired_{false};
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 class Connection {
  public:
   static absl::StatusOr<std::unique_ptr<Connection>> Open(
@@ -81,6 +117,9 @@ class Connection {
   // Adds the bearer token; with `unary_deadline`, sets the deadline of a
   // unary call.
   void Prepare(grpc::ClientContext* ctx, bool unary_deadline) const;
+  // The longest a stream may go without progress (ClientOptions::
+  // rpc_timeout_seconds).
+  std::chrono::microseconds stall_timeout() const { return rpc_timeout_; }
 
   // Runs one unary RPC. Repeats it (with backoff) on UNAVAILABLE up to
   // `max_attempts` times: use more than 1 only for idempotent calls.

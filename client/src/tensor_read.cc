@@ -79,7 +79,8 @@ class ReadStream {
       if (stop_->load()) {
         return absl::CancelledError("another read stream failed");
       }
-      if (!IsRetryableStreamError(st) || attempt >= options_.max_attempts) {
+      if (stalled_ || !IsRetryableStreamError(st) ||
+          attempt >= options_.max_attempts) {
         return st;
       }
       backoff.Wait(connection_.channel(index_).get());
@@ -112,9 +113,11 @@ class ReadStream {
     std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
         grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
             channel.get(), method, &ctx, req));
+    StallWatchdog watchdog(&ctx, connection_.stall_timeout());
     grpc::ByteBuffer buffer;
     absl::Status local;
     while (reader->Read(&buffer)) {
+      watchdog.Progress();
       local = HandleChunk(&buffer, sent);
       if (!local.ok() || stop_->load()) {
         ctx.TryCancel();
@@ -127,6 +130,10 @@ class ReadStream {
     if (!local.ok()) return local;
     if (stop_->load())
       return absl::CancelledError("another read stream failed");
+    if (watchdog.fired()) {
+      stalled_ = true;
+      return watchdog.StalledError("ReadBlobs stream");
+    }
     if (!st.ok()) return st;
     if (!sync.ok()) return sync;
     for (const ReadRange* r : sent) {
@@ -257,6 +264,7 @@ class ReadStream {
   std::vector<char> scratch_;
   std::vector<const Target*> overlap_;
   std::vector<ReadRange*> ranges_;
+  bool stalled_ = false;  // a stall is reported, not retried
 };
 
 std::string DestinationName(size_t i, const TensorDestination& d) {

@@ -91,7 +91,10 @@ BlobUpload::BlobUpload(Repository* repo, std::string run, uint64_t version,
       blob_size_(blob_size),
       writer_(std::move(writer)) {}
 
-BlobUpload::~BlobUpload() { Suspend(); }
+BlobUpload::~BlobUpload() {
+  Suspend();
+  repo_->EndActiveUpload(digest_);
+}
 
 uint64_t BlobUpload::received() const {
   return writer_ ? writer_->size() : blob_size_;
@@ -210,6 +213,21 @@ absl::Status Repository::Recover() {
         return true;
       }));
   if (!stale.empty()) RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
+  // Every pending version (also one that leased nothing yet) is open for
+  // its ranks; the pending timeout counts from now, giving ranks that were
+  // cut off by the restart a full timeout to come back.
+  RETURN_IF_ERROR(meta_->Scan(
+      "pend/", "", [&](absl::string_view key, absl::string_view value) {
+        absl::string_view rest = key.substr(5);
+        const size_t slash = rest.find('/');
+        uint64_t version = 0;
+        if (slash != absl::string_view::npos &&
+            absl::SimpleAtoi(value, &version)) {
+          leases_[{std::string(rest.substr(0, slash)), version}];
+        }
+        return true;
+      }));
+  for (auto& [key, leases] : leases_) leases.last_activity = NowNanos();
   v1::CollectGarbageResponse gc;
   RETURN_IF_ERROR(CollectGarbageLocked(&gc));
   if (gc.blobs_deleted() > 0) {
@@ -426,7 +444,7 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
       resp.set_version(version);
       resp.set_created(false);
       resp.set_world_size(world_size);
-      leases_[{req.run(), version}];
+      leases_[{req.run(), version}].last_activity = NowNanos();
       return resp;
     }
   }
@@ -458,7 +476,7 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
   batch.Put(storage::keys::Version(req.run(), version), info);
   batch.Put(pend_key, absl::StrCat(version));
   RETURN_IF_ERROR(meta_->Commit(batch));
-  leases_[{req.run(), version}];
+  leases_[{req.run(), version}].last_activity = NowNanos();
   resp.set_version(version);
   resp.set_created(true);
   resp.set_world_size(world_size);
@@ -517,7 +535,14 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
   {
     // Lease first, so GC keeps the blob from the moment it lands.
     absl::MutexLock lock(&mu_);
-    leases_[{run, version}].digests.insert(digest);
+    auto it = leases_.find({run, version});
+    if (it == leases_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(VersionName(run, version),
+                       " is not pending (committed or aborted meanwhile)"));
+    }
+    it->second.digests.insert(digest);
+    it->second.last_activity = NowNanos();
   }
   std::unique_ptr<storage::BlobWriter> writer;
   if (offset > 0) {
@@ -538,14 +563,21 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
   } else {
     ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
   }
+  {
+    absl::MutexLock lock(&upload_mu_);
+    ++active_uploads_[digest];
+  }
   return std::unique_ptr<BlobUpload>(
       new BlobUpload(this, run, version, digest, blob_size, std::move(writer)));
 }
 
 void Repository::RecordUpload(const std::string& run, uint64_t version,
                               const Digest& digest, uint64_t bytes) {
+  DropSuspendedUpload(digest);
   absl::MutexLock lock(&mu_);
-  leases_[{run, version}].uploaded_bytes += bytes;
+  auto it = leases_.find({run, version});
+  if (it == leases_.end()) return;  // no longer pending
+  it->second.uploaded_bytes += bytes;
   absl::Status st = PersistLeases(run, version, {digest});
   if (!st.ok()) {
     // The in-memory lease still protects the blob in this process.
@@ -558,12 +590,40 @@ void Repository::CountUploadedBytes(const std::string& run, uint64_t version,
                                     uint64_t bytes) {
   if (bytes == 0) return;
   absl::MutexLock lock(&mu_);
-  leases_[{run, version}].uploaded_bytes += bytes;
+  auto it = leases_.find({run, version});
+  if (it == leases_.end()) return;
+  it->second.uploaded_bytes += bytes;
+  it->second.last_activity = NowNanos();
+}
+
+void Repository::DropSuspendedUpload(const Digest& digest) {
+  absl::MutexLock lock(&upload_mu_);
+  suspended_.erase(digest);  // its temp file is removed with the writer
+}
+
+int Repository::ExpireSuspendedUploads() {
+  const absl::Time cutoff = options_.now() - options_.pending_timeout;
+  absl::MutexLock lock(&upload_mu_);
+  int n = 0;
+  for (auto it = suspended_.begin(); it != suspended_.end();) {
+    if (it->second.at < cutoff) {
+      suspended_.erase(it++);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
 }
 
 absl::Status Repository::PersistLeases(const std::string& run, uint64_t version,
                                        const std::vector<Digest>& digests) {
-  PendingLeases& leases = leases_[{run, version}];
+  auto it = leases_.find({run, version});
+  // Only pending versions hold leases; one that published or aborted
+  // meanwhile needs none (its commit, if any, re-checks every blob).
+  if (it == leases_.end()) return absl::OkStatus();
+  PendingLeases& leases = it->second;
+  leases.last_activity = NowNanos();
   storage::MetadataBatch batch;
   for (const Digest& d : digests) {
     leases.digests.insert(d);
@@ -608,9 +668,28 @@ void Repository::SuspendUpload(const Digest& digest, uint64_t blob_size,
   s.at = options_.now();
 }
 
+void Repository::EndActiveUpload(const Digest& digest) {
+  absl::MutexLock lock(&upload_mu_);
+  auto it = active_uploads_.find(digest);
+  if (it != active_uploads_.end() && --it->second == 0) {
+    active_uploads_.erase(it);
+  }
+}
+
 absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     const v1::QueryUploadRequest& req) {
   ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(req.digest()));
+  {
+    // A client asks right after its stream broke; the server may not have
+    // seen the break yet. Waiting for that stream to be suspended (or
+    // finished) turns "start over at 0" into a resume.
+    absl::MutexLock lock(&upload_mu_);
+    auto idle = [this, &digest]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu_) {
+      return !active_uploads_.contains(digest);
+    };
+    upload_mu_.AwaitWithTimeout(absl::Condition(&idle),
+                                options_.query_upload_wait);
+  }
   v1::QueryUploadResponse resp;
   ASSIGN_OR_RETURN(auto size, blobs_->Stat(digest));
   if (size.has_value()) {
@@ -637,21 +716,6 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     RETURN_IF_ERROR(ValidateMetricName(name));
   }
   ASSIGN_OR_RETURN(ManifestSummary summary, ValidateManifest(req.manifest()));
-  // Every referenced blob must be stored and long enough.
-  for (const BlobUse& use : summary.blobs) {
-    ASSIGN_OR_RETURN(auto size, blobs_->Stat(use.digest));
-    if (!size.has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "blob ", use.digest.Hex(), " for key '", use.key,
-          "' is missing: it was never uploaded (or was collected); upload it "
-          "and commit again"));
-    }
-    if (*size < use.end) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "key '", use.key, "' reads blob ", use.digest.Hex(), " up to byte ",
-          use.end, " but the blob has ", *size, " bytes"));
-    }
-  }
   v1::ShardManifest manifest = req.manifest();
   manifest.set_rank(req.rank());
 
@@ -692,6 +756,22 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       return absl::FailedPreconditionError(
           absl::StrCat(name, " is not pending"));
     }
+    // Every referenced blob must be stored and long enough. Checked under
+    // mu_ so that GC cannot remove one between this check and the publish.
+    for (const BlobUse& use : summary.blobs) {
+      ASSIGN_OR_RETURN(auto size, blobs_->Stat(use.digest));
+      if (!size.has_value()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "blob ", use.digest.Hex(), " for key '", use.key,
+            "' is missing: it was never uploaded (or was collected); upload it "
+            "and commit again"));
+      }
+      if (*size < use.end) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "key '", use.key, "' reads blob ", use.digest.Hex(), " up to byte ",
+            use.end, " but the blob has ", *size, " bytes"));
+      }
+    }
     storage::MetadataBatch batch;
     batch.Put(storage::keys::Manifest(req.run(), req.version(), req.rank()),
               manifest);
@@ -700,24 +780,23 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     shard->set_total_bytes(summary.total_bytes);
     shard->set_tensor_count(summary.tensor_count);
     shard->set_committed_at(NowNanos());
+    shard->mutable_metrics()->insert(req.metrics().begin(),
+                                     req.metrics().end());
     std::sort(info.mutable_shards()->begin(), info.mutable_shards()->end(),
               [](const v1::ShardInfo& a, const v1::ShardInfo& b) {
                 return a.rank() < b.rank();
               });
     info.set_total_bytes(info.total_bytes() + summary.total_bytes);
-    // Lowest rank wins a conflicting metric: shards arrive in any order.
-    for (const auto& [k, v] : req.metrics()) {
-      bool lower_rank_has_it = false;
-      if (info.metrics().contains(k)) {
-        // Kept if an already committed shard has a lower rank.
-        for (const auto& s : info.shards()) {
-          if (s.rank() < req.rank()) lower_rank_has_it = true;
-        }
-      }
-      if (!lower_rank_has_it) (*info.mutable_metrics())[k] = v;
+    // Shards arrive in any order: each metric comes from the lowest rank
+    // that reported it (shards are sorted by rank; the first one wins).
+    info.clear_metrics();
+    for (const auto& s : info.shards()) {
+      for (const auto& [k, v] : s.metrics())
+        info.mutable_metrics()->insert({k, v});
     }
     auto lease_it = leases_.find({req.run(), req.version()});
     if (lease_it != leases_.end()) {
+      lease_it->second.last_activity = NowNanos();
       info.set_uploaded_bytes(info.uploaded_bytes() +
                               lease_it->second.uploaded_bytes);
       lease_it->second.uploaded_bytes = 0;
@@ -729,9 +808,15 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       info.set_committed_at(NowNanos());
       batch.Delete(storage::keys::Pending(req.run(), info.step()));
       ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
-      RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
-                                req.version(), actor, &seq));
-      moves.push_back({std::string(kLast), info});
+      // `last` is the newest version: one begun earlier that completes
+      // later (a slow rank) publishes without moving `last` back.
+      const uint64_t current_last =
+          Resolve(req.run(), std::string(kLast)).value_or(0);
+      if (req.version() > current_last) {
+        RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
+                                  req.version(), actor, &seq));
+        moves.push_back({std::string(kLast), info});
+      }
       const v1::Policy& policy = run_info.policy();
       double value;
       if (!policy.monitor().empty() &&
@@ -762,10 +847,11 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     }
     RETURN_IF_ERROR(meta_->Commit(batch));
     RETURN_IF_ERROR(FillAliases(&info));
-  }
-  if (!moves.empty()) {
+    // Under mu_: watchers see moves in commit order.
     for (auto& m : moves) m.target = info;
     Notify(req.run(), moves);
+  }
+  if (!moves.empty()) {
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {
@@ -780,6 +866,22 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
   RETURN_IF_ERROR(ValidateRunName(req.run()));
   RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(AbortLocked(req));
+  // Free what only the aborted version held (its leases are gone).
+  v1::CollectGarbageResponse gc;
+  absl::Status st = CollectGarbageLocked(&gc);
+  if (!st.ok()) {
+    spdlog::warn("GC after aborting {}: {}",
+                 VersionName(req.run(), req.version()), st.ToString());
+  } else if (gc.blobs_deleted() > 0) {
+    spdlog::info("aborted {}: freed {} blobs ({} bytes)",
+                 VersionName(req.run(), req.version()), gc.blobs_deleted(),
+                 gc.bytes_freed());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Repository::AbortLocked(const v1::AbortVersionRequest& req) {
   ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), req.version()));
   if (info.state() == v1::ABORTED) return absl::OkStatus();
   if (info.state() == v1::COMMITTED) {
@@ -791,6 +893,13 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
   info.set_abort_reason(req.reason().empty() ? "aborted by a client"
                                              : req.reason().substr(0, 1024));
   storage::MetadataBatch batch;
+  // An aborted version is never readable: the manifests of the shards that
+  // did commit go, so GC can free their blobs. The record stays, so ranks
+  // still arriving are told why.
+  for (const auto& shard : info.shards()) {
+    batch.Delete(
+        storage::keys::Manifest(req.run(), req.version(), shard.rank()));
+  }
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
   RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
@@ -815,10 +924,13 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
           }
           std::string run(rest.substr(0, slash));
           auto info = LoadVersion(run, version);
-          if (info.ok() && info->state() == v1::PENDING &&
-              info->created_at() < cutoff) {
-            expired.emplace_back(run, version);
+          if (!info.ok() || info->state() != v1::PENDING) return true;
+          int64_t active = info->created_at();
+          auto lease = leases_.find({run, version});
+          if (lease != leases_.end()) {
+            active = std::max(active, lease->second.last_activity);
           }
+          if (active < cutoff) expired.emplace_back(run, version);
           return true;
         }));
   }
@@ -1052,19 +1164,26 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
     batch.Put(storage::keys::Run(req.run()), run);
     if (best_changes && found) {
       ASSIGN_OR_RETURN(uint64_t best, ComputeBest(req.run(), run.policy()));
+      const uint64_t current =
+          Resolve(req.run(), std::string(kBest)).value_or(0);
       ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
       RETURN_IF_ERROR(
           MoveAlias(batch, req.run(), std::string(kBest), best, actor, &seq));
-      if (best != 0) {
+      if (best != 0 && best != current) {
         ASSIGN_OR_RETURN(v1::VersionInfo target, LoadVersion(req.run(), best));
         moves.push_back({std::string(kBest), target});
       }
     }
     RETURN_IF_ERROR(meta_->Commit(batch));
+    for (auto& m : moves) RETURN_IF_ERROR(FillAliases(&m.target));
+    Notify(req.run(), moves);
   }
-  Notify(req.run(), moves);
+  // The policy is saved; retention failing is logged, as after a commit.
   auto deleted = ApplyRetention(req.run());
-  if (!deleted.ok()) return deleted.status();
+  if (!deleted.ok()) {
+    spdlog::warn("retention for run {}: {}", req.run(),
+                 deleted.status().ToString());
+  }
   absl::ReaderMutexLock lock(&mu_);
   ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   return run.policy();
@@ -1089,9 +1208,12 @@ absl::StatusOr<v1::AliasInfo> Repository::SetAlias(
     ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
     RETURN_IF_ERROR(
         MoveAlias(batch, req.run(), req.name(), target.version(), actor, &seq));
-    if (!batch.empty()) RETURN_IF_ERROR(meta_->Commit(batch));
+    if (!batch.empty()) {
+      RETURN_IF_ERROR(meta_->Commit(batch));
+      RETURN_IF_ERROR(FillAliases(&target));
+      Notify(req.run(), {{req.name(), target}});
+    }
   }
-  Notify(req.run(), {{req.name(), target}});
   absl::ReaderMutexLock lock(&mu_);
   v1::AliasInfo info;
   ASSIGN_OR_RETURN(
@@ -1338,9 +1460,23 @@ absl::StatusOr<v1::VerifyResponse> Repository::Verify(
 // ---------------------------------------------------------------------------
 // Watches
 
-uint64_t Repository::Watch(const std::string& run, const std::string& alias,
-                           std::function<void(const v1::VersionInfo&)> fn) {
-  absl::MutexLock lock(&watch_mu_);
+absl::StatusOr<uint64_t> Repository::Watch(
+    const std::string& run, const std::string& alias,
+    std::function<void(const v1::VersionInfo&)> fn,
+    std::optional<v1::VersionInfo>* current) {
+  // Under mu_: no move can land between reading the target and
+  // registering, and moves are notified under mu_ too.
+  absl::ReaderMutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
+  current->reset();
+  absl::StatusOr<v1::VersionInfo> target = LoadCommitted(run, alias);
+  if (target.ok()) {
+    RETURN_IF_ERROR(FillAliases(&*target));
+    *current = *std::move(target);
+  } else if (!absl::IsNotFound(target.status())) {
+    return target.status();
+  }
+  absl::MutexLock watch_lock(&watch_mu_);
   uint64_t id = next_watch_id_++;
   watchers_[id] = Watcher{run, alias, std::move(fn)};
   return id;

@@ -6,7 +6,7 @@
 //  1. Blobs are uploaded into the BlobStore; BlobWriter::Commit makes each
 //     durable before the upload is acknowledged. While a version is pending,
 //     the blobs it uploads or is told it has (FindMissingBlobs) are leased to
-//     it in memory, so GC cannot remove them.
+//     it (in memory, and unsynced in RocksDB), so GC cannot remove them.
 //  2. CommitShard validates the manifest, checks every blob it references is
 //     stored and long enough, and writes the shard manifest. The shard that
 //     completes the version also flips it to COMMITTED and moves `last` (and
@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,9 @@ struct RepositoryOptions {
   absl::Duration pending_timeout = absl::Hours(6);
   // Interrupted uploads kept for resume, at most.
   size_t max_suspended_uploads = 4096;
+  // How long QueryUpload waits for a stream still receiving the same blob
+  // to notice it was cut, before answering.
+  absl::Duration query_upload_wait = absl::Seconds(2);
   // Clock, for tests.
   std::function<absl::Time()> now = [] { return absl::Now(); };
 };
@@ -123,9 +127,12 @@ class Repository {
   absl::StatusOr<v1::VersionInfo> CommitShard(const v1::CommitShardRequest& req,
                                               const Actor& actor);
   absl::Status AbortVersion(const v1::AbortVersionRequest& req);
-  // Aborts pending versions older than options.pending_timeout; returns how
-  // many.
+  // Aborts pending versions on which nothing happened (no rank began,
+  // uploaded or committed) for options.pending_timeout; returns how many.
   absl::StatusOr<int> AbortExpiredPending();
+  // Drops interrupted uploads older than options.pending_timeout (their
+  // temp files go with them); returns how many.
+  int ExpireSuspendedUploads();
 
   // ---- Pull ----
   absl::StatusOr<v1::GetVersionResponse> GetVersion(
@@ -160,17 +167,26 @@ class Repository {
   absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage();
   absl::StatusOr<v1::VerifyResponse> Verify(const v1::VerifyRequest& req);
 
-  // Calls `fn` (outside any lock) after each committed move of `alias` in
-  // `run`, with the new target. Returns an id for Unwatch.
-  uint64_t Watch(const std::string& run, const std::string& alias,
-                 std::function<void(const v1::VersionInfo&)> fn);
+  // Calls `fn` after each committed move of `alias` in `run`, with the new
+  // target, in commit order; sets `*current` to the target at the time of
+  // registration (empty if the alias does not exist yet). `fn` runs under
+  // the repository's locks: it must only queue work, never call back in.
+  // Returns an id for Unwatch; NOT_FOUND if the run does not exist.
+  absl::StatusOr<uint64_t> Watch(const std::string& run,
+                                 const std::string& alias,
+                                 std::function<void(const v1::VersionInfo&)> fn,
+                                 std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
 
  private:
   friend class BlobUpload;
+  // One per pending version (and only while it is pending).
   struct PendingLeases {
     absl::flat_hash_set<Digest> digests;
     uint64_t uploaded_bytes = 0;  // not yet recorded in the version
+    // Unix nanos of the last call that worked on the version; the pending
+    // timeout counts from here.
+    int64_t last_activity = 0;
   };
   struct SuspendedUpload {
     std::unique_ptr<storage::BlobWriter> writer;
@@ -225,7 +241,8 @@ class Repository {
       const std::string& run) ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status CollectGarbageLocked(v1::CollectGarbageResponse* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Notify(const std::string& run, const std::vector<AliasMove>& moves);
+  void Notify(const std::string& run, const std::vector<AliasMove>& moves)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the leases of a version that published or aborted, in memory and
   // (through `batch`) on disk.
   absl::Status ReleasePending(storage::MetadataBatch& batch,
@@ -241,6 +258,11 @@ class Repository {
   // uploaded_bytes.
   void CountUploadedBytes(const std::string& run, uint64_t version,
                           uint64_t bytes);
+  void EndActiveUpload(const Digest& digest);
+  // Forgets an interrupted upload of `digest` (the blob is now complete).
+  void DropSuspendedUpload(const Digest& digest);
+  absl::Status AbortLocked(const v1::AbortVersionRequest& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SuspendUpload(const Digest& digest, uint64_t blob_size,
                      std::unique_ptr<storage::BlobWriter> writer);
 
@@ -255,8 +277,10 @@ class Repository {
   absl::Mutex upload_mu_ ABSL_ACQUIRED_AFTER(mu_);
   absl::flat_hash_map<Digest, SuspendedUpload> suspended_
       ABSL_GUARDED_BY(upload_mu_);
+  // Streams receiving each digest right now.
+  absl::flat_hash_map<Digest, int> active_uploads_ ABSL_GUARDED_BY(upload_mu_);
 
-  absl::Mutex watch_mu_;
+  absl::Mutex watch_mu_ ABSL_ACQUIRED_AFTER(mu_);
   uint64_t next_watch_id_ ABSL_GUARDED_BY(watch_mu_) = 1;
   absl::flat_hash_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);
 };

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -122,10 +123,21 @@ absl::StatusOr<SafetensorsPlan> PlanSafetensors(
       JsonString(absl::StrCat("{", absl::StrJoin(metric_fields, ","), "}")),
       "}"));
   uint64_t offset = 0;
+  size_t selected = 0;
+  // .safetensors names are flat strings: {"a.b": t} and {"a": {"b": t}}
+  // (or int key 0 and string key "0") would collide.
+  absl::flat_hash_set<std::string> names = {"__metadata__"};
   for (const auto& e : shard.entries()) {
     if (!e.has_tensor()) continue;
     const std::string name = PathToString(e.path());
     if (!Selected(name, keys)) continue;
+    if (!names.insert(name).second) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "two tensors (or a tensor and the header's __metadata__) map to the "
+          ".safetensors name '",
+          name, "'; select one of them with --keys"));
+    }
+    ++selected;
     const v1::TensorInfo& t = e.tensor();
     const char* dtype = SafetensorsDType(t.dtype());
     if (dtype == nullptr) {
@@ -139,10 +151,14 @@ absl::StatusOr<SafetensorsPlan> PlanSafetensors(
         JsonString(name), ":{\"dtype\":\"", dtype, "\",\"shape\":[",
         absl::StrJoin(t.shape(), ","), "],\"data_offsets\":[", offset, ",",
         offset + t.byte_length(), "]}"));
-    plan.slices.push_back({*digest, t.blob_offset(), t.byte_length()});
+    // A zero-size tensor has no bytes to stream (and a zero-length slice
+    // would read to the end of its blob).
+    if (t.byte_length() > 0) {
+      plan.slices.push_back({*digest, t.blob_offset(), t.byte_length()});
+    }
     offset += t.byte_length();
   }
-  if (plan.slices.empty() && !keys.empty()) {
+  if (selected == 0 && !keys.empty()) {
     return absl::NotFoundError(absl::StrCat(
         "no tensor of ", info.run(), "@", info.version(), " rank ",
         shard.rank(), " matches keys [", absl::StrJoin(keys, ", "), "]"));

@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -330,39 +331,41 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
       Close(ToGrpcStatus(st));
       return;
     }
-    uint64_t id = service_->repo()->Watch(req_->run(), req_->ref(),
-                                          [this](const v1::VersionInfo& v) {
-                                            absl::MutexLock lock(&mu_);
-                                            if (closed_) return;
-                                            v1::WatchRefEvent e;
-                                            *e.mutable_version() = v;
-                                            queue_.push_back(std::move(e));
-                                            MaybeWrite();
-                                          });
-    v1::GetVersionRequest get;
-    get.set_run(req_->run());
-    get.set_ref(req_->ref());
-    auto current = service_->repo()->GetVersion(get);
+    std::optional<v1::VersionInfo> current;
+    absl::StatusOr<uint64_t> id = service_->repo()->Watch(
+        req_->run(), req_->ref(),
+        [this](const v1::VersionInfo& v) {
+          absl::MutexLock lock(&mu_);
+          if (closed_) return;
+          v1::WatchRefEvent e;
+          *e.mutable_version() = v;
+          queue_.push_back(std::move(e));
+          MaybeWrite();
+        },
+        &current);
     absl::MutexLock lock(&mu_);
-    watch_id_ = id;
     begun_ = true;
+    if (!id.ok()) {
+      Close(ToGrpcStatus(id.status()));
+      return;
+    }
+    watch_id_ = *id;
     if (cancelled_) {
       Close(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
       return;
     }
-    if (current.ok()) {
+    // Moves notified since registration (queued, not yet written: see
+    // MaybeWrite) are newer than `current`.
+    if (current.has_value()) {
       v1::WatchRefEvent e;
-      *e.mutable_version() = current->info();
+      *e.mutable_version() = *std::move(current);
       queue_.push_front(std::move(e));
-      MaybeWrite();
-    } else if (!absl::IsNotFound(current.status()) ||
-               absl::StrContains(current.status().message(), "no run named")) {
-      Close(ToGrpcStatus(current.status()));
     }
+    MaybeWrite();
   }
 
   void MaybeWrite() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || closed_ || queue_.empty()) return;
+    if (!begun_ || writing_ || closed_ || queue_.empty()) return;
     current_ = std::move(queue_.front());
     queue_.pop_front();
     writing_ = true;

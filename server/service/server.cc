@@ -74,6 +74,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       if (!aborted.ok()) {
         spdlog::warn("pending-timeout sweep: {}", aborted.status().ToString());
       }
+      if (int n = raw->repo->ExpireSuspendedUploads(); n > 0) {
+        spdlog::info(
+            "dropped {} interrupted uploads older than {}", n,
+            absl::FormatDuration(raw->options.repository.pending_timeout));
+      }
     }
   });
   spdlog::info("ckptd listening on {} (port {}), data dir {}", options.listen,

@@ -6,17 +6,24 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "ckptd/client.h"
 #include "client/cli/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -30,12 +37,16 @@ namespace {
 using ::ckptd::cli::test_util::CkptResult;
 using ::ckptd::cli::test_util::EncodeRaw;
 using ::ckptd::cli::test_util::EncodeSafetensors;
+using ::ckptd::cli::test_util::EnvOverrides;
+using ::ckptd::cli::test_util::ExitCode;
 using ::ckptd::cli::test_util::FileExists;
 using ::ckptd::cli::test_util::PatternBytes;
 using ::ckptd::cli::test_util::ReadFile;
 using ::ckptd::cli::test_util::RunProcess;
+using ::ckptd::cli::test_util::SpawnProcess;
 using ::ckptd::cli::test_util::TestTensor;
 using ::ckptd::cli::test_util::WriteFile;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -55,6 +66,326 @@ std::vector<TestTensor> SampleTensors(uint32_t seed) {
       {"mask", "BOOL", {5}, std::string("\x01\x00\x01\x01\x00", 5)},
   };
 }
+
+// ---------------------------------------------------------------------------
+// A .safetensors reader written from the format description alone (not the
+// CLI's parser, not the server's writer), for checking what `ckpt pull`
+// writes:
+//   bytes [0, 8)      N, the header length, unsigned 64-bit little-endian
+//   bytes [8, 8 + N)  a UTF-8 JSON object: each tensor name maps to
+//                     {"dtype": str, "shape": [int...], "data_offsets":
+//                     [begin, end]}; the optional "__metadata__" maps str
+//                     to str
+//   bytes [8 + N, ..) the data buffer; offsets are relative to its start,
+//                     the tensors cover it exactly, back to back, without
+//                     overlap, and each range is product(shape) x dtype size
+// Every violation is a test failure naming the rule.
+
+struct SpecTensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+struct SpecFile {
+  std::map<std::string, SpecTensor> tensors;
+  std::vector<std::string> order;  // tensor names by data offset
+  std::map<std::string, std::string> metadata;
+  bool has_metadata = false;
+};
+
+// Bytes per element of the dtypes the format defines.
+std::optional<uint64_t> SpecDTypeSize(const std::string& dtype) {
+  static const std::map<std::string, uint64_t> kSizes = {
+      {"BOOL", 1},    {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1},
+      {"F8_E4M3", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+      {"BF16", 2},    {"I32", 4}, {"U32", 4}, {"F32", 4},
+      {"F64", 8},     {"I64", 8}, {"U64", 8}, {"C64", 8}};
+  auto it = kSizes.find(dtype);
+  if (it == kSizes.end()) return std::nullopt;
+  return it->second;
+}
+
+// Reads `bytes` as a .safetensors file; ADD_FAILURE()s on any violation.
+SpecFile ReadSpecSafetensors(const std::string& bytes) {
+  SpecFile out;
+  if (bytes.size() < 8) {
+    ADD_FAILURE() << "file of " << bytes.size() << " bytes has no length";
+    return out;
+  }
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) {
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  }
+  if (n > bytes.size() - 8) {
+    ADD_FAILURE() << "header length " << n << " runs past the end ("
+                  << bytes.size() << " bytes)";
+    return out;
+  }
+  const std::string header_text = bytes.substr(8, n);
+  if (header_text.empty() || header_text[0] != '{') {
+    ADD_FAILURE() << "header does not start with '{'";
+  }
+  // Only trailing spaces may pad the JSON.
+  const size_t json_end = header_text.find_last_not_of(' ');
+  if (json_end == std::string::npos || header_text[json_end] != '}') {
+    ADD_FAILURE() << "header is not a JSON object padded with spaces";
+  }
+  const Json header =
+      Json::parse(header_text, nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object()) {
+    ADD_FAILURE() << "header is not a JSON object: " << header_text;
+    return out;
+  }
+  const std::string buffer = bytes.substr(8 + n);
+
+  struct Range {
+    uint64_t begin;
+    uint64_t end;
+    std::string name;
+  };
+  std::vector<Range> ranges;
+  for (const auto& [name, value] : header.items()) {
+    if (name == "__metadata__") {
+      out.has_metadata = true;
+      if (!value.is_object()) {
+        ADD_FAILURE() << "__metadata__ is not an object";
+        continue;
+      }
+      for (const auto& [k, v] : value.items()) {
+        if (!v.is_string()) {
+          ADD_FAILURE() << "__metadata__['" << k
+                        << "'] is not a string: " << v.dump();
+          continue;
+        }
+        out.metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    if (!value.is_object() || !value.contains("dtype") ||
+        !value["dtype"].is_string() || !value.contains("shape") ||
+        !value["shape"].is_array() || !value.contains("data_offsets") ||
+        !value["data_offsets"].is_array() ||
+        value["data_offsets"].size() != 2) {
+      ADD_FAILURE() << "tensor '" << name
+                    << "' entry is malformed: " << value.dump();
+      continue;
+    }
+    SpecTensor t;
+    t.dtype = value["dtype"].get<std::string>();
+    const std::optional<uint64_t> size = SpecDTypeSize(t.dtype);
+    if (!size) ADD_FAILURE() << "tensor '" << name << "' dtype " << t.dtype;
+    uint64_t elements = 1;
+    for (const Json& d : value["shape"]) {
+      if (!d.is_number_unsigned()) {
+        ADD_FAILURE() << "tensor '" << name << "' shape " << value["shape"];
+        continue;
+      }
+      t.shape.push_back(d.get<int64_t>());
+      elements *= d.get<uint64_t>();
+    }
+    const Json& offsets = value["data_offsets"];
+    if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
+      ADD_FAILURE() << "tensor '" << name << "' data_offsets " << offsets;
+      continue;
+    }
+    const uint64_t begin = offsets[0].get<uint64_t>();
+    const uint64_t end = offsets[1].get<uint64_t>();
+    if (begin > end || end > buffer.size()) {
+      ADD_FAILURE() << "tensor '" << name << "' data_offsets [" << begin << ", "
+                    << end << "] outside the buffer of " << buffer.size();
+      continue;
+    }
+    if (size) {
+      EXPECT_EQ(end - begin, elements * *size)
+          << "tensor '" << name << "': bytes != product(shape) x dtype size";
+    }
+    t.bytes = buffer.substr(begin, end - begin);
+    ranges.push_back({begin, end, name});
+    out.tensors[name] = std::move(t);
+  }
+  // Contiguous and non-overlapping: sorted by (begin, end), each range starts
+  // where the previous one ended, from 0 to the end of the buffer.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
+  });
+  uint64_t at = 0;
+  for (const Range& r : ranges) {
+    EXPECT_EQ(r.begin, at) << "tensor '" << r.name
+                           << "' leaves a gap or overlaps the one before";
+    at = r.end;
+    out.order.push_back(r.name);
+  }
+  EXPECT_EQ(at, buffer.size()) << "the data buffer has bytes no tensor covers";
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// A state pushed through the C++ client: several dtypes and shapes,
+// including a 0-d tensor, a zero-size one and one above the client's
+// pack threshold, nested containers and value leaves.
+
+struct ClientTensor {
+  std::string name;  // dotted path
+  DType dtype;
+  std::string st_dtype;  // the safetensors spelling
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+std::vector<ClientTensor> ClientTensors() {
+  std::string mask = {1, 0, 0, 1, 1, 0};
+  return {
+      {"model.encoder.weight",
+       v1::FLOAT32,
+       "F32",
+       {4, 3},
+       PatternBytes(48, 11)},
+      {"model.encoder.bias", v1::FLOAT16, "F16", {3}, PatternBytes(6, 12)},
+      {"model.embed", v1::BFLOAT16, "BF16", {5, 2}, PatternBytes(20, 13)},
+      {"model.empty", v1::FLOAT32, "F32", {0, 3}, ""},
+      {"model.big",
+       v1::FLOAT16,
+       "F16",
+       {1024, 600},
+       PatternBytes(1024 * 600 * 2, 14)},
+      {"optimizer.step", v1::INT64, "I64", {}, PatternBytes(8, 15)},
+      {"mask", v1::BOOL, "BOOL", {2, 3}, mask},
+      {"pixels", v1::UINT8, "U8", {7}, PatternBytes(7, 16)},
+  };
+}
+
+ManifestEntry EntryAt(const std::string& dotted) {
+  ManifestEntry e;
+  if (dotted.empty()) return e;
+  for (absl::string_view seg : absl::StrSplit(dotted, '.')) {
+    e.add_path()->set_key(std::string(seg));
+  }
+  return e;
+}
+
+// Pre-order entries for ClientTensors(), pointing into `tensors`.
+std::vector<PushEntry> ClientEntries(const std::vector<ClientTensor>& tensors) {
+  std::vector<PushEntry> out;
+  auto container = [&](const std::string& path) {
+    PushEntry e{EntryAt(path), {}};
+    e.entry.mutable_container()->set_kind(v1::ContainerInfo::DICT);
+    out.push_back(std::move(e));
+  };
+  auto tensor = [&](const ClientTensor& t) {
+    PushEntry e{EntryAt(t.name), {}};
+    e.entry.mutable_tensor()->set_dtype(t.dtype);
+    for (int64_t d : t.shape) e.entry.mutable_tensor()->add_shape(d);
+    e.tensor.data = t.bytes.data();
+    e.tensor.byte_length = t.bytes.size();
+    out.push_back(std::move(e));
+  };
+  auto value = [&](const std::string& path, double v) {
+    PushEntry e{EntryAt(path), {}};
+    e.entry.mutable_value()->set_float_value(v);
+    out.push_back(std::move(e));
+  };
+  container("");
+  container("model");
+  container("model.encoder");
+  for (size_t i = 0; i < 5; ++i) tensor(tensors[i]);  // model.*
+  container("optimizer");
+  tensor(tensors[5]);
+  value("optimizer.lr", 0.001);  // a value leaf: never exported
+  tensor(tensors[6]);
+  tensor(tensors[7]);
+  return out;
+}
+
+// Expects `file` to hold exactly `want` (names, dtypes, shapes, bytes).
+void ExpectTensors(const SpecFile& file, const std::vector<ClientTensor>& want,
+                   const std::string& what) {
+  std::set<std::string> want_names;
+  for (const ClientTensor& t : want) want_names.insert(t.name);
+  std::set<std::string> got_names;
+  for (const auto& [name, t] : file.tensors) got_names.insert(name);
+  EXPECT_EQ(got_names, want_names) << what;
+  for (const ClientTensor& t : want) {
+    auto it = file.tensors.find(t.name);
+    if (it == file.tensors.end()) continue;
+    EXPECT_EQ(it->second.dtype, t.st_dtype) << what << ": " << t.name;
+    EXPECT_EQ(it->second.shape, t.shape) << what << ": " << t.name;
+    EXPECT_EQ(it->second.bytes.size(), t.bytes.size())
+        << what << ": " << t.name;
+    EXPECT_TRUE(it->second.bytes == t.bytes)
+        << what << ": " << t.name << " bytes differ";
+  }
+}
+
+// A `ckpt` child whose stdout is read line by line (for `watch`).
+class CkptChild {
+ public:
+  CkptChild(const std::vector<std::string>& args,
+            const EnvOverrides& env = {}) {
+    int fds[2];
+    EXPECT_EQ(::pipe(fds), 0);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    pid_ = SpawnProcess(CKPT_BINARY, args, fds[1], devnull, env);
+    ::close(fds[1]);
+    ::close(devnull);
+    fd_ = fds[0];
+  }
+  ~CkptChild() { Stop(); }
+
+  // Reads until `count` complete lines have arrived in total; false if the
+  // process closed stdout first or `timeout_ms` passed (a hang guard, not a
+  // timing assertion).
+  bool WaitForLines(size_t count, int timeout_ms = 30'000) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::milliseconds(timeout_ms);
+    while (lines_.size() < count) {
+      const int left = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(
+              deadline - std::chrono::steady_clock::now())
+              .count());
+      if (left <= 0 || fd_ < 0) return false;
+      pollfd p = {fd_, POLLIN, 0};
+      if (::poll(&p, 1, left) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fd_, buf, sizeof(buf));
+      if (n <= 0) return false;
+      partial_.append(buf, static_cast<size_t>(n));
+      for (size_t nl; (nl = partial_.find('\n')) != std::string::npos;) {
+        lines_.push_back(partial_.substr(0, nl));
+        partial_.erase(0, nl + 1);
+      }
+    }
+    return true;
+  }
+
+  // SIGINT (Ctrl-C), then waits; returns the exit code.
+  int Stop() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGINT);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      exit_code_ = ExitCode(status);
+      pid_ = -1;
+    }
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+    return exit_code_;
+  }
+
+  const std::vector<std::string>& lines() const { return lines_; }
+  std::string Output() const {
+    return absl::StrCat(absl::StrJoin(lines_, "\n"), "\n", partial_);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  int exit_code_ = -1;
+  std::vector<std::string> lines_;
+  std::string partial_;
+};
 
 class CkptCliTest : public ::testing::Test {
  protected:
@@ -537,65 +868,268 @@ TEST_F(CkptCliTest, VerifyAndGc) {
   EXPECT_TRUE(j.contains("bytes_freed"));
 }
 
+// `watch` prints the ref's current target first (the server's WatchRef
+// sends it on open), then one line per move; waiting for that first line
+// instead of sleeping makes the pushes race-free.
 TEST_F(CkptCliTest, WatchPrintsALinePerMove) {
   const std::string run = Run();
   PushSample(run, 1, 1);
-
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const std::string server = server_->address();
-  const std::string target = absl::StrCat(run, "@last");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(fds[1], 1);
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 2);
-    ::close(fds[0]);
-    ::execl(CKPT_BINARY, CKPT_BINARY, "--server", server.c_str(), "watch",
-            target.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-
-  // Reads stdout until `want` appears or the deadline passes; false if the
-  // process ended first.
-  std::string seen;
-  auto wait_for = [&](const std::string& want, int timeout_ms) {
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::milliseconds(timeout_ms);
-    while (!absl::StrContains(seen, want)) {
-      const int left = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(
-              deadline - std::chrono::steady_clock::now())
-              .count());
-      if (left <= 0) return false;
-      pollfd p = {fds[0], POLLIN, 0};
-      if (::poll(&p, 1, left) <= 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(fds[0], buf, sizeof(buf));
-      if (n <= 0) return false;
-      seen.append(buf, static_cast<size_t>(n));
-    }
-    return true;
-  };
-
-  // Give the stream a moment to open, then move `last` twice.
-  ::usleep(500'000);
-  PushSample(run, 2, 2);
-  const bool saw_two = wait_for(absl::StrCat("@last -> 2"), 10'000);
+  CkptChild watch(
+      {"--server", server_->address(), "watch", absl::StrCat(run, "@last")});
+  ASSERT_TRUE(watch.WaitForLines(1)) << watch.Output();
+  PushSample(run, 2, 2, {"--metric", "loss=0.5"});
+  ASSERT_TRUE(watch.WaitForLines(2)) << watch.Output();
   PushSample(run, 3, 3);
-  const bool saw_three = wait_for(absl::StrCat("@last -> 3"), 10'000);
+  ASSERT_TRUE(watch.WaitForLines(3)) << watch.Output();
+  watch.Stop();
+  const std::vector<std::string>& lines = watch.lines();
+  ASSERT_EQ(lines.size(), 3u) << watch.Output();
+  for (size_t i = 0; i < lines.size(); ++i) {
+    EXPECT_THAT(lines[i], ::testing::MatchesRegex(absl::StrCat(
+                              "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z  ", run,
+                              "@last -> ", i + 1, "  step ", i + 1, ".*")))
+        << i;
+  }
+  EXPECT_THAT(lines[1], HasSubstr("loss=0.5"));
+}
 
-  ::kill(pid, SIGINT);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ::close(fds[0]);
-  EXPECT_TRUE(saw_two) << "watch output so far:\n"
-                       << seen << "\nexit: "
-                       << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  EXPECT_TRUE(saw_three) << seen;
-  EXPECT_THAT(seen, ::testing::ContainsRegex(
-                        "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z  "));
+// `watch --json`: one JSON object per line — the current target, then each
+// move, in order. Watching `best`: a push that does not improve it prints
+// nothing (the lines are exactly 1, 3, 4: had 2 printed, it would come
+// before 3).
+TEST_F(CkptCliTest, WatchJsonPrintsOneObjectPerLinePerMove) {
+  const std::string run = Run();
+  CkptResult r = Ckpt({"policy", run, "--monitor", "loss", "--mode", "min"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  PushSample(run, 10, 1, {"--metric", "loss=0.5"});
+  CkptChild watch({"--server", server_->address(), "watch",
+                   absl::StrCat(run, "@best"), "--json"});
+  ASSERT_TRUE(watch.WaitForLines(1)) << watch.Output();
+  PushSample(run, 20, 2, {"--metric", "loss=0.7"});  // not better
+  PushSample(run, 30, 3, {"--metric", "loss=0.25"});
+  ASSERT_TRUE(watch.WaitForLines(2)) << watch.Output();
+  PushSample(run, 40, 4, {"--metric", "loss=0.125"});
+  ASSERT_TRUE(watch.WaitForLines(3)) << watch.Output();
+  watch.Stop();
+
+  std::vector<uint64_t> versions;
+  std::vector<int64_t> steps;
+  std::vector<double> losses;
+  for (const std::string& line : watch.lines()) {
+    const Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(j.is_discarded()) << "not one JSON value: " << line;
+    ASSERT_TRUE(j.is_object()) << line;
+    EXPECT_EQ(j["run"], run) << line;
+    EXPECT_EQ(j["ref"], "best") << line;
+    EXPECT_EQ(j["state"], "COMMITTED") << line;
+    EXPECT_TRUE(j["seen_at"].is_string()) << line;
+    EXPECT_TRUE(j["committed_at"].is_string()) << line;
+    versions.push_back(j["version"].get<uint64_t>());
+    steps.push_back(j["step"].get<int64_t>());
+    losses.push_back(j["metrics"]["loss"].get<double>());
+  }
+  EXPECT_THAT(versions, ElementsAre(1, 3, 4));
+  EXPECT_THAT(steps, ElementsAre(10, 30, 40));
+  EXPECT_THAT(losses, ElementsAre(0.5, 0.25, 0.125));
+}
+
+// Without --server, the address comes from $CKPTD_SERVER; --server wins
+// over it.
+TEST_F(CkptCliTest, ServerDefaultsToTheEnvironment) {
+  const std::string run = Run();
+  PushSample(run, 1, 1, {"--metric", "loss=2"});
+  const std::string dead = absl::StrCat(
+      "127.0.0.1:", ::ckptd::testing::ServerProcess::PickFreePort());
+
+  CkptResult r = RunProcess(CKPT_BINARY, {"--json", "show", run}, *scratch_,
+                            {{"CKPTD_SERVER", server_->address()}});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  Json j = ParseJson(r);
+  EXPECT_EQ(j["run"], run);
+  EXPECT_EQ(j["version"], 1);
+
+  // Writes go there too.
+  const std::string file = Path("env.safetensors");
+  WriteFile(file, EncodeSafetensors(SampleTensors(5)));
+  r = RunProcess(CKPT_BINARY, {"push", run, file, "--step", "2"}, *scratch_,
+                 {{"CKPTD_SERVER", server_->address()}});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("pushed ", run, "@2")));
+
+  // A dead address in the environment is really used...
+  r = RunProcess(CKPT_BINARY, {"show", run}, *scratch_,
+                 {{"CKPTD_SERVER", dead}});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: UNAVAILABLE: ")) << r;
+  // ...unless --server overrides it, before or after the command.
+  r = RunProcess(CKPT_BINARY, {"--server", server_->address(), "show", run},
+                 *scratch_, {{"CKPTD_SERVER", dead}});
+  EXPECT_EQ(r.exit_code, 0) << r;
+  r = RunProcess(CKPT_BINARY, {"show", run, "--server", server_->address()},
+                 *scratch_, {{"CKPTD_SERVER", dead}});
+  EXPECT_EQ(r.exit_code, 0) << r;
+}
+
+// `ckpt policy` with setting flags works before the first push (the server
+// creates the run); without flags an unknown run is still NOT_FOUND.
+TEST_F(CkptCliTest, PolicyOnANewRunCreatesIt) {
+  const std::string run = Run();
+  CkptResult r = Ckpt({"policy", run});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: NOT_FOUND: ")) << r;
+  EXPECT_THAT(r.err, HasSubstr(run)) << r;
+
+  // A policy the server refuses leaves no run behind.
+  r = Ckpt({"policy", run, "--keep-best", "1"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: INVALID_ARGUMENT: ")) << r;
+  EXPECT_THAT(r.err, HasSubstr("monitor")) << r;
+  r = Ckpt({"policy", run});
+  EXPECT_EQ(r.exit_code, 1) << r;
+
+  r = Ckpt({"policy", run, "--monitor", "loss", "--mode", "min", "--keep-last",
+            "1", "--keep-best", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr("loss (min)"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("keep last: +1\n"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("keep best: +1\n"));
+  Json j = ParseJson(Ckpt({"--json", "policy", run}));
+  EXPECT_EQ(j["monitor"], "loss");
+  EXPECT_EQ(j["mode"], "min");
+  EXPECT_EQ(j["keep_last"], 1);
+  EXPECT_EQ(j["keep_best"], 1);
+  EXPECT_TRUE(j["keep_every_n_steps"].is_null());
+
+  // The policy rules from the first push on: best, then retention.
+  PushSample(run, 1, 1, {"--metric", "loss=0.3"});
+  PushSample(run, 2, 2, {"--metric", "loss=0.9"});
+  PushSample(run, 3, 3, {"--metric", "loss=0.8"});
+  j = ParseJson(Ckpt({"--json", "show", absl::StrCat(run, "@best")}));
+  EXPECT_EQ(j["version"], 1);
+  j = ParseJson(Ckpt({"--json", "ls", run}));
+  ASSERT_TRUE(j.is_array());
+  std::vector<uint64_t> listed;
+  for (const Json& v : j) listed.push_back(v["version"].get<uint64_t>());
+  EXPECT_THAT(listed, ElementsAre(1, 3));
+
+  // --json on a new run prints the policy the server stored.
+  const std::string other = run + "-json";
+  j = ParseJson(Ckpt({"--json", "policy", other, "--keep-last", "4"}));
+  EXPECT_EQ(j["run"], other);
+  EXPECT_EQ(j["keep_last"], 4);
+  EXPECT_EQ(j["monitor"], "");
+  EXPECT_TRUE(j["mode"].is_null());
+}
+
+// A version pushed through the C++ client, pulled with `ckpt pull`, read
+// with the spec reader above: every tensor's dtype, shape and bytes, and the
+// metadata. Then the pulled file pushed back with `ckpt push` and pulled
+// again carries the same bytes; --keys selects by dotted prefix.
+TEST_F(CkptCliTest, PulledSafetensorsFollowTheSpecAndRoundTrip) {
+  const std::string run = Run();
+  const std::vector<ClientTensor> tensors = ClientTensors();
+  {
+    ClientOptions options;
+    options.address = server_->address();
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    PushRequest req;
+    req.run = run;
+    req.step = 1234;
+    req.epoch = 3;
+    req.metrics = {{"val_loss", 0.125}, {"acc", 0.75}};
+    req.env.set_torch_version("2.3.1+cpu");
+    req.entries = ClientEntries(tensors);
+    absl::StatusOr<VersionInfo> v = (*client)->Push(req, PushOptions());
+    ASSERT_TRUE(v.ok()) << v.status();
+    ASSERT_EQ(v->version(), 1u);
+    ASSERT_EQ(v->state(), v1::COMMITTED);
+  }
+
+  const std::string pulled = Path("spec.safetensors");
+  CkptResult r = Ckpt({"pull", absl::StrCat(run, "@1"), "-o", pulled});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr("8 tensors"));
+  const SpecFile file = ReadSpecSafetensors(ReadFile(pulled));
+  ExpectTensors(file, tensors, "pulled @1");
+  // The data buffer follows the manifest's (pre-)order.
+  std::vector<std::string> manifest_order;
+  for (const ClientTensor& t : tensors) manifest_order.push_back(t.name);
+  // Zero-size tensors share their offset with the next one; order by name
+  // among equal offsets is not specified, so compare the non-empty ones.
+  std::vector<std::string> nonempty_order, nonempty_manifest;
+  for (const std::string& name : file.order) {
+    if (!file.tensors.at(name).bytes.empty()) nonempty_order.push_back(name);
+  }
+  for (const ClientTensor& t : tensors) {
+    if (!t.bytes.empty()) nonempty_manifest.push_back(t.name);
+  }
+  EXPECT_EQ(nonempty_order, nonempty_manifest);
+
+  ASSERT_TRUE(file.has_metadata);
+  EXPECT_EQ(file.metadata.count("run") ? file.metadata.at("run") : "", run);
+  EXPECT_EQ(file.metadata.count("version") ? file.metadata.at("version") : "",
+            "1");
+  EXPECT_EQ(file.metadata.count("step") ? file.metadata.at("step") : "",
+            "1234");
+  EXPECT_EQ(file.metadata.count("epoch") ? file.metadata.at("epoch") : "", "3");
+  EXPECT_EQ(file.metadata.count("torch_version")
+                ? file.metadata.at("torch_version")
+                : "",
+            "2.3.1+cpu");
+  ASSERT_TRUE(file.metadata.count("metrics"));
+  // metrics is a string holding a JSON object of numbers.
+  const Json metrics = Json::parse(file.metadata.at("metrics"), nullptr,
+                                   /*allow_exceptions=*/false);
+  ASSERT_TRUE(metrics.is_object()) << file.metadata.at("metrics");
+  EXPECT_EQ(metrics.size(), 2u) << metrics;
+  EXPECT_EQ(metrics.value("val_loss", -1.0), 0.125) << metrics;
+  EXPECT_EQ(metrics.value("acc", -1.0), 0.75) << metrics;
+
+  // `ckpt push` of the pulled file, then pull the new version: same bytes.
+  r = Ckpt({"push", run, pulled, "--step", "1235", "--metric", "val_loss=0.1"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("pushed ", run, "@2")));
+  const std::string again = Path("spec-again.safetensors");
+  r = Ckpt({"pull", absl::StrCat(run, "@2"), "-o", again});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const SpecFile round_trip = ReadSpecSafetensors(ReadFile(again));
+  ExpectTensors(round_trip, tensors, "pushed back as @2");
+  EXPECT_EQ(round_trip.metadata.count("version")
+                ? round_trip.metadata.at("version")
+                : "",
+            "2");
+  EXPECT_EQ(
+      round_trip.metadata.count("step") ? round_trip.metadata.at("step") : "",
+      "1235");
+  Json j = ParseJson(Ckpt({"--json", "show", absl::StrCat(run, "@2")}));
+  EXPECT_EQ(j["tensors"].size(), tensors.size());
+
+  // --keys model: only model.*, with their bytes, in a valid file.
+  const std::string model = Path("spec-model.safetensors");
+  r = Ckpt({"pull", absl::StrCat(run, "@1"), "-o", model, "--keys", "model"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  std::vector<ClientTensor> model_tensors;
+  for (const ClientTensor& t : tensors) {
+    if (absl::StartsWith(t.name, "model.")) model_tensors.push_back(t);
+  }
+  ASSERT_EQ(model_tensors.size(), 5u);
+  ExpectTensors(ReadSpecSafetensors(ReadFile(model)), model_tensors,
+                "--keys model");
+  // Several prefixes; a prefix matches whole segments only.
+  r = Ckpt({"pull", absl::StrCat(run, "@1"), "-o", model, "--keys",
+            "model.encoder", "--keys", "mask", "--keys", "pix"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  ExpectTensors(ReadSpecSafetensors(ReadFile(model)),
+                {tensors[0], tensors[1], tensors[6]},
+                "--keys model.encoder mask pix");
+  // Keys that select nothing: the server's message, and no file replaced.
+  const std::string before = ReadFile(model);
+  r = Ckpt({"pull", absl::StrCat(run, "@1"), "-o", model, "--keys", "nosuch"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: NOT_FOUND: ")) << r;
+  EXPECT_THAT(r.err, HasSubstr("nosuch")) << r;
+  EXPECT_TRUE(ReadFile(model) == before);
 }
 
 }  // namespace

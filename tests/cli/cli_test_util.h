@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -116,38 +117,80 @@ inline std::ostream& operator<<(std::ostream& os, const CkptResult& r) {
             << r.err;
 }
 
+// Environment changes for a child process: a value sets the variable,
+// nullopt removes it; everything else is inherited.
+using EnvOverrides = std::map<std::string, std::optional<std::string>>;
+
+// The child's environment: this process's, with `overrides` applied. Built
+// before fork, so the child only calls async-signal-safe functions.
+inline std::vector<std::string> ChildEnvironment(
+    const EnvOverrides& overrides) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view entry(*e);
+    const absl::string_view name = entry.substr(0, entry.find('='));
+    if (overrides.count(std::string(name)) == 0) env.emplace_back(entry);
+  }
+  for (const auto& [name, value] : overrides) {
+    if (value.has_value()) env.push_back(absl::StrCat(name, "=", *value));
+  }
+  return env;
+}
+
+inline std::vector<char*> CStrings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (std::string& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+// Forks and execs `binary args...` with stdin from /dev/null, stdout to
+// `stdout_fd` and stderr to `stderr_fd` (dup'ed in the child); returns the
+// child's pid.
+inline pid_t SpawnProcess(const std::string& binary,
+                          const std::vector<std::string>& args, int stdout_fd,
+                          int stderr_fd, const EnvOverrides& env = {}) {
+  std::vector<std::string> argv_strings = {binary};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<std::string> env_strings = ChildEnvironment(env);
+  std::vector<char*> argv = CStrings(argv_strings);
+  std::vector<char*> envp = CStrings(env_strings);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int in = ::open("/dev/null", O_RDONLY);
+    ::dup2(in, 0);
+    ::dup2(stdout_fd, 1);
+    ::dup2(stderr_fd, 2);
+    ::execve(binary.c_str(), argv.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+inline int ExitCode(int wait_status) {
+  return WIFEXITED(wait_status) ? WEXITSTATUS(wait_status)
+                                : 128 + WTERMSIG(wait_status);
+}
+
 // Runs `binary args...` with stdout and stderr captured through temp files
 // (no pipe deadlocks), and waits for it.
 inline CkptResult RunProcess(const std::string& binary,
                              const std::vector<std::string>& args,
-                             const std::string& scratch_dir) {
+                             const std::string& scratch_dir,
+                             const EnvOverrides& env = {}) {
   static int counter = 0;
   const std::string base = absl::StrCat(scratch_dir, "/run", ++counter);
   const std::string out_path = base + ".out";
   const std::string err_path = base + ".err";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int out =
-        ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err =
-        ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int in = ::open("/dev/null", O_RDONLY);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(binary.c_str()));
-    for (const std::string& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    ::_exit(127);
-  }
+  const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const pid_t pid = SpawnProcess(binary, args, out, err, env);
+  ::close(out);
+  ::close(err);
   CkptResult r;
   int status = 0;
   ::waitpid(pid, &status, 0);
-  r.exit_code =
-      WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.exit_code = ExitCode(status);
   r.out = ReadFile(out_path);
   r.err = ReadFile(err_path);
   ::unlink(out_path.c_str());

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 
 import pytest
@@ -89,3 +90,119 @@ def test_close_waits_for_pending_uploads(server, run_name):
     # The client stays usable after close().
     with ckptd.Client(server.address) as c:
         assert c.get(run_name, "last").step == 1
+
+
+def test_save_async_holds_at_most_max_pending_saves_snapshots(client, run_name, monkeypatch):
+    """Each pending save_async holds a full host copy of its state: with the
+    uploads held back, a third save_async waits for a slot before it copies
+    anything, so no more than ``max_pending_saves`` snapshots ever exist.
+
+    Ordering is driven by events, not sleeps: an upload finishes only when
+    the test releases it, and it releases one only after it has seen a
+    save_async block."""
+    bound = client.max_pending_saves
+    assert bound == 2
+    saves = 6
+    cond = threading.Condition()
+    counts = {"live": 0, "peak": 0, "blocked": 0}
+    permits = threading.Semaphore(0)
+
+    real_snapshot = ckptd._tree.snapshot
+
+    def counting_snapshot(flat):
+        real_snapshot(flat)
+        with cond:
+            counts["live"] += 1
+            counts["peak"] = max(counts["peak"], counts["live"])
+            cond.notify_all()
+
+    monkeypatch.setattr(ckptd._tree, "snapshot", counting_snapshot)
+
+    class GatedNative:
+        """Uploads wait for a permit from the test."""
+
+        def __init__(self, native):
+            self._native = native
+
+        def push(self, **kwargs):
+            assert permits.acquire(timeout=120), "the test never released this upload"
+            try:
+                return self._native.push(**kwargs)
+            finally:
+                with cond:
+                    counts["live"] -= 1  # the copy is dropped when push returns
+                    cond.notify_all()
+
+        def __getattr__(self, name):
+            return getattr(self._native, name)
+
+    class WatchedSlots:
+        """The client's slot semaphore, noting each time a save_async has to wait."""
+
+        def __init__(self, slots):
+            self._slots = slots
+
+        def acquire(self, *args, **kwargs):
+            if self._slots.acquire(blocking=False):
+                return True
+            with cond:
+                counts["blocked"] += 1
+                cond.notify_all()
+            return self._slots.acquire()
+
+        def release(self):
+            self._slots.release()
+
+    client._native = GatedNative(client._native)
+    client._save_slots = WatchedSlots(client._save_slots)
+
+    handles = []
+    failure = []
+    finished = threading.Event()
+
+    def trainer():
+        try:
+            for i in range(saves):
+                handles.append(client.save_async(run_name, {"i": i, "w": torch.full((64, 64), float(i))}, step=i))
+        except BaseException as e:  # reported by the test thread
+            failure.append(e)
+        finally:
+            with cond:
+                finished.set()
+                cond.notify_all()
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    released = 0
+    try:
+        while True:
+            with cond:
+                progressed = cond.wait_for(lambda: finished.is_set() or counts["blocked"] > released, timeout=120)
+                assert progressed, "save_async neither returned nor blocked"
+                assert counts["live"] <= bound, counts
+                if finished.is_set():
+                    break
+                # A save_async is waiting for a slot with `bound` snapshots alive.
+                assert counts["live"] == bound, counts
+                assert len(handles) == bound + released
+            permits.release()  # let the oldest upload finish
+            released += 1
+    finally:
+        for _ in range(saves):
+            permits.release()
+        thread.join(120)
+    assert not thread.is_alive()
+    assert not failure, failure
+    assert counts["peak"] == bound, counts
+    assert counts["blocked"] == saves - bound, counts
+    infos = [h.result(timeout=120) for h in handles]
+    assert [info.step for info in infos] == list(range(saves))
+    assert client.load(run_name, "last")["i"] == saves - 1
+    assert counts["live"] == 0
+
+
+def test_max_pending_saves_is_validated(server):
+    with pytest.raises(ckptd.InvalidArgumentError, match="max_pending_saves"):
+        ckptd.Client(server.address, max_pending_saves=0)
+    with ckptd.Client(server.address, max_pending_saves=1) as c:
+        assert c.max_pending_saves == 1

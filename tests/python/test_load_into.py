@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _util import assert_same
+from _util import assert_same, tensor_bytes
 
 import ckptd
 
@@ -131,19 +131,23 @@ def test_strip_prefix(client, run_name):
 
 DDP_SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import collections, os, sys
     import numpy as np
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
     import ckptd
 
+    def make_model():
+        return torch.nn.Sequential(collections.OrderedDict(
+            body=torch.nn.Linear(4, 8), act=torch.nn.ReLU(), head=torch.nn.Linear(8, 2)))
+
     def worker(rank, world_size, address, run, port):
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(port)
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        model = make_model()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         g = torch.Generator().manual_seed(rank)
@@ -157,7 +161,7 @@ DDP_SCRIPT = textwrap.dedent(
             client.save(run, {"model": ddp.state_dict()}, step=3)
             np.savez(os.environ["REFERENCE_PATH"], **{k: v.numpy() for k, v in ddp.state_dict().items()})
         # Every rank also pushes its shard of a sharded version.
-        info = client.save(run + "-sharded", {"rank": rank, "w": model[0].weight.detach() * (rank + 1)},
+        info = client.save(run + "-sharded", {"rank": rank, "w": model.body.weight.detach() * (rank + 1)},
                            step=3, rank=rank, world_size=world_size)
         dist.barrier()
         dist.destroy_process_group()
@@ -169,41 +173,120 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ddp_checkpoint_into_plain_model(client, server, run_name, tmp_path):
+def plain_model(head: str = "head", classes: int = 2) -> torch.nn.Module:
+    """The DDP script's model, unwrapped; optionally with a renamed or resized head."""
+    return torch.nn.Sequential(
+        collections.OrderedDict(
+            [("body", torch.nn.Linear(4, 8)), ("act", torch.nn.ReLU()), (head, torch.nn.Linear(8, classes))]
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_checkpoint(server, tmp_path_factory):
+    """Runs a 2-process gloo DDP training once for this module: (run name,
+    rank 0's ``ddp.state_dict()`` as saved, keys prefixed ``module.``)."""
     from conftest import free_port
 
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    run = f"ddp-plain-{os.getpid()}"
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     reference_path = tmp_path / "reference.npz"
     env = dict(os.environ, REFERENCE_PATH=str(reference_path), GLOO_SOCKET_IFNAME="lo")
     subprocess.run(
-        [sys.executable, str(script), server.address, run_name, str(free_port())],
+        [sys.executable, str(script), server.address, run, str(free_port())],
         env=env,
         check=True,
         timeout=300,
     )
     with np.load(reference_path) as npz:
         reference = {k: torch.from_numpy(npz[k]) for k in npz.files}
-    assert all(k.startswith("module.") for k in reference)
+    assert sorted(reference) == sorted(
+        "module." + k for k in ("body.weight", "body.bias", "head.weight", "head.bias")
+    )
+    return run, reference
 
+
+def test_ddp_checkpoint_into_plain_model(client, ddp_checkpoint):
+    run, reference = ddp_checkpoint
     torch.manual_seed(42)
-    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    res = client.load_into(plain, run_name, "last", key="model", strip_prefix="module.")
-    assert res.missing_keys == [] and res.unexpected_keys == []
+    plain = plain_model()
+    res = client.load_into(plain, run, "last", key="model", strip_prefix="module.")
+    assert res.missing_keys == [] and res.unexpected_keys == [] and res.mismatched_keys == []
     for k, v in plain.state_dict().items():
         assert torch.equal(v, reference["module." + k]), k
 
     # The sharded version: both ranks' shards, or one of them.
-    info = client.get(run_name + "-sharded", "last")
+    info = client.get(run + "-sharded", "last")
     assert info.world_size == 2 and info.state == "COMMITTED"
     assert sorted(s.rank for s in info.shards) == [0, 1]
-    both = client.load(run_name + "-sharded", "last")
+    both = client.load(run + "-sharded", "last")
     assert sorted(both) == [0, 1]
     assert both[0]["rank"] == 0 and both[1]["rank"] == 1
     assert torch.equal(both[1]["w"], both[0]["w"] * 2)
-    one = client.load(run_name + "-sharded", "last", rank=1)
+    one = client.load(run + "-sharded", "last", rank=1, world_size=2)
     assert one["rank"] == 1
     with pytest.raises(ckptd.InvalidArgumentError, match="rank 5"):
-        client.load(run_name + "-sharded", "last", rank=5)
+        client.load(run + "-sharded", "last", rank=5)
     with pytest.raises(ckptd.InvalidArgumentError, match="rank"):
-        client.load_into(plain, run_name + "-sharded", "last")
+        client.load_into(plain, run + "-sharded", "last")
+
+
+def test_ddp_checkpoint_into_plain_model_with_renamed_head(client, ddp_checkpoint):
+    run, reference = ddp_checkpoint
+    torch.manual_seed(7)
+    plain = plain_model(head="classifier")
+    before = snapshot(plain)
+
+    with pytest.raises(ckptd.StateDictMismatchError) as err:
+        client.load_into(plain, run, "last", key="model", strict=True, strip_prefix="module.")
+    message = str(err.value)
+    assert "missing keys (in the model, not in the checkpoint): ['classifier.weight', 'classifier.bias']" in message
+    assert "unexpected keys (in the checkpoint, not in the model): ['head.weight', 'head.bias']" in message
+    assert "strict=False" in message  # says how to load what fits
+    assert err.value.missing_keys == ["classifier.weight", "classifier.bias"]
+    assert err.value.unexpected_keys == ["head.weight", "head.bias"]
+    assert err.value.mismatched_keys == []
+    assert_same(plain.state_dict(), before)  # strict=True changed nothing
+
+    res = client.load_into(plain, run, "last", key="model", strict=False, strip_prefix="module.")
+    assert res.missing_keys == ["classifier.weight", "classifier.bias"]
+    assert res.unexpected_keys == ["head.weight", "head.bias"]
+    assert res.mismatched_keys == []
+    assert torch.equal(plain.body.weight, reference["module.body.weight"])
+    assert torch.equal(plain.body.bias, reference["module.body.bias"])
+    assert torch.equal(plain.classifier.weight, before["classifier.weight"])
+    assert torch.equal(plain.classifier.bias, before["classifier.bias"])
+
+
+def test_ddp_checkpoint_into_plain_model_with_new_head_shape(client, ddp_checkpoint):
+    """Transfer learning: shared layers load the DDP weights, the new
+    (differently shaped) head keeps its initialisation."""
+    run, reference = ddp_checkpoint
+    torch.manual_seed(9)
+    plain = plain_model(classes=5)
+    before = snapshot(plain)
+
+    with pytest.raises(ckptd.StateDictMismatchError) as err:
+        client.load_into(plain, run, "last", key="model", strict=True, strip_prefix="module.")
+    message = str(err.value)
+    assert "shape mismatch" in message
+    assert "head.weight: stored shape [2, 8], model [5, 8]" in message
+    assert "head.bias: stored shape [2], model [5]" in message
+    assert err.value.mismatched_keys == ["head.weight", "head.bias"]
+    assert err.value.missing_keys == [] and err.value.unexpected_keys == []
+    assert_same(plain.state_dict(), before)
+
+    # Plain torch refuses this even with strict=False.
+    stripped = collections.OrderedDict((k[len("module.") :], v) for k, v in reference.items())
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        plain_model(classes=5).load_state_dict(stripped, strict=False)
+
+    res = client.load_into(plain, run, "last", key="model", strict=False, strip_prefix="module.")
+    assert res.mismatched_keys == ["head.weight", "head.bias"]
+    assert res.missing_keys == [] and res.unexpected_keys == []
+    assert torch.equal(plain.head.weight, before["head.weight"])  # left as initialised
+    assert torch.equal(plain.head.bias, before["head.bias"])
+    assert tensor_bytes(plain.body.weight) == tensor_bytes(reference["module.body.weight"])  # bitwise
+    assert tensor_bytes(plain.body.bias) == tensor_bytes(reference["module.body.bias"])

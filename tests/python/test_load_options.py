@@ -111,6 +111,50 @@ def test_load_into_keeps_parameter_devices(client, run_name):
     assert torch.equal(other.weight, model.weight)
 
 
+class CallRecorder:
+    """Wraps the client's native object and records the name of every call."""
+
+    def __init__(self, native) -> None:
+        self._native = native
+        self.calls = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._native, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is not available")
+@pytest.mark.parametrize(
+    "map_location",
+    ["cuda", "cuda:0", torch.device("cuda"), torch.device("cuda", 1), {"cpu": "cuda:0"}, {"cpu": torch.device("cuda")}],
+    ids=["str", "str-index", "device", "device-index", "dict-str", "dict-device"],
+)
+def test_map_location_cuda_without_cuda_fails_before_any_download(client, run_name, map_location):
+    client.save(run_name, {"w": torch.ones(256, 256)}, step=1)
+    recorder = CallRecorder(client._native)
+    client._native = recorder
+    with pytest.raises(ckptd.InvalidArgumentError) as err:
+        client.load(run_name, "last", map_location=map_location)
+    message = str(err.value)
+    assert "CUDA is not available" in message, message
+    assert 'map_location="cpu"' in message, message
+    assert recorder.calls == []  # refused before asking the server for anything
+    # The same state loads fine to the CPU.
+    assert torch.equal(client.load(run_name, "last", map_location="cpu")["w"], torch.ones(256, 256))
+
+
+def test_map_location_bad_device_string(client, run_name):
+    with pytest.raises(ckptd.InvalidArgumentError, match="map_location='gpu'"):
+        client.load(run_name, "last", map_location="gpu")
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this environment")
 
 

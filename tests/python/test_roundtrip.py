@@ -277,3 +277,87 @@ def test_environment_recorded(client, run_name):
     assert isinstance(got, ckptd.VersionInfo)
     with pytest.raises(Exception):
         got.step = 6  # frozen
+
+
+# ------------------------------------------- what does not round-trip as is
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 3, torch.qint8),
+        lambda: torch.quantize_per_tensor(torch.randn(4), 0.5, 0, torch.quint8),
+        lambda: torch.quantize_per_channel(
+            torch.randn(3, 4), torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 2]), 0, torch.quint8
+        ),
+    ],
+    ids=["qint8", "quint8", "per-channel"],
+)
+def test_quantized_tensors_are_refused_with_advice(client, run_name, make):
+    q = make()
+    with pytest.raises(ckptd.InvalidArgumentError) as err:
+        client.save(run_name, {"model": {"fc.weight": q}}, step=1)
+    message = str(err.value)
+    assert f"tensor at 'model.fc.weight' is quantized ({q.dtype})" in message, message
+    assert "dequantize()" in message and "int_repr()" in message, message
+    # The advice works.
+    _, loaded = roundtrip(client, run_name, {"w": q.dequantize(), "q": q.int_repr()})
+    assert torch.equal(loaded["w"], q.dequantize()) and torch.equal(loaded["q"], q.int_repr())
+
+
+def test_tensors_sharing_storage_come_back_independent(client, run_name):
+    w = torch.randn(4, 6)
+    state = {"w": w, "tied": w, "t": w.t(), "row": w[1]}
+    _, loaded = roundtrip(client, run_name, state)
+    assert_same(loaded, state)
+    pointers = {name: t.data_ptr() for name, t in loaded.items()}
+    assert len(set(pointers.values())) == len(pointers), pointers
+    loaded["w"].zero_()
+    assert torch.equal(loaded["tied"], w) and torch.equal(loaded["t"], w.t()) and torch.equal(loaded["row"], w[1])
+
+    # load_into copies into the model's own parameters: tying in the model stays.
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(5, 3)
+            self.out = torch.nn.Linear(3, 5, bias=False)
+            self.out.weight = self.embed.weight
+
+    torch.manual_seed(0)
+    src = Tied()
+    client.save(run_name, {"model": src.state_dict()}, step=2)
+    torch.manual_seed(1)
+    dst = Tied()
+    client.load_into(dst, run_name, "last", key="model")
+    assert dst.out.weight is dst.embed.weight
+    assert torch.equal(dst.embed.weight, src.embed.weight)
+
+
+def test_state_dict_metadata_is_not_kept(client, run_name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.InstanceNorm1d(4))
+    model(torch.randn(8, 3))
+    state = model.state_dict()
+    assert hasattr(state, "_metadata")
+    _, loaded = roundtrip(client, run_name, {"model": state})
+    assert type(loaded["model"]) is collections.OrderedDict
+    assert not hasattr(loaded["model"], "_metadata")
+    assert_same(loaded["model"], state)
+    # Without it torch's modules still load the complete state dict as-is.
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.InstanceNorm1d(4))
+    fresh.load_state_dict(loaded["model"], strict=True)
+    assert_same(fresh.state_dict(), state)
+
+
+def test_docs_say_what_does_not_round_trip():
+    from pathlib import Path
+
+    doc = ckptd.Client.save.__doc__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("## Python")
+    python_section = readme[start : readme.index("\n## ", start + 1)]
+    for text in (" ".join(doc.split()), " ".join(python_section.split())):
+        assert "Quantized" in text and "dequantize()" in text
+        assert "share storage" in text or "sharing storage" in text
+        assert "independent tensors" in text
+        assert "_metadata" in text

@@ -228,9 +228,79 @@ def test_retry_is_idempotent_conflict_and_world_size_mismatch_are_rejected(clien
     assert_same(client.load(run_name, first.version, rank=1), shard_state(1))
 
 
+class _ReadRecorder:
+    """Wraps a client's native object; records the read_tensors calls."""
+
+    def __init__(self, native) -> None:
+        self._native = native
+        self.reads = []
+
+    def read_tensors(self, manifest, dests):
+        self.reads.append(list(dests))
+        return self._native.read_tensors(manifest, dests)
+
+    def __getattr__(self, name):
+        return getattr(self._native, name)
+
+
+def test_load_checks_world_size(client, run_name):
+    for rank in range(2):
+        info = client.save(run_name, shard_state(rank, big_bytes=64 * 1024), step=3, rank=rank, world_size=2)
+    assert info.state == "COMMITTED" and info.world_size == 2
+    both = client.load(run_name, info.version, world_size=2)
+    assert sorted(both) == [0, 1]
+    assert_same(client.load(run_name, "last", rank=1, world_size=2), shard_state(1, big_bytes=64 * 1024))
+
+    recorder = _ReadRecorder(client._native)
+    client._native = recorder
+    # (world_size, rank): rank 3 does not exist in the stored version either;
+    # the world_size mismatch is what gets reported.
+    for ws, rank in ((1, None), (4, None), (1, 0), (4, 1), (4, 3)):
+        with pytest.raises(ckptd.InvalidArgumentError) as err:
+            client.load(run_name, "last", rank=rank, world_size=ws)
+        message = str(err.value)
+        assert f"world_size {ws} does not match {run_name}@{info.version}" in message, message
+        assert "saved with world_size 2" in message, message
+        with pytest.raises(ckptd.InvalidArgumentError, match=f"world_size {ws} does not match"):
+            client.load_into(torch.nn.Linear(2, 2), run_name, "last", key="model", rank=rank, world_size=ws)
+    assert recorder.reads == []  # refused before any tensor bytes travelled
+    with pytest.raises(ckptd.InvalidArgumentError, match="rank 2 is not below world_size 2"):
+        client.load(run_name, "last", rank=2, world_size=2)
+    with pytest.raises(ckptd.InvalidArgumentError, match="world_size must be >= 1"):
+        client.load(run_name, "last", world_size=0)
+
+    single = client.save(run_name, {"w": torch.ones(2)}, step=4)
+    assert torch.equal(client.load(run_name, single.version, world_size=1)["w"], torch.ones(2))
+    with pytest.raises(ckptd.InvalidArgumentError, match="world_size 2 does not match .*saved with world_size 1"):
+        client.load(run_name, single.version, world_size=2)
+
+
+def test_abort_errors(client, run_name):
+    committed = client.save(run_name, {"w": torch.ones(2)}, step=1)
+    with pytest.raises(ckptd.FailedPreconditionError, match="committed"):
+        client.abort(run_name, committed.version, "too late")
+    assert client.get(run_name, committed.version).state == "COMMITTED"
+    with pytest.raises(ckptd.NotFoundError):
+        client.abort(run_name, committed.version + 100)
+    with pytest.raises(ckptd.InvalidArgumentError, match="version must be >= 1"):
+        client.abort(run_name, 0)
+    with pytest.raises(ckptd.InvalidArgumentError, match="version must be an int"):
+        client.abort(run_name, "last")
+
+    pending = client.save(run_name, {"w": torch.ones(2)}, step=2, rank=0, world_size=2)
+    assert pending.state == "PENDING"
+    client.abort(run_name, pending.version)  # reason is optional
+    client.abort(run_name, pending.version, "again")  # a no-op
+    listed = {v.version: v for v in client.versions(run_name, include_aborted=True)}
+    assert listed[pending.version].state == "ABORTED" and listed[pending.version].abort_reason
+    assert [v.version for v in client.versions(run_name)] == [committed.version]
+    with pytest.raises(ckptd.FailedPreconditionError, match="aborted"):
+        client.get(run_name, pending.version)
+
+
 def test_explicit_abort_fails_the_rank_still_uploading(client, server, run_name):
-    """The Python Client has no abort call; this uses the native one
-    (``Client._native.abort_version``) that a rank's error handler would call."""
+    """Rank 0's error handler aborts the version (``Client.abort``) while rank 1
+    is still uploading into it."""
     first = client.save(run_name, shard_state(0), step=9, rank=0, world_size=2)
     assert first.state == "PENDING"
 
@@ -247,7 +317,7 @@ def test_explicit_abort_fails_the_rank_still_uploading(client, server, run_name)
         t = threading.Thread(target=rank1)
         t.start()
         assert hold.held.wait(30), "rank 1 did not start uploading"
-        client._native.abort_version(run_name, first.version, "rank 0 ran out of memory")
+        client.abort(run_name, first.version, "rank 0 ran out of memory")
         listed = {v.version: v for v in client.versions(run_name, include_aborted=True)}
         assert listed[first.version].state == "ABORTED"
         assert listed[first.version].abort_reason == "rank 0 ran out of memory"

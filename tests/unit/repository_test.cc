@@ -7,10 +7,12 @@
 
 #include <atomic>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -361,17 +363,19 @@ TEST_F(RepositoryTest, GarbageCollectionKeepsReferencedAndLeasedBlobs) {
   Reopen();
   EXPECT_TRUE(repo_->blobs().Stat(leased)->has_value());
   EXPECT_TRUE(Commit("r", pending, 0, OneTensor(leased, 16)).ok());
-  // A lease dies with its aborted version: the blob becomes garbage.
+  // A lease dies with its aborted version, and the abort collects the
+  // blob at once.
   uint64_t doomed = Begin("r", 3);
   Digest orphan = Upload("r", doomed, std::string(64, 'O'));
   v1::AbortVersionRequest abort;
   abort.set_run("r");
   abort.set_version(doomed);
   ASSERT_TRUE(repo_->AbortVersion(abort).ok());
+  EXPECT_FALSE(repo_->blobs().Stat(orphan)->has_value());
   gc = repo_->CollectGarbage();
   ASSERT_TRUE(gc.ok());
-  EXPECT_EQ(gc->blobs_deleted(), 1u);
-  EXPECT_FALSE(repo_->blobs().Stat(orphan)->has_value());
+  EXPECT_EQ(gc->blobs_deleted(), 0u);
+  EXPECT_TRUE(repo_->blobs().Stat(leased)->has_value());
 }
 
 TEST_F(RepositoryTest, DeleteAndPinRules) {
@@ -563,15 +567,114 @@ TEST_F(RepositoryTest, GarbageCollectionRacingUploadsNeverLosesABlob) {
 }
 
 TEST_F(RepositoryTest, WatchSeesMovesInOrder) {
+  std::optional<v1::VersionInfo> current;
+  EXPECT_EQ(repo_
+                ->Watch(
+                    "r", "last", [](const v1::VersionInfo&) {}, &current)
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  uint64_t first = Push("r", 0, {});
   std::vector<uint64_t> seen;
-  uint64_t id = repo_->Watch("r", "last", [&](const v1::VersionInfo& v) {
-    seen.push_back(v.version());
-  });
+  auto id = repo_->Watch(
+      "r", "last",
+      [&](const v1::VersionInfo& v) { seen.push_back(v.version()); }, &current);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(current.has_value());
+  EXPECT_EQ(current->version(), first);
   uint64_t a = Push("r", 1, {});
   uint64_t b = Push("r", 2, {});
-  repo_->Unwatch(id);
+  repo_->Unwatch(*id);
   Push("r", 3, {});
   EXPECT_THAT(seen, ElementsAre(a, b));
+}
+
+TEST_F(RepositoryTest, ConcurrentPublishesNotifyWatchersInCommitOrder) {
+  Push("c", 0, {});
+  absl::Mutex mu;
+  std::vector<uint64_t> seen;
+  std::optional<v1::VersionInfo> current;
+  auto id = repo_->Watch(
+      "c", "last",
+      [&](const v1::VersionInfo& v) {
+        absl::MutexLock lock(&mu);
+        seen.push_back(v.version());
+      },
+      &current);
+  ASSERT_TRUE(id.ok()) << id.status();
+  constexpr int kThreads = 4, kPerThread = 8;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i)
+        Push("c", 1 + t * kPerThread + i, {});
+    });
+  }
+  for (auto& t : threads) t.join();
+  repo_->Unwatch(*id);
+  std::vector<uint64_t> moves;
+  {
+    absl::MutexLock lock(&mu);
+    moves = seen;
+  }
+  ASSERT_FALSE(moves.empty());
+  // `last` only moves forward, and watchers see its moves in order.
+  for (size_t i = 1; i < moves.size(); ++i) {
+    EXPECT_LT(moves[i - 1], moves[i]) << "move " << i;
+  }
+  auto last = RefTarget("c", "last");
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(moves.back(), *last);
+  EXPECT_EQ(*last, 1u + kThreads * kPerThread);
+}
+
+TEST_F(RepositoryTest, LastNeverMovesBackToAVersionThatCompletesLate) {
+  uint64_t slow = Begin("late", 1);
+  uint64_t fast = Push("late", 2, {});
+  Digest d = Upload("late", slow, std::string(64, 'x'));
+  ASSERT_TRUE(Commit("late", slow, 0, OneTensor(d, 16), {}).ok());
+  auto last = RefTarget("late", "last");
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(*last, fast);
+  EXPECT_THAT(Surviving("late"), ElementsAre(slow, fast));
+}
+
+TEST_F(RepositoryTest, MetricsComeFromTheLowestRankThatReportsThem) {
+  // Shards commit as rank 0 (no acc), rank 2 (acc .5), rank 1 (acc .9).
+  uint64_t v = Begin("m", 1, 3);
+  Digest d = Upload("m", v, std::string(64, 'm'));
+  ASSERT_TRUE(Commit("m", v, 0, OneTensor(d, 16), {{"loss", 1.0}}).ok());
+  ASSERT_TRUE(
+      Commit("m", v, 2, OneTensor(d, 16), {{"acc", 0.5}, {"loss", 3.0}}).ok());
+  auto info = Commit("m", v, 1, OneTensor(d, 16), {{"acc", 0.9}});
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::COMMITTED);
+  EXPECT_EQ(info->metrics().at("acc"), 0.9);
+  EXPECT_EQ(info->metrics().at("loss"), 1.0);
+  ASSERT_EQ(info->shards_size(), 3);
+  EXPECT_EQ(info->shards(2).metrics().at("acc"), 0.5);
+}
+
+TEST_F(RepositoryTest, AbortFreesTheBlobsOfCommittedShards) {
+  uint64_t v = Begin("ab", 1, 2);
+  const std::string bytes(64, 'a');
+  Digest d = Upload("ab", v, bytes);
+  ASSERT_TRUE(Commit("ab", v, 0, OneTensor(d, 16), {}).ok());
+  v1::AbortVersionRequest abort;
+  abort.set_run("ab");
+  abort.set_version(v);
+  abort.set_reason("rank 1 died");
+  ASSERT_TRUE(repo_->AbortVersion(abort).ok());
+  auto size = repo_->blobs().Stat(d);
+  ASSERT_TRUE(size.ok());
+  EXPECT_FALSE(size->has_value()) << "blob of the aborted shard was kept";
+  // The other rank is told why, and nothing of the version is visible.
+  auto late = Commit("ab", v, 1, OneTensor(d, 16), {});
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(late.status().message()), HasSubstr("rank 1 died"));
+  auto up = repo_->StartBlobUpload("ab", v, d, bytes.size(), 0);
+  EXPECT_EQ(up.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Surviving("ab"), IsEmpty());
 }
 
 TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {

@@ -129,12 +129,23 @@ class Flattened:
         # Anything else native code reads (e.g. the snapshot buffer).
         self.keepalive: List[Any] = []
 
+    def release(self) -> None:
+        """Drops the references to tensor memory; call once native code is done."""
+        self.entries = []
+        self.tensors = []
+        self.keepalive = []
+
 
 def _prepare_tensor(x: torch.Tensor, path: Path, native_cuda: bool) -> Tuple[torch.Tensor, bool, int]:
     """Contiguous, conj/neg-resolved, host (or native CUDA) bytes of ``x``."""
     where = path_string(path)
     if x.layout != torch.strided:
         raise InvalidArgumentError(f"tensor at '{where}' has layout {x.layout}; only dense (strided) tensors are supported")
+    if x.is_quantized:
+        raise InvalidArgumentError(
+            f"tensor at '{where}' is quantized ({x.dtype}), which ckptd does not store; save "
+            "t.dequantize(), or t.int_repr() together with its scale and zero point"
+        )
     if x.dtype not in DTYPE_CODES:
         raise InvalidArgumentError(f"tensor at '{where}' has unsupported dtype {x.dtype}")
     if x.is_meta:

@@ -40,6 +40,9 @@ MapLocation = Union[None, str, torch.device, Mapping[str, Union[str, torch.devic
 
 # Long key lists in error messages are cut after this many names.
 _MAX_KEYS_IN_MESSAGE = 20
+# save_async snapshots (each a full host copy of the state) that may exist at
+# once, uploading or queued; a further save_async waits for one to finish.
+DEFAULT_MAX_PENDING_SAVES = 2
 
 _cuda_lock = threading.Lock()
 _cuda_native: Optional[bool] = None
@@ -143,16 +146,32 @@ class _Placement:
         self.function: Optional[Callable[..., Any]] = None
         if map_location is None:
             return
-        if isinstance(map_location, (str, torch.device)):
-            self.device = torch.device(map_location)
-        elif isinstance(map_location, Mapping):
-            self.device = torch.device(map_location.get("cpu", "cpu"))
-        elif callable(map_location):
-            self.function = map_location
-        else:
-            raise InvalidArgumentError(
-                f"map_location must be a str, torch.device, dict or callable, got {type(map_location).__name__}"
-            )
+        try:
+            if isinstance(map_location, (str, torch.device)):
+                self.device = torch.device(map_location)
+            elif isinstance(map_location, Mapping):
+                self.device = torch.device(map_location.get("cpu", "cpu"))
+            elif callable(map_location):
+                self.function = map_location
+            else:
+                raise InvalidArgumentError(
+                    f"map_location must be a str, torch.device, dict or callable, got {type(map_location).__name__}"
+                )
+        except RuntimeError as e:  # torch.device("gpu"), ...
+            raise InvalidArgumentError(f"map_location={map_location!r}: {e}") from None
+        if self.device.type == "cuda":
+            # Checked here, before any metadata or bytes travel, instead of
+            # failing in tensor.to() after the whole download.
+            if not torch.cuda.is_available():
+                raise InvalidArgumentError(
+                    f"map_location={map_location!r} puts tensors on {self.device}, but CUDA is not available "
+                    '(torch.cuda.is_available() is False); use map_location="cpu"'
+                )
+            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
+                raise InvalidArgumentError(
+                    f"map_location={map_location!r} puts tensors on {self.device}, but this process sees "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
 
     def finish(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.function is not None:
@@ -225,6 +244,9 @@ class Client:
         max_attempts: attempts per call or upload before giving up (uploads
             resume where they stopped). Retries back off from 100 ms to 2 s,
             so the default 10 rides out a server restart of up to ~10 s.
+        max_pending_saves: ``save_async`` snapshots held at once (uploading
+            or queued); each is a full host copy of its state. A further
+            ``save_async`` blocks until one of them finishes.
 
     Example:
         >>> client = ckptd.Client()                      # $CKPTD_SERVER or 127.0.0.1:50051
@@ -241,6 +263,7 @@ class Client:
         channels: int = 4,
         streams: int = 4,
         max_attempts: int = 10,
+        max_pending_saves: int = DEFAULT_MAX_PENDING_SAVES,
     ) -> None:
         if isinstance(root_certificates, bytes):
             root_certificates = root_certificates.decode("ascii")
@@ -258,6 +281,10 @@ class Client:
         )
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
+        self.max_pending_saves: int = _int(max_pending_saves, "max_pending_saves", 1)
+        # One slot per save_async snapshot alive; taken before the snapshot is
+        # copied, given back once its upload has dropped the copy.
+        self._save_slots = threading.BoundedSemaphore(self.max_pending_saves)
 
     def __repr__(self) -> str:
         return f"ckptd.Client({self.address!r})"
@@ -298,6 +325,25 @@ class Client:
         contiguous, without ``requires_grad``. Nothing is pickled. The torch,
         CUDA and Python versions and the hostname are recorded with it.
 
+        What does not round-trip:
+
+        - Quantized tensors (``qint8``, ``quint8``, ``qint32``, ``quint4x2``)
+          are refused with InvalidArgumentError naming the key path; save
+          ``q.dequantize()``, or ``q.int_repr()`` with ``q.q_scale()`` and
+          ``q.q_zero_point()``. Sparse and meta tensors are refused too.
+        - Tensors that share storage (a tensor and its views, e.g. tied
+          weights or ``w`` and ``w.t()``) are stored as separate tensors and
+          come back as independent tensors with their own memory: writing
+          to one after ``load`` does not change the other. ``load_into``
+          copies into the model's own parameters, so tying in the model is
+          kept.
+        - ``state_dict()._metadata`` (the per-module ``version`` numbers
+          ``load_state_dict`` passes to ``_load_from_state_dict``) is not
+          stored: an attribute of an OrderedDict is not part of the state.
+          Loading without it gives each module ``version=None``, which for
+          torch's own modules changes nothing when the state dict is
+          complete (BatchNorm's ``num_batches_tracked`` is already there).
+
         Sharded saves: every rank calls ``save`` with the same ``step``, its
         ``rank`` and the ``world_size``; the version publishes when all shards
         are in (each rank gets the version; only the last one sees COMMITTED).
@@ -318,7 +364,8 @@ class Client:
 
         Raises:
             InvalidArgumentError: an unsupported leaf, key or dtype (naming its
-                key path; nothing is sent), a bad run name, ...
+                key path; nothing is sent), e.g. ``tensor at 'model.fc.weight'
+                is quantized (torch.qint8) ...``; a bad run name, ...
             CheckpointError: any other failure, e.g. UnavailableError.
 
         Example:
@@ -351,8 +398,15 @@ class Client:
         waits, so the caller may modify its tensors as soon as this returns.
         Input errors (unsupported leaves, ...) raise here; upload errors raise
         from ``handle.result()``. Saves of one client upload in call order.
-        Each pending save holds its host copy until its upload ends;
-        :meth:`close` waits for all of them (so does interpreter exit).
+
+        Each pending save holds its host copy until its upload ends, so at
+        most ``max_pending_saves`` (a :class:`Client` option, default 2: one
+        uploading, one queued) exist at once: when that many are pending,
+        ``save_async`` first blocks until one of them finishes, then takes
+        its snapshot. Host memory for snapshots is thus bounded by
+        ``max_pending_saves`` copies of the state, however often it is
+        called. :meth:`close` waits for all of them (so does interpreter
+        exit).
 
         Args:
             run, state, step, epoch, metrics, labels, rank, world_size: as for :meth:`save`.
@@ -368,14 +422,29 @@ class Client:
         """
         flat = _tree.flatten(state, native_cuda=False)
         args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
-        _tree.snapshot(flat)
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="ckptd-save"
-                )
-            future = self._executor.submit(self._push, args, flat)
+        # Wait for a slot before copying, so that no more than
+        # max_pending_saves snapshots ever exist (GIL released while waiting).
+        self._save_slots.acquire()
+        try:
+            _tree.snapshot(flat)
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="ckptd-save"
+                    )
+                future = self._executor.submit(self._push_async, args, flat)
+        except BaseException:
+            flat.release()
+            self._save_slots.release()
+            raise
         return SaveHandle(future, run, args["step"])
+
+    def _push_async(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
+        try:
+            return self._push(args, flat)
+        finally:
+            # The snapshot is dropped (by _push) before the slot is given back.
+            self._save_slots.release()
 
     @staticmethod
     def _native_cuda_enabled() -> bool:
@@ -412,10 +481,50 @@ class Client:
 
     def _push(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
         # `flat` holds every tensor (and snapshot buffer) the entries point
-        # into; it lives until push returns.
-        info = self._native.push(entries=flat.entries, **args)
-        del flat
+        # into; they stay referenced until push returns, then are dropped
+        # (the executor's work item still refers to `flat` itself a little
+        # longer).
+        try:
+            info = self._native.push(entries=flat.entries, **args)
+        finally:
+            flat.release()
         return VersionInfo._from_native(info)
+
+    def abort(self, run: str, version: int, reason: str = "") -> None:
+        """Aborts a pending version, e.g. a sharded save another rank cannot finish.
+
+        The version never becomes visible; ranks still uploading to it, and
+        any later ``save`` of its shards, fail with FailedPreconditionError
+        carrying ``reason``. A later ``save`` of the same step begins a new
+        version. Blobs referenced only by it become garbage for GC. Aborting
+        an aborted version again is a no-op.
+
+        Args:
+            run: run name.
+            version: the pending version's number (``VersionInfo.version``
+                returned by ``save`` with ``state == "PENDING"``).
+            reason: recorded as the version's ``abort_reason`` and passed on
+                to the ranks that try to commit into it (``""``: the server
+                records "aborted by a client").
+
+        Raises:
+            NotFoundError: unknown run or version.
+            FailedPreconditionError: the version is already committed.
+            InvalidArgumentError: ``version`` is not a version number.
+
+        Example:
+            >>> pending = client.save(run, shard, step=step, rank=rank, world_size=world_size)
+            >>> try:
+            ...     evaluate_and_sync()          # some rank fails here
+            ... except Exception as e:
+            ...     client.abort(run, pending.version, reason=f"rank {rank}: {e}")
+            ...     raise
+        """
+        if not isinstance(run, str):
+            raise InvalidArgumentError(f"run must be a str, got {type(run).__name__}")
+        if not isinstance(reason, str):
+            raise InvalidArgumentError(f"reason must be a str, got {type(reason).__name__}")
+        self._native.abort_version(run, _int(version, "version", 1), reason)
 
     # ---------------------------------------------------------------- pull
 
@@ -426,6 +535,7 @@ class Client:
         map_location: MapLocation = None,
         keys: Union[None, str, Tuple[Any, ...], Sequence[Union[str, Tuple[Any, ...]]]] = None,
         rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> Any:
         """Loads a saved state.
 
@@ -438,7 +548,8 @@ class Client:
                 the saving device is not recorded), or a callable
                 ``f(tensor, "cpu") -> tensor`` (None keeps the CPU tensor).
                 CUDA targets are filled directly when the native library
-                has CUDA support.
+                has CUDA support; a CUDA target while CUDA is not available
+                raises InvalidArgumentError before anything is fetched.
             keys: load only these subtrees (only their bytes travel). A key is
                 a dotted path (``"model"``, ``"optimizer.state"``,
                 ``"model.fc.weight"`` — matched against the dotted rendering
@@ -449,11 +560,18 @@ class Client:
                 elements before it are selected too.
             rank: the shard to load. None: the state of a single-shard
                 version, or ``{rank: state}`` for a multi-shard one.
+            world_size: the number of shards the caller expects (e.g. its
+                own ``torch.distributed`` world size when resuming); checked
+                against the version's world_size before any tensor bytes
+                travel. None: not checked.
 
         Returns:
             The state, rebuilt with the types it was saved with.
 
         Raises:
+            InvalidArgumentError: ``world_size`` differs from the stored
+                version's (the message names both), ``rank`` is not below it,
+                a bad ``map_location`` (e.g. CUDA when CUDA is not available).
             NotFoundError: unknown run, ref, shard or key.
             CheckpointError: any other failure.
 
@@ -462,7 +580,7 @@ class Client:
             >>> model.load_state_dict(state["model"])
         """
         placement = _Placement(map_location)
-        manifest = self._get_manifest(run, ref, rank)
+        manifest = self._get_manifest(run, ref, rank, world_size)
         if isinstance(keys, (str, tuple)):
             keys = [keys]
         shards = self._shard_indices(manifest, rank)
@@ -494,6 +612,7 @@ class Client:
         strict: bool = True,
         strip_prefix: Optional[str] = None,
         rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> LoadResult:
         """Loads a saved state dict into ``model``.
 
@@ -517,6 +636,8 @@ class Client:
                 e.g. ``"module."`` to load a DDP-wrapped model's state into a
                 plain model.
             rank: the shard, for multi-shard versions.
+            world_size: as for :meth:`load`: checked against the version's
+                world_size when given.
 
         Returns:
             :class:`LoadResult` with missing_keys, unexpected_keys,
@@ -532,7 +653,7 @@ class Client:
             >>> res.missing_keys, res.unexpected_keys
             ([], [])
         """
-        manifest = self._get_manifest(run, ref, rank)
+        manifest = self._get_manifest(run, ref, rank, world_size)
         info = VersionInfo._from_native(manifest.info())
         shards = self._shard_indices(manifest, rank)
         if len(shards) > 1:
@@ -613,9 +734,23 @@ class Client:
             model.load_state_dict(new_state, strict=False)
         return LoadResult(missing, unexpected, mismatched, info)
 
-    def _get_manifest(self, run: str, ref: Ref, rank: Optional[int]) -> Any:
+    def _get_manifest(self, run: str, ref: Ref, rank: Optional[int], world_size: Optional[int] = None) -> Any:
         ranks = [] if rank is None else [_int(rank, "rank", 0)]
-        return self._native.get_version(run, _ref(ref), True, ranks)
+        if world_size is not None:
+            world_size = _int(world_size, "world_size", 1)
+            if ranks and ranks[0] >= world_size:
+                raise InvalidArgumentError(f"rank {ranks[0]} is not below world_size {world_size}")
+        try:
+            manifest = self._native.get_version(run, _ref(ref), True, ranks)
+        except InvalidArgumentError:
+            # A rank the version does not have: a world_size mismatch, when
+            # there is one, is the better explanation.
+            if world_size is not None and ranks:
+                _check_world_size(self.get(run, ref), world_size)
+            raise
+        if world_size is not None:
+            _check_world_size(VersionInfo._from_native(manifest.info()), world_size)
+        return manifest
 
     @staticmethod
     def _shard_indices(manifest: Any, rank: Optional[int]) -> List[int]:
@@ -755,6 +890,15 @@ class Client:
     def metric_history(self, run: str, metric: Optional[str] = None) -> List[MetricPoint]:
         """Metric values over the versions of ``run`` (every metric if None)."""
         return [MetricPoint._from_native(p) for p in self._native.metric_history(run, metric or "")]
+
+
+def _check_world_size(info: VersionInfo, world_size: int) -> None:
+    if info.world_size != world_size:
+        raise InvalidArgumentError(
+            f"world_size {world_size} does not match {info.name}, which was saved with "
+            f"world_size {info.world_size}; load it with world_size={info.world_size} "
+            "(or without world_size= and pick shards with rank=)"
+        )
 
 
 def _matches_key(path: Tuple[Any, ...], key: Any) -> bool:

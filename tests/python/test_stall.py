@@ -1,0 +1,35 @@
+"""A transfer that stops making progress fails with DeadlineExceededError
+instead of hanging: streams carry no deadline (an upload may take hours), so
+the client cancels one that moves no bytes for ``timeout`` seconds.
+
+The proxy stops forwarding client -> server bytes in the middle of the
+upload (a hung server or a black-holed network path): nothing is reset,
+the TCP connection stays open and silent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _cut_proxy import CutProxy
+
+import ckptd
+
+MiB = 1 << 20
+
+
+def test_stalled_upload_fails_with_deadline_exceeded(server, run_name):
+    state = {"w": torch.randn(16 * MiB, generator=torch.Generator().manual_seed(3))}  # 64 MiB
+    with CutProxy(server.address, hold_after=8 * MiB) as proxy:
+        client = ckptd.Client(proxy.address, timeout=2)
+        with pytest.raises(ckptd.DeadlineExceededError) as err:
+            client.save(run_name, state, step=1)
+        assert proxy.held.is_set(), "the proxy never held the upload"
+        assert "no progress" in str(err.value), str(err.value)
+        proxy.release()
+    direct = ckptd.Client(server.address)
+    # Nothing of the stalled save is visible; a save that can move completes.
+    assert direct.versions(run_name) == []  # the run exists: BeginVersion got through
+    info = direct.save(run_name, state, step=1)
+    assert info.state == "COMMITTED"
+    assert torch.equal(direct.load(run_name, info.version)["w"], state["w"])
