@@ -6,11 +6,15 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/service/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -56,6 +60,36 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv,
   return out;
 }
 
+bool WantsHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-help") return true;
+  }
+  return false;
+}
+
+// --help: the usage message and ckptd's own flags, exit 0. (Abseil's --help
+// lists flags of a file named after the program only, and exits 1.)
+void PrintHelp() {
+  std::string out = absl::StrCat(absl::ProgramUsageMessage(), "\nFlags:\n");
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server/main.cc")) {
+      flags.push_back(flag);
+    }
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
+  for (const auto* flag : flags) {
+    absl::StrAppend(&out, "  --", flag->Name(), "  (default: \"",
+                    flag->DefaultValue(), "\")\n      ", flag->Help(), "\n");
+  }
+  absl::StrAppend(&out,
+                  "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
+                  "--helpfull lists every flag, also gRPC's and Abseil's.\n");
+  std::fputs(out.c_str(), stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,6 +99,10 @@ int main(int argc, char** argv) {
       "immutable, versioned checkpoints in --data_dir and keeps `last` and "
       "`best` per run.\n\nExample:\n  ckptd --listen 127.0.0.1:50051 "
       "--data_dir ./ckptd-data\n");
+  if (WantsHelp(argc, argv)) {
+    PrintHelp();
+    return 0;
+  }
   std::vector<std::string> storage;
   std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

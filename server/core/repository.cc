@@ -160,8 +160,8 @@ Repository::~Repository() {
 absl::StatusOr<std::unique_ptr<Repository>> Repository::Open(
     const RepositoryOptions& options,
     std::shared_ptr<storage::BlobStore> blobs) {
-  ASSIGN_OR_RETURN(auto meta,
-                   storage::MetadataStore::Open(options.metadata_dir));
+  ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
+                                  options.metadata_dir, options.metadata_env));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   RETURN_IF_ERROR(repo->Recover());
@@ -178,8 +178,8 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
   // Open RocksDB first: its LOCK keeps a second ckptd off the blobs too.
-  ASSIGN_OR_RETURN(auto meta,
-                   storage::MetadataStore::Open(options.metadata_dir));
+  ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
+                                  options.metadata_dir, options.metadata_env));
   ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
                    storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(

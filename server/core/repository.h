@@ -61,6 +61,8 @@ struct RepositoryOptions {
   absl::Duration query_upload_wait = absl::Seconds(2);
   // Clock, for tests.
   std::function<absl::Time()> now = [] { return absl::Now(); };
+  // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
+  rocksdb::Env* metadata_env = nullptr;
 };
 
 class Repository;

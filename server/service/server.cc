@@ -2,7 +2,9 @@
 
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -40,7 +42,24 @@ Server::~Server() {
   impl_->shutdown_done.WaitForNotification();
 }
 
+absl::Status ValidateListenAddress(absl::string_view listen) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+      port > 65535 ||
+      listen.substr(colon + 1).find_first_not_of("0123456789") !=
+          absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen '", listen,
+                     "' is not HOST:PORT with a port in 0-65535 (e.g. "
+                     "127.0.0.1:50051; port 0 picks a free one)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  RETURN_IF_ERROR(ValidateListenAddress(options.listen));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
@@ -56,6 +75,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &impl->port);
   builder.RegisterService(impl->service.get());
+  // gRPC sets SO_REUSEPORT by default: a second ckptd could then share a
+  // port in use, splitting clients between two data dirs.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   impl->grpc_server = builder.BuildAndStart();

@@ -101,8 +101,9 @@ MetadataStore::~MetadataStore() {
 }
 
 absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Open(
-    const std::string& dir) {
+    const std::string& dir, rocksdb::Env* env) {
   rocksdb::Options options;
+  if (env != nullptr) options.env = env;
   options.create_if_missing = true;
   options.paranoid_checks = true;
   options.max_open_files = 256;

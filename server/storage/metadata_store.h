@@ -43,6 +43,7 @@
 #include "absl/strings/string_view.h"
 #include "google/protobuf/message_lite.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/write_batch.h"
 
 namespace ckptd::storage {
@@ -85,9 +86,11 @@ class MetadataBatch {
 
 class MetadataStore {
  public:
-  // Opens (creating) the database in `dir`.
+  // Opens (creating) the database in `dir`. `env` (not owned; it must
+  // outlive the store) replaces RocksDB's Env, for fault-injection tests;
+  // nullptr: RocksDB's default.
   static absl::StatusOr<std::unique_ptr<MetadataStore>> Open(
-      const std::string& dir);
+      const std::string& dir, rocksdb::Env* env = nullptr);
   ~MetadataStore();  // flushes and closes cleanly
 
   absl::StatusOr<std::optional<std::string>> Get(absl::string_view key);

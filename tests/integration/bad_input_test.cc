@@ -145,6 +145,13 @@ class BadInputTest : public ::testing::Test {
     ASSERT_TRUE(pushed.ok()) << pushed.status();
     ASSERT_EQ(pushed->state(), v1::COMMITTED);
     base_version_ = pushed->version();
+    // Cases below use t0's blob: a tensor this big is not packed with others.
+    auto manifest = client_->GetVersion(kBaseRun, absl::StrCat(base_version_),
+                                        GetVersionOptions());
+    ASSERT_TRUE(manifest.ok()) << manifest.status();
+    const v1::TensorInfo& t0 = manifest->shards[0].entries(1).tensor();
+    ASSERT_EQ(t0.blob_digest(), DigestBytes((*base_tensors_)[0]));
+    ASSERT_EQ(t0.blob_offset(), 0u);
 
     // scratch: a pending version with one good blob.
     auto begun = BeginScratch(1);
@@ -172,7 +179,7 @@ class BadInputTest : public ::testing::Test {
 
   void SetUp() override { ASSERT_TRUE(ready_) << "suite set-up failed"; }
 
-  // Every case ends here: base@1 intact, nothing new listed, no new run.
+  // Every test ends here too.
   void TearDown() override {
     if (ready_) ExpectStoredStateUnchanged();
   }
@@ -250,6 +257,8 @@ class BadInputTest : public ::testing::Test {
     }
   }
 
+  // base@1 pulls back bit-identical and is still `last`; nothing new is
+  // listed; no run was created.
   void ExpectStoredStateUnchanged() {
     SCOPED_TRACE("after the bad request");
     auto version = client_->GetVersion(kBaseRun, absl::StrCat(base_version_),
@@ -432,7 +441,40 @@ TEST_F(BadInputTest, BadUploads) {
          {"'../etc'"},
          {DigestBytes(data)}});
   }
+  {
+    const std::string a = RandomBytes(3000, 23);
+    const std::string b = RandomBytes(100, 24);
+    cases.push_back(
+        {"next blob before the current one ended",
+         {Chunk(kScratchRun, v, DigestBytes(a), a.size(), 0, a.substr(0, 1000)),
+          Chunk(kScratchRun, v, DigestBytes(b), b.size(), 0, b)},
+         grpc::StatusCode::FAILED_PRECONDITION,
+         {DigestHex(a), DigestHex(b), "1000 of 3000"},
+         {DigestBytes(a), DigestBytes(b)}});
+  }
+  {
+    const std::string a = RandomBytes(100, 25);
+    const std::string b = RandomBytes(100, 26);
+    cases.push_back(
+        {"another version in the same stream",
+         {Chunk(kScratchRun, v, DigestBytes(a), a.size(), 0, a),
+          Chunk(kBaseRun, base_version_, DigestBytes(b), b.size(), 0, b)},
+         grpc::StatusCode::INVALID_ARGUMENT,
+         {absl::StrCat(kBaseRun, "@", base_version_),
+          absl::StrCat(kScratchRun, "@", v)},
+         {DigestBytes(b)}});
+  }
+  {
+    const std::string data = RandomBytes(100, 27);
+    const uint64_t huge = uint64_t{1} << 50;
+    cases.push_back({"blob_size over the server's limit",
+                     {Chunk(kScratchRun, v, DigestBytes(data), huge, 0, data)},
+                     grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     {absl::StrCat(huge)},
+                     {DigestBytes(data)}});
+  }
   for (const UploadCase& c : cases) {
+    SCOPED_TRACE(c.name);
     v1::UploadBlobsResponse resp;
     grpc::Status st = Upload(c.chunks, &resp);
     ExpectStatus(st, c.code, c.mentions, c.name);
@@ -443,6 +485,7 @@ TEST_F(BadInputTest, BadUploads) {
           << c.name << ": blob " << absl::BytesToHexString(d)
           << " is stored after a rejected upload";
     }
+    ExpectStoredStateUnchanged();
   }
   // The rejections did not disturb the pending version or its good blob.
   EXPECT_TRUE(Missing({DigestBytes(*good_blob_)}).empty());
@@ -543,10 +586,12 @@ TEST_F(BadInputTest, BadManifests) {
        {"root container"}},
   };
   for (const CommitCase& c : cases) {
+    SCOPED_TRACE(c.name);
     v1::ShardManifest m = OneTensor(*good_blob_);
     c.mutate(m);
     ExpectStatus(Commit(kScratchRun, scratch_version_, 0, m), c.code,
                  c.mentions, c.name);
+    ExpectStoredStateUnchanged();
   }
   // Still pending, with no shard committed.
   v1::GetVersionRequest get;
@@ -640,6 +685,7 @@ TEST_F(BadInputTest, BadRunNames) {
     ExpectStatus(stub_->GetVersion(Context().get(), get, &got),
                  grpc::StatusCode::INVALID_ARGUMENT, {c.mention},
                  absl::StrCat("GetVersion run '", shown, "'"));
+    ExpectStoredStateUnchanged();
   }
 }
 
@@ -663,7 +709,10 @@ TEST_F(BadInputTest, BadWorldSize) {
 // ---------------------------------------------------------------------------
 // ReadBlobs
 
-TEST_F(BadInputTest, ReadBlobsOutsideTheVersion) {
+TEST_F(BadInputTest, ReadBlobsOutsideTheVersionOrTheBlob) {
+  // base's big tensor has a blob of its own.
+  const std::string big_digest = DigestBytes((*base_tensors_)[0]);
+  const uint64_t big_size = (*base_tensors_)[0].size();
   const struct {
     std::string name;
     std::string run;
@@ -671,6 +720,8 @@ TEST_F(BadInputTest, ReadBlobsOutsideTheVersion) {
     std::string digest;
     grpc::StatusCode code;
     std::vector<std::string> mentions;
+    uint64_t offset = 0;
+    uint64_t length = 0;
   } cases[] = {
       // Stored, but belongs to another (pending) version.
       {"blob of another version",
@@ -703,15 +754,114 @@ TEST_F(BadInputTest, ReadBlobsOutsideTheVersion) {
        "abc",
        grpc::StatusCode::INVALID_ARGUMENT,
        {"16 bytes", "got 3"}},
+      {"offset past the end",
+       kBaseRun,
+       base_version_,
+       big_digest,
+       grpc::StatusCode::OUT_OF_RANGE,
+       {absl::StrCat(big_size + 1), absl::StrCat(big_size, " bytes")},
+       big_size + 1,
+       0},
+      {"length past the end",
+       kBaseRun,
+       base_version_,
+       big_digest,
+       grpc::StatusCode::OUT_OF_RANGE,
+       {absl::StrCat(big_size + 1), absl::StrCat(big_size, " bytes")},
+       0,
+       big_size + 1},
+      {"offset + length overflows",
+       kBaseRun,
+       base_version_,
+       big_digest,
+       grpc::StatusCode::OUT_OF_RANGE,
+       {absl::StrCat(big_size, " bytes")},
+       16,
+       ~uint64_t{0} - 8},
   };
   for (const auto& c : cases) {
     v1::ReadBlobsRequest req;
     req.set_run(c.run);
     req.set_version(c.version);
-    req.add_ranges()->set_digest(c.digest);
+    v1::BlobRange* range = req.add_ranges();
+    range->set_digest(c.digest);
+    range->set_offset(c.offset);
+    range->set_length(c.length);
     int chunks = 0;
     ExpectStatus(Read(req, &chunks), c.code, c.mentions, c.name);
     EXPECT_EQ(chunks, 0) << c.name << ": bytes were served";
+    ExpectStoredStateUnchanged();
+  }
+}
+
+TEST_F(BadInputTest, GetVersionBadRefOrRank) {
+  const struct {
+    std::string name;
+    std::string run;
+    std::string ref;
+    std::vector<uint32_t> ranks;
+    grpc::StatusCode code;
+    std::vector<std::string> mentions;
+  } cases[] = {
+      {"rank >= world_size",
+       kBaseRun,
+       "last",
+       {3},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"rank 3", "world_size 1"}},
+      {"version 0",
+       kBaseRun,
+       "0",
+       {},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"'0'"}},
+      {"unknown version",
+       kBaseRun,
+       "987654",
+       {},
+       grpc::StatusCode::NOT_FOUND,
+       {"987654"}},
+      {"unknown alias",
+       kBaseRun,
+       "prod",
+       {},
+       grpc::StatusCode::NOT_FOUND,
+       {"'prod'"}},
+      {"bad ref",
+       kBaseRun,
+       "../1",
+       {},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"'../1'"}},
+      {"empty ref",
+       kBaseRun,
+       "",
+       {},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"ref is empty"}},
+      {"unknown run",
+       "no-such-run",
+       "last",
+       {},
+       grpc::StatusCode::NOT_FOUND,
+       {"'no-such-run'"}},
+      {"no best without a policy",
+       kBaseRun,
+       "best",
+       {},
+       grpc::StatusCode::NOT_FOUND,
+       {"'best'"}},
+  };
+  for (const auto& c : cases) {
+    v1::GetVersionRequest req;
+    req.set_run(c.run);
+    req.set_ref(c.ref);
+    req.set_include_manifest(true);
+    for (uint32_t r : c.ranks) req.add_ranks(r);
+    v1::GetVersionResponse resp;
+    ExpectStatus(stub_->GetVersion(Context().get(), req, &resp), c.code,
+                 c.mentions, c.name);
+    ExpectStoredStateUnchanged();
   }
 }
 

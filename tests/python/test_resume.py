@@ -113,6 +113,11 @@ def test_uploaded_bytes_counts_the_bytes_sent_before_a_cut(server, run_name):
         f"uploaded_bytes {info.uploaded_bytes} < total_bytes {info.total_bytes}: "
         "the bytes received before the cut are not counted"
     )
+    # It resumed at the durable offset rather than starting over: less than
+    # one 4 MiB chunk travelled twice (starting over would re-send >= 8 MiB).
+    assert info.uploaded_bytes < info.total_bytes + 4 * MiB, (
+        f"uploaded_bytes {info.uploaded_bytes} for {info.total_bytes}: the cut upload started over"
+    )
 
 
 def _tmp_bytes(data_dir: Path) -> int:
