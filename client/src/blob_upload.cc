@@ -89,10 +89,8 @@ class UploadStream {
       if (stop_->load()) {
         return absl::CancelledError("another upload stream failed");
       }
-      if (stalled_ || !IsRetryableUploadError(st) ||
-          attempt >= options_.max_attempts) {
-        return st;
-      }
+      if (stalled_ || !IsRetryableUploadError(st)) return st;
+      if (attempt >= options_.max_attempts) return GaveUp(st, attempt);
       backoff.Wait(connection_.channel(index_).get());
     }
   }

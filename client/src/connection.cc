@@ -13,6 +13,11 @@ namespace {
 // keeps gRPC from sharing one subchannel (one TCP connection) among them.
 constexpr char kChannelIndexArg[] = "ckptd.client_channel_index";
 
+// Keepalive ping interval (and ack timeout): half the RPC timeout, within
+// these bounds.
+constexpr int64_t kMinKeepaliveMs = 1000;
+constexpr int64_t kMaxKeepaliveMs = 20000;
+
 }  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
@@ -33,6 +38,12 @@ bool IsRetryableStreamError(const absl::Status& status) {
     default:
       return false;
   }
+}
+
+absl::Status GaveUp(const absl::Status& status, int attempts) {
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message(), " (gave up after ",
+                                   attempts, " attempts)"));
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
@@ -73,6 +84,16 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
                 static_cast<int>(kInitialBackoff.count()));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                 static_cast<int>(kMaxBackoff.count()));
+    // Keepalive pings detect a silent connection (a black-holed path, a
+    // peer whose socket stopped reading): the transport is closed and every
+    // pending write fails, which cancelling a call cannot do for bytes
+    // already handed to a stuck socket. The server allows these pings.
+    const int keepalive_ms = static_cast<int>(std::clamp<int64_t>(
+        static_cast<int64_t>(options.rpc_timeout_seconds * 500),
+        kMinKeepaliveMs, kMaxKeepaliveMs));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     auto channel = grpc::CreateCustomChannel(address, creds, args);
     if (channel == nullptr) {
       return absl::InvalidArgumentError(

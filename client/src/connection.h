@@ -40,6 +40,9 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // Codes after which a stream is resumed / an idempotent call repeated.
 bool IsRetryableStreamError(const absl::Status& status);
 
+// `status` with "(gave up after N attempts)" added to its message.
+absl::Status GaveUp(const absl::Status& status, int attempts);
+
 // Retry backoff. Wait(channel) returns as soon as `channel` is connected
 // again, so a retry after a server restart goes out the moment the server
 // is back instead of failing fast on a channel still in TRANSIENT_FAILURE.
@@ -138,9 +141,9 @@ class Connection {
       absl::Status st =
           FromGrpcStatus((stub(index)->*method)(&ctx, request, &response));
       if (st.ok()) return response;
-      if (st.code() != absl::StatusCode::kUnavailable ||
-          attempt >= max_attempts) {
-        return st;
+      if (st.code() != absl::StatusCode::kUnavailable) return st;
+      if (attempt >= max_attempts) {
+        return max_attempts > 1 ? GaveUp(st, attempt) : st;
       }
       backoff.Wait(channel(index).get());
     }

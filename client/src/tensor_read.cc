@@ -79,10 +79,8 @@ class ReadStream {
       if (stop_->load()) {
         return absl::CancelledError("another read stream failed");
       }
-      if (stalled_ || !IsRetryableStreamError(st) ||
-          attempt >= options_.max_attempts) {
-        return st;
-      }
+      if (stalled_ || !IsRetryableStreamError(st)) return st;
+      if (attempt >= options_.max_attempts) return GaveUp(st, attempt);
       backoff.Wait(connection_.channel(index_).get());
     }
   }
