@@ -182,16 +182,7 @@ std::string FormatShape(const std::vector<int64_t>& shape) {
 
 std::string DottedPath(
     const google::protobuf::RepeatedPtrField<v1::PathSegment>& path) {
-  std::string out;
-  for (const v1::PathSegment& seg : path) {
-    if (!out.empty()) out += '.';
-    if (seg.kind_case() == v1::PathSegment::kIntKey) {
-      absl::StrAppend(&out, seg.int_key());
-    } else {
-      out += seg.key();
-    }
-  }
-  return out;
+  return DottedKeyPath(path);
 }
 
 std::string RenderProgress(uint64_t done, uint64_t total, double seconds,

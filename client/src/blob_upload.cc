@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/chunk_wire.h"
 #include "client/src/cuda_staging.h"
+#include "client/src/parallel_streams.h"
 #include "grpcpp/support/sync_stream.h"
 
 namespace ckptd::internal {
@@ -131,11 +132,12 @@ class UploadStream {
     } else if (*failed_at == queue_.size()) {
       writer->WritesDone();
     }
+    watchdog.Progress();  // the server's reply may take a final fsync
     absl::Status st = FromGrpcStatus(writer->Finish());
     watchdog_ = nullptr;
     if (!local.ok()) return local;
     if (stopped) return absl::CancelledError("another upload stream failed");
-    if (watchdog.fired()) {
+    if (!st.ok() && watchdog.fired()) {
       stalled_ = true;
       return watchdog.StalledError("UploadBlobs stream");
     }
@@ -278,25 +280,8 @@ absl::Status UploadBlobs(Connection& connection, const std::string& run,
   }
   for (auto& s : streams) s->SortByPlanOrder();
 
-  std::vector<absl::Status> results(stream_count);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < stream_count; ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = streams[i]->Run();
-      if (!results[i].ok()) stop = true;
-    });
-  }
-  for (auto& t : threads) t.join();
-  // The first real failure, not the cancellations it caused.
-  absl::Status first;
-  for (const absl::Status& st : results) {
-    if (st.ok()) continue;
-    if (first.ok() || (first.code() == absl::StatusCode::kCancelled &&
-                       st.code() != absl::StatusCode::kCancelled)) {
-      first = st;
-    }
-  }
-  return first;
+  return RunStreams(
+      stream_count, [&](int i) { return streams[i]->Run(); }, &stop);
 }
 
 }  // namespace ckptd::internal

@@ -416,6 +416,20 @@ std::string DefaultServerAddress() {
   return kDefaultAddress;
 }
 
+std::string DottedKeyPath(
+    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path) {
+  std::string out;
+  for (const v1::PathSegment& seg : path) {
+    if (!out.empty()) out += '.';
+    if (seg.kind_case() == v1::PathSegment::kIntKey) {
+      absl::StrAppend(&out, seg.int_key());
+    } else {
+      out += seg.key();
+    }
+  }
+  return out;
+}
+
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
     case v1::BOOL:

@@ -148,16 +148,7 @@ struct Placement {
 }  // namespace
 
 std::string KeyPathString(const v1::ManifestEntry& entry) {
-  std::string out;
-  for (const auto& seg : entry.path()) {
-    if (!out.empty()) out += '.';
-    if (seg.kind_case() == v1::PathSegment::kIntKey) {
-      absl::StrAppend(&out, seg.int_key());
-    } else {
-      out += seg.key();
-    }
-  }
-  return out;
+  return DottedKeyPath(entry.path());
 }
 
 std::string DigestOf(const void* data, size_t size) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/chunk_wire.h"
 #include "client/src/cuda_staging.h"
+#include "client/src/parallel_streams.h"
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
 #include "grpcpp/support/sync_stream.h"
@@ -128,7 +129,7 @@ class ReadStream {
     if (!local.ok()) return local;
     if (stop_->load())
       return absl::CancelledError("another read stream failed");
-    if (watchdog.fired()) {
+    if (!st.ok() && watchdog.fired()) {
       stalled_ = true;
       return watchdog.StalledError("ReadBlobs stream");
     }
@@ -416,24 +417,8 @@ absl::Status ReadTensorBytes(Connection& connection,
     for (size_t i : assigned[s]) streams[s]->Add(&ranges[i]);
   }
 
-  std::vector<absl::Status> results(stream_count);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < stream_count; ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = streams[i]->Run();
-      if (!results[i].ok()) stop = true;
-    });
-  }
-  for (auto& t : threads) t.join();
-  absl::Status first;
-  for (const absl::Status& st : results) {
-    if (st.ok()) continue;
-    if (first.ok() || (first.code() == absl::StatusCode::kCancelled &&
-                       st.code() != absl::StatusCode::kCancelled)) {
-      first = st;
-    }
-  }
-  return first;
+  return RunStreams(
+      stream_count, [&](int i) { return streams[i]->Run(); }, &stop);
 }
 
 }  // namespace ckptd::internal

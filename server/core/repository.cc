@@ -119,6 +119,11 @@ absl::Status BlobUpload::Append(uint64_t offset, absl::string_view data) {
   }
   RETURN_IF_ERROR(writer_->Append(std::string_view(data.data(), data.size())));
   appended_this_stream_ += data.size();
+  // A long upload keeps its pending version alive (--pending_timeout).
+  if (appended_this_stream_ - last_touch_ >= kTouchEveryBytes) {
+    last_touch_ = appended_this_stream_;
+    repo_->CountUploadedBytes(run_, version_, 0);
+  }
   return absl::OkStatus();
 }
 
@@ -287,6 +292,13 @@ absl::StatusOr<uint64_t> Repository::Resolve(const std::string& run,
         absl::StrCat("run '", run, "' has no alias '", alias, "'", hint));
   }
   return info.version();
+}
+
+absl::StatusOr<uint64_t> Repository::AliasTargetOrZero(
+    const std::string& run, const std::string& alias) {
+  absl::StatusOr<uint64_t> v = Resolve(run, alias);
+  if (absl::IsNotFound(v.status())) return 0;
+  return v;
 }
 
 absl::StatusOr<v1::VersionInfo> Repository::LoadCommitted(
@@ -560,10 +572,9 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     }
     writer = std::move(it->second.writer);
     suspended_.erase(it);
+    ++active_uploads_[digest];  // with the erase: QueryUpload sees one
   } else {
     ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
-  }
-  {
     absl::MutexLock lock(&upload_mu_);
     ++active_uploads_[digest];
   }
@@ -588,7 +599,6 @@ void Repository::RecordUpload(const std::string& run, uint64_t version,
 
 void Repository::CountUploadedBytes(const std::string& run, uint64_t version,
                                     uint64_t bytes) {
-  if (bytes == 0) return;
   absl::MutexLock lock(&mu_);
   auto it = leases_.find({run, version});
   if (it == leases_.end()) return;
@@ -691,16 +701,18 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
                                 options_.query_upload_wait);
   }
   v1::QueryUploadResponse resp;
-  ASSIGN_OR_RETURN(auto size, blobs_->Stat(digest));
-  if (size.has_value()) {
-    resp.set_complete(true);
-    resp.set_durable_offset(*size);
-    if (!req.run().empty() && req.version() != 0) {
-      absl::MutexLock lock(&mu_);
+  {
+    // Under mu_, so GC cannot delete the blob between "complete" and the
+    // lease (as in FindMissingBlobs).
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(auto size, blobs_->Stat(digest));
+    if (size.has_value()) {
+      resp.set_complete(true);
+      resp.set_durable_offset(*size);
       auto it = leases_.find({req.run(), req.version()});
       if (it != leases_.end()) it->second.digests.insert(digest);
+      return resp;
     }
-    return resp;
   }
   absl::MutexLock lock(&upload_mu_);
   auto it = suspended_.find(digest);
@@ -720,6 +732,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   manifest.set_rank(req.rank());
 
   std::vector<AliasMove> moves;
+  bool published = false;
   v1::VersionInfo info;
   {
     absl::MutexLock lock(&mu_);
@@ -803,6 +816,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     }
     const bool publish =
         static_cast<uint32_t>(info.shards_size()) == info.world_size();
+    published = publish;
     if (publish) {
       info.set_state(v1::COMMITTED);
       info.set_committed_at(NowNanos());
@@ -810,8 +824,8 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
       // `last` is the newest version: one begun earlier that completes
       // later (a slow rank) publishes without moving `last` back.
-      const uint64_t current_last =
-          Resolve(req.run(), std::string(kLast)).value_or(0);
+      ASSIGN_OR_RETURN(uint64_t current_last,
+                       AliasTargetOrZero(req.run(), std::string(kLast)));
       if (req.version() > current_last) {
         RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
                                   req.version(), actor, &seq));
@@ -851,7 +865,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     for (auto& m : moves) m.target = info;
     Notify(req.run(), moves);
   }
-  if (!moves.empty()) {
+  if (published) {
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {
@@ -866,24 +880,27 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
   RETURN_IF_ERROR(ValidateRunName(req.run()));
   RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   absl::MutexLock lock(&mu_);
-  RETURN_IF_ERROR(AbortLocked(req));
-  // Free what only the aborted version held (its leases are gone).
-  v1::CollectGarbageResponse gc;
-  absl::Status st = CollectGarbageLocked(&gc);
-  if (!st.ok()) {
-    spdlog::warn("GC after aborting {}: {}",
-                 VersionName(req.run(), req.version()), st.ToString());
-  } else if (gc.blobs_deleted() > 0) {
-    spdlog::info("aborted {}: freed {} blobs ({} bytes)",
-                 VersionName(req.run(), req.version()), gc.blobs_deleted(),
-                 gc.bytes_freed());
-  }
+  ASSIGN_OR_RETURN(bool aborted, AbortLocked(req));
+  if (aborted) CollectAfterAbort();
   return absl::OkStatus();
 }
 
-absl::Status Repository::AbortLocked(const v1::AbortVersionRequest& req) {
+void Repository::CollectAfterAbort() {
+  // Free what only aborted versions held (their leases are gone).
+  v1::CollectGarbageResponse gc;
+  absl::Status st = CollectGarbageLocked(&gc);
+  if (!st.ok()) {
+    spdlog::warn("GC after an abort: {}", st.ToString());
+  } else if (gc.blobs_deleted() > 0) {
+    spdlog::info("after an abort: freed {} blobs ({} bytes)",
+                 gc.blobs_deleted(), gc.bytes_freed());
+  }
+}
+
+absl::StatusOr<bool> Repository::AbortLocked(
+    const v1::AbortVersionRequest& req) {
   ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), req.version()));
-  if (info.state() == v1::ABORTED) return absl::OkStatus();
+  if (info.state() == v1::ABORTED) return false;
   if (info.state() == v1::COMMITTED) {
     return absl::FailedPreconditionError(
         absl::StrCat(VersionName(req.run(), req.version()),
@@ -903,7 +920,8 @@ absl::Status Repository::AbortLocked(const v1::AbortVersionRequest& req) {
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
   RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
-  return meta_->Commit(batch);
+  RETURN_IF_ERROR(meta_->Commit(batch));
+  return true;
 }
 
 absl::StatusOr<int> Repository::AbortExpiredPending() {
@@ -934,17 +952,35 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
           return true;
         }));
   }
+  if (expired.empty()) return 0;
+  absl::MutexLock lock(&mu_);
+  int aborted = 0;
   for (const auto& [run, version] : expired) {
+    // Re-checked under the lock: a rank may have worked on it (or the
+    // version published) since the scan.
+    auto info = LoadVersion(run, version);
+    if (!info.ok() || info->state() != v1::PENDING) continue;
+    auto lease = leases_.find({run, version});
+    if (lease != leases_.end() && lease->second.last_activity >= cutoff) {
+      continue;
+    }
     v1::AbortVersionRequest req;
     req.set_run(run);
     req.set_version(version);
-    req.set_reason(
-        absl::StrCat("not all shards committed within ",
-                     absl::FormatDuration(options_.pending_timeout)));
-    RETURN_IF_ERROR(AbortVersion(req));
-    spdlog::info("aborted {}@{}: pending timeout", run, version);
+    req.set_reason(absl::StrCat("no rank made progress for ",
+                                absl::FormatDuration(options_.pending_timeout),
+                                " (--pending_timeout)"));
+    absl::StatusOr<bool> done = AbortLocked(req);
+    if (!done.ok()) {
+      spdlog::warn("pending timeout of {}@{}: {}", run, version,
+                   done.status().ToString());
+    } else if (*done) {
+      ++aborted;
+      spdlog::info("aborted {}@{}: pending timeout", run, version);
+    }
   }
-  return static_cast<int>(expired.size());
+  if (aborted > 0) CollectAfterAbort();
+  return aborted;
 }
 
 // ---------------------------------------------------------------------------
@@ -1164,8 +1200,8 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
     batch.Put(storage::keys::Run(req.run()), run);
     if (best_changes && found) {
       ASSIGN_OR_RETURN(uint64_t best, ComputeBest(req.run(), run.policy()));
-      const uint64_t current =
-          Resolve(req.run(), std::string(kBest)).value_or(0);
+      ASSIGN_OR_RETURN(uint64_t current,
+                       AliasTargetOrZero(req.run(), std::string(kBest)));
       ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
       RETURN_IF_ERROR(
           MoveAlias(batch, req.run(), std::string(kBest), best, actor, &seq));

@@ -57,8 +57,9 @@ struct RepositoryOptions {
   // Interrupted uploads kept for resume, at most.
   size_t max_suspended_uploads = 4096;
   // How long QueryUpload waits for a stream still receiving the same blob
-  // to notice it was cut, before answering.
-  absl::Duration query_upload_wait = absl::Seconds(2);
+  // to notice it was cut, before answering (it holds an executor thread:
+  // keep it short; after the wait the answer may be "start over").
+  absl::Duration query_upload_wait = absl::Milliseconds(500);
   // Clock, for tests.
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
@@ -92,7 +93,10 @@ class BlobUpload {
   uint64_t version_;
   Digest digest_;
   uint64_t blob_size_;
+  // Appended bytes between activity updates of the pending version.
+  static constexpr uint64_t kTouchEveryBytes = 64 << 20;
   uint64_t appended_this_stream_ = 0;
+  uint64_t last_touch_ = 0;
   std::unique_ptr<storage::BlobWriter> writer_;
 };
 
@@ -257,14 +261,20 @@ class Repository {
   void RecordUpload(const std::string& run, uint64_t version,
                     const Digest& digest, uint64_t bytes);
   // Adds the bytes an interrupted stream delivered to the version's
-  // uploaded_bytes.
+  // uploaded_bytes (0: only records activity).
   void CountUploadedBytes(const std::string& run, uint64_t version,
                           uint64_t bytes);
   void EndActiveUpload(const Digest& digest);
   // Forgets an interrupted upload of `digest` (the blob is now complete).
   void DropSuspendedUpload(const Digest& digest);
-  absl::Status AbortLocked(const v1::AbortVersionRequest& req)
+  // Aborts a pending version; false if it was already aborted.
+  absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CollectAfterAbort() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The version `alias` names; 0 when there is no such alias.
+  absl::StatusOr<uint64_t> AliasTargetOrZero(const std::string& run,
+                                             const std::string& alias)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void SuspendUpload(const Digest& digest, uint64_t blob_size,
                      std::unique_ptr<storage::BlobWriter> writer);
 

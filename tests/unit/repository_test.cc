@@ -639,6 +639,19 @@ TEST_F(RepositoryTest, LastNeverMovesBackToAVersionThatCompletesLate) {
   EXPECT_THAT(Surviving("late"), ElementsAre(slow, fast));
 }
 
+TEST_F(RepositoryTest, RetentionRunsWhenALateVersionPublishes) {
+  v1::SetPolicyRequest policy;
+  policy.set_run("lr");
+  policy.mutable_policy()->set_keep_last(1);
+  ASSERT_TRUE(repo_->SetPolicy(policy, Actor{}).ok());
+  uint64_t slow = Begin("lr", 1);
+  uint64_t fast = Push("lr", 2, {});
+  Digest d = Upload("lr", slow, std::string(64, 's'));
+  // The late publish moves no alias, and retention still runs after it.
+  ASSERT_TRUE(Commit("lr", slow, 0, OneTensor(d, 16), {}).ok());
+  EXPECT_THAT(Surviving("lr"), ElementsAre(fast));
+}
+
 TEST_F(RepositoryTest, MetricsComeFromTheLowestRankThatReportsThem) {
   // Shards commit as rank 0 (no acc), rank 2 (acc .5), rank 1 (acc .9).
   uint64_t v = Begin("m", 1, 3);

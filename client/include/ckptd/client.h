@@ -46,6 +46,11 @@ using ListVersionsRequest = ::ckptd::v1::ListVersionsRequest;
 // 127.0.0.1:50051.
 std::string DefaultServerAddress();
 
+// A key path as one string, segments joined by '.': "model.layers.0.weight"
+// (int keys in decimal); "" for the root.
+std::string DottedKeyPath(
+    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path);
+
 // Bytes per element of `dtype`; 0 for DTYPE_UNSPECIFIED or unknown values.
 size_t DTypeSize(DType dtype);
 

@@ -14,17 +14,7 @@ using PathField = google::protobuf::RepeatedPtrField<v1::PathSegment>;
 
 // "model.layers.0.weight"; the root is "<root>".
 std::string PathString(const PathField& path) {
-  if (path.empty()) return "<root>";
-  std::string out;
-  for (const auto& seg : path) {
-    if (!out.empty()) out += '.';
-    if (seg.kind_case() == v1::PathSegment::kIntKey) {
-      absl::StrAppend(&out, seg.int_key());
-    } else {
-      out += seg.key();
-    }
-  }
-  return out;
+  return path.empty() ? "<root>" : DottedKeyPath(path);
 }
 
 [[noreturn]] void ThrowInvalid(std::string message) {
