@@ -120,9 +120,8 @@ absl::Status BlobUpload::Append(uint64_t offset, absl::string_view data) {
   RETURN_IF_ERROR(writer_->Append(std::string_view(data.data(), data.size())));
   appended_this_stream_ += data.size();
   // A long upload keeps its pending version alive (--pending_timeout).
-  if (appended_this_stream_ - last_touch_ >= kTouchEveryBytes) {
-    last_touch_ = appended_this_stream_;
-    repo_->CountUploadedBytes(run_, version_, 0);
+  if (appended_this_stream_ - reported_ >= kReportEveryBytes) {
+    repo_->RecordProgress(run_, version_, TakeUnreported());
   }
   return absl::OkStatus();
 }
@@ -135,15 +134,21 @@ absl::Status BlobUpload::Finish() {
   std::unique_ptr<storage::BlobWriter> writer = std::move(writer_);
   absl::Status st = writer->Commit(digest_);
   if (!st.ok()) return st;
-  repo_->RecordUpload(run_, version_, digest_, appended_this_stream_);
+  repo_->RecordUpload(run_, version_, digest_, TakeUnreported());
   return absl::OkStatus();
+}
+
+uint64_t BlobUpload::TakeUnreported() {
+  const uint64_t n = appended_this_stream_ - reported_;
+  reported_ = appended_this_stream_;
+  return n;
 }
 
 void BlobUpload::Suspend() {
   if (writer_ == nullptr) return;
   // The bytes of an interrupted stream travelled too: uploaded_bytes counts
   // them, whether the upload resumes or starts over.
-  repo_->CountUploadedBytes(run_, version_, appended_this_stream_);
+  repo_->RecordProgress(run_, version_, TakeUnreported());
   repo_->SuspendUpload(digest_, blob_size_, std::move(writer_));
 }
 
@@ -597,8 +602,8 @@ void Repository::RecordUpload(const std::string& run, uint64_t version,
   }
 }
 
-void Repository::CountUploadedBytes(const std::string& run, uint64_t version,
-                                    uint64_t bytes) {
+void Repository::RecordProgress(const std::string& run, uint64_t version,
+                                uint64_t bytes) {
   absl::MutexLock lock(&mu_);
   auto it = leases_.find({run, version});
   if (it == leases_.end()) return;
@@ -927,43 +932,14 @@ absl::StatusOr<bool> Repository::AbortLocked(
 absl::StatusOr<int> Repository::AbortExpiredPending() {
   const int64_t cutoff =
       NowNanos() - absl::ToInt64Nanoseconds(options_.pending_timeout);
-  std::vector<std::pair<std::string, uint64_t>> expired;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    absl::Status parse_status;
-    RETURN_IF_ERROR(meta_->Scan(
-        "pend/", "", [&](absl::string_view key, absl::string_view value) {
-          absl::string_view rest = key.substr(5);
-          size_t slash = rest.find('/');
-          uint64_t version = 0;
-          if (slash == absl::string_view::npos ||
-              !absl::SimpleAtoi(value, &version)) {
-            return true;
-          }
-          std::string run(rest.substr(0, slash));
-          auto info = LoadVersion(run, version);
-          if (!info.ok() || info->state() != v1::PENDING) return true;
-          int64_t active = info->created_at();
-          auto lease = leases_.find({run, version});
-          if (lease != leases_.end()) {
-            active = std::max(active, lease->second.last_activity);
-          }
-          if (active < cutoff) expired.emplace_back(run, version);
-          return true;
-        }));
-  }
-  if (expired.empty()) return 0;
   absl::MutexLock lock(&mu_);
+  // leases_ has an entry for every pending version (BeginVersion, Recover).
+  std::vector<std::pair<std::string, uint64_t>> expired;
+  for (const auto& [key, leases] : leases_) {
+    if (leases.last_activity < cutoff) expired.push_back(key);
+  }
   int aborted = 0;
   for (const auto& [run, version] : expired) {
-    // Re-checked under the lock: a rank may have worked on it (or the
-    // version published) since the scan.
-    auto info = LoadVersion(run, version);
-    if (!info.ok() || info->state() != v1::PENDING) continue;
-    auto lease = leases_.find({run, version});
-    if (lease != leases_.end() && lease->second.last_activity >= cutoff) {
-      continue;
-    }
     v1::AbortVersionRequest req;
     req.set_run(run);
     req.set_version(version);

@@ -93,10 +93,12 @@ class BlobUpload {
   uint64_t version_;
   Digest digest_;
   uint64_t blob_size_;
-  // Appended bytes between activity updates of the pending version.
-  static constexpr uint64_t kTouchEveryBytes = 64 << 20;
+  // Appended bytes between progress reports to the pending version.
+  static constexpr uint64_t kReportEveryBytes = 64 << 20;
+  // The appended bytes not yet reported; marks them reported.
+  uint64_t TakeUnreported();
   uint64_t appended_this_stream_ = 0;
-  uint64_t last_touch_ = 0;
+  uint64_t reported_ = 0;  // of appended_this_stream_
   std::unique_ptr<storage::BlobWriter> writer_;
 };
 
@@ -260,10 +262,9 @@ class Repository {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordUpload(const std::string& run, uint64_t version,
                     const Digest& digest, uint64_t bytes);
-  // Adds the bytes an interrupted stream delivered to the version's
-  // uploaded_bytes (0: only records activity).
-  void CountUploadedBytes(const std::string& run, uint64_t version,
-                          uint64_t bytes);
+  // A stream delivered `bytes` more for the pending version: they count
+  // toward its uploaded_bytes, and its pending timeout starts over.
+  void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes);
   void EndActiveUpload(const Digest& digest);
   // Forgets an interrupted upload of `digest` (the blob is now complete).
   void DropSuspendedUpload(const Digest& digest);
