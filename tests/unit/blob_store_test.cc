@@ -37,6 +37,7 @@
 #include "server/common/digest.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::storage {
 namespace {
@@ -125,12 +126,7 @@ std::map<Digest, uint64_t> ListBlobs(BlobStore& store) {
 
 class TempDir {
  public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = absl::StrCat(base != nullptr && *base ? base : "/tmp",
-                                    "/blob_store_test.XXXXXX");
-    if (::mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
+  TempDir() : path_(ckptd::testing::MakeTempDir("blob_store_test")) {}
   ~TempDir() {
     std::error_code ec;
     if (!path_.empty()) std::filesystem::remove_all(path_, ec);

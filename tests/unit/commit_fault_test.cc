@@ -55,6 +55,7 @@
 #include "server/storage/metadata_store.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::core {
 namespace {
@@ -505,11 +506,7 @@ std::string MakeTempDir() {
       fs::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0
           ? fs::path("/dev/shm")
           : fs::temp_directory_path();
-  std::string tmpl = base / "ckptd-fault-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  EXPECT_NE(mkdtemp(buf.data()), nullptr);
-  return buf.data();
+  return ckptd::testing::MakeTempDir("ckptd-fault", base);
 }
 
 // Sets the policy that defines `best` and pushes the committed versions the

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::core {
 namespace {
@@ -22,15 +23,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-
-std::string MakeTempDir() {
-  std::string tmpl = absl::StrCat(
-      std::filesystem::temp_directory_path().string(), "/ckptd-repo-XXXXXX");
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  EXPECT_NE(mkdtemp(buf.data()), nullptr);
-  return buf.data();
-}
 
 v1::ManifestEntry Root() {
   v1::ManifestEntry e;
@@ -41,7 +33,7 @@ v1::ManifestEntry Root() {
 class RepositoryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = ckptd::testing::MakeTempDir("ckptd-repo");
     Reopen();
   }
   void TearDown() override {

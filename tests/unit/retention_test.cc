@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/repository.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::core {
 namespace {
@@ -26,16 +27,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-
-std::string MakeTempDir() {
-  std::string tmpl =
-      absl::StrCat(std::filesystem::temp_directory_path().string(),
-                   "/ckptd-retention-XXXXXX");
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  EXPECT_NE(mkdtemp(buf.data()), nullptr);
-  return buf.data();
-}
 
 v1::Policy MonitorPolicy(const std::string& metric, v1::Mode mode,
                          std::optional<uint32_t> keep_last = std::nullopt,
@@ -64,7 +55,7 @@ struct PushSpec {
 class RetentionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = ckptd::testing::MakeTempDir("ckptd-retention");
     Reopen();
   }
   void TearDown() override {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::testing {
 namespace {
@@ -68,16 +69,7 @@ int ServerProcess::PickFreePort() {
 }
 
 std::string ServerProcess::MakeTempDir(const std::string& prefix) {
-  const char* tmp = std::getenv("TMPDIR");
-  std::string pattern =
-      absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/", prefix, "-XXXXXX");
-  std::vector<char> buf(pattern.begin(), pattern.end());
-  buf.push_back('\0');
-  if (::mkdtemp(buf.data()) == nullptr) {
-    std::cerr << "mkdtemp " << pattern << " failed\n";
-    std::abort();
-  }
-  return std::string(buf.data());
+  return ::ckptd::testing::MakeTempDir(prefix);
 }
 
 absl::Status ServerProcess::Start() {
