@@ -70,3 +70,18 @@ ALL_DTYPES = [
     torch.int64,
     torch.bool,
 ]
+
+
+class RecordingNative:
+    """Wraps a client's native object and records what read_tensors fetches."""
+
+    def __init__(self, native) -> None:
+        self._native = native
+        self.reads = []
+
+    def read_tensors(self, manifest, dests):
+        self.reads.append(list(dests))
+        return self._native.read_tensors(manifest, dests)
+
+    def __getattr__(self, name):
+        return getattr(self._native, name)

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 import torch
-from _util import assert_same
+from _util import RecordingNative, assert_same
 
 import ckptd
 
@@ -23,21 +23,6 @@ def training_state():
         "epoch": 4,
         "extra": {"fc.weight": torch.ones(2), "list": [torch.zeros(1), torch.ones(1)]},
     }
-
-
-class RecordingNative:
-    """Wraps the client's native object and records what read_tensors fetches."""
-
-    def __init__(self, native) -> None:
-        self._native = native
-        self.reads = []
-
-    def read_tensors(self, manifest, dests):
-        self.reads.append(list(dests))
-        return self._native.read_tensors(manifest, dests)
-
-    def __getattr__(self, name):
-        return getattr(self._native, name)
 
 
 def test_keys_fetch_only_the_selected_subtrees(client, run_name):

@@ -27,7 +27,7 @@ from _sharded_util import (
     state_tensor_count,
     wait_ranks,
 )
-from _util import assert_same
+from _util import RecordingNative, assert_same
 
 import ckptd
 
@@ -228,21 +228,6 @@ def test_retry_is_idempotent_conflict_and_world_size_mismatch_are_rejected(clien
     assert_same(client.load(run_name, first.version, rank=1), shard_state(1))
 
 
-class _ReadRecorder:
-    """Wraps a client's native object; records the read_tensors calls."""
-
-    def __init__(self, native) -> None:
-        self._native = native
-        self.reads = []
-
-    def read_tensors(self, manifest, dests):
-        self.reads.append(list(dests))
-        return self._native.read_tensors(manifest, dests)
-
-    def __getattr__(self, name):
-        return getattr(self._native, name)
-
-
 def test_load_checks_world_size(client, run_name):
     for rank in range(2):
         info = client.save(run_name, shard_state(rank, big_bytes=64 * 1024), step=3, rank=rank, world_size=2)
@@ -251,7 +236,7 @@ def test_load_checks_world_size(client, run_name):
     assert sorted(both) == [0, 1]
     assert_same(client.load(run_name, "last", rank=1, world_size=2), shard_state(1, big_bytes=64 * 1024))
 
-    recorder = _ReadRecorder(client._native)
+    recorder = RecordingNative(client._native)
     client._native = recorder
     # (world_size, rank): rank 3 does not exist in the stored version either;
     # the world_size mismatch is what gets reported.
