@@ -27,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "server/common/digest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
@@ -40,16 +41,7 @@ constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kMaxChunk = 4 * kMiB;  // the protocol's chunk limit
 constexpr int kRpcSeconds = 30;
 
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i + 8 <= n; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(&out[i], &v, 8);
-  }
-  for (size_t i = n / 8 * 8; i < n; ++i) out[i] = static_cast<char>(rng());
-  return out;
-}
+using ::ckptd::testing::RandomBytes;
 
 std::string DigestBytes(const std::string& data) {
   return std::string(DigestOf(data.data(), data.size()).AsBytes());

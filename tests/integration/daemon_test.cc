@@ -36,6 +36,7 @@
 #include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
@@ -249,15 +250,7 @@ absl::StatusOr<std::string> Reflect(const std::string& address,
       absl::StrCat("server reflection: ", last.error_message()));
 }
 
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i + 8 <= n; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(&out[i], &v, 8);
-  }
-  return out;
-}
+using ::ckptd::testing::RandomBytes;
 
 // A one-shard state of a few tensors whose bytes depend on `seed`; the bytes
 // live in *storage, which must outlive the push.

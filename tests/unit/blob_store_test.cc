@@ -37,6 +37,7 @@
 #include "server/common/digest.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
+#include "tests/support/random_bytes.h"
 #include "tests/support/temp_dir.h"
 
 namespace ckptd::storage {
@@ -76,16 +77,7 @@ absl::Status AsStatus(const absl::StatusOr<T>& s) {
 #define TEST_CONCAT_INNER_(a, b) a##b
 #define TEST_CONCAT_(a, b) TEST_CONCAT_INNER_(a, b)
 
-// Deterministic bytes that differ in every chunk.
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(&s[i], &v, std::min<size_t>(8, n - i));
-  }
-  return s;
-}
+using ::ckptd::testing::RandomBytes;
 
 Digest DigestOfString(std::string_view s) {
   return DigestOf(s.data(), s.size());
