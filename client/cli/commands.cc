@@ -20,6 +20,8 @@
 #include "client/cli/mapped_file.h"
 #include "client/cli/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/names.h"
+#include "proto/base/status.h"
 
 namespace ckptd::cli {
 namespace {
@@ -27,7 +29,6 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 constexpr char kUsagePayload[] = "type.googleapis.com/ckpt.UsageError";
-constexpr size_t kMaxNameLength = 128;
 constexpr char kRefExample[] =
     "expected RUN@REF such as llama@best or llama@12";
 constexpr char kTokenEnv[] = "CKPTD_TOKEN";
@@ -100,50 +101,12 @@ class Session {
   std::unique_ptr<Client> client_;
 };
 
-#define CKPT_ASSIGN_OR_RETURN_IMPL(var, tmp, expr) \
-  auto tmp = (expr);                               \
-  if (!tmp.ok()) return tmp.status();              \
-  var = *std::move(tmp)
-#define CKPT_CONCAT_INNER(a, b) a##b
-#define CKPT_CONCAT(a, b) CKPT_CONCAT_INNER(a, b)
-#define CKPT_ASSIGN_OR_RETURN(var, expr) \
-  CKPT_ASSIGN_OR_RETURN_IMPL(var, CKPT_CONCAT(_status_or_, __LINE__), expr)
-#define CKPT_RETURN_IF_ERROR(expr)                        \
-  do {                                                    \
-    if (absl::Status _st = (expr); !_st.ok()) return _st; \
-  } while (0)
-
 // ---------------------------------------------------------------------------
-// Name rules (the server's, checked here so typos fail before a round trip).
+// Name rules: the server's own (proto/base/names.h), checked here so typos
+// fail before a round trip, reported as usage errors.
 
-bool IsNameChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
-         c == '_' || c == '-';
-}
-
-bool AllDigits(absl::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-    return absl::ascii_isdigit(static_cast<unsigned char>(c));
-  });
-}
-
-absl::Status CheckName(absl::string_view what, absl::string_view name) {
-  if (name.empty()) {
-    return UsageError(absl::StrCat(what, " name is empty"));
-  }
-  if (name.size() > kMaxNameLength) {
-    return UsageError(absl::StrCat(what, " name '", name.substr(0, 32),
-                                   "...' is longer than ", kMaxNameLength,
-                                   " characters"));
-  }
-  if (!absl::ascii_isalnum(static_cast<unsigned char>(name[0])) ||
-      !std::all_of(name.begin(), name.end(), IsNameChar)) {
-    return UsageError(absl::StrCat(
-        "bad ", what, " name '", name,
-        "': use letters, digits, '.', '_' and '-', starting with a letter "
-        "or digit"));
-  }
-  return absl::OkStatus();
+absl::Status AsUsageError(const absl::Status& status) {
+  return status.ok() ? status : UsageError(status.message());
 }
 
 // ---------------------------------------------------------------------------
@@ -326,8 +289,8 @@ std::vector<int64_t> ShapeOf(const v1::TensorInfo& t) {
 // Commands.
 
 absl::Status CmdRuns(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(std::vector<RunInfo> runs, client->ListRuns());
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<RunInfo> runs, client->ListRuns());
   if (s.json()) {
     Json j = Json::array();
     for (const RunInfo& r : runs) {
@@ -363,11 +326,11 @@ absl::Status CmdRuns(Session& s) {
 
 absl::Status CmdLs(Session& s) {
   const std::string& run = s.args().run;
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(run));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(run));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   ListVersionsRequest request;
   request.set_run(run);
-  CKPT_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
+  CKPTD_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
                         client->ListVersions(request));
   if (s.json()) {
     Json j = Json::array();
@@ -392,12 +355,12 @@ absl::Status CmdLs(Session& s) {
 }
 
 absl::Status CmdShow(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       VersionRef vr, ParseVersionRef(s.args().target, RefRule::kDefaultLast));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   GetVersionOptions options;
   options.include_manifest = true;
-  CKPT_ASSIGN_OR_RETURN(VersionManifest vm,
+  CKPTD_ASSIGN_OR_RETURN(VersionManifest vm,
                         client->GetVersion(vr.run, vr.ref, options));
   const VersionInfo& v = vm.info;
   const bool sharded = vm.shards.size() > 1;
@@ -520,9 +483,9 @@ absl::Status CmdShow(Session& s) {
 
 absl::Status CmdMetrics(Session& s) {
   const std::string& run = s.args().run;
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(run));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(std::vector<MetricPoint> points,
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(run));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<MetricPoint> points,
                         client->GetMetricHistory(run, s.args().name));
 
   // metric -> points, in the server's (version) order.
@@ -598,22 +561,22 @@ absl::Status CmdMetrics(Session& s) {
 }
 
 absl::Status CmdPull(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       VersionRef vr, ParseVersionRef(s.args().target, RefRule::kDefaultLast));
   const std::string& path = s.args().output;
   if (path.empty()) return UsageError("pull needs -o FILE.safetensors");
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(AtomicFileWriter writer,
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(AtomicFileWriter writer,
                         AtomicFileWriter::Create(path));
 
   ProgressBar bar(s.err(), absl::StrCat("pull ", vr.run, "@", vr.ref),
                   s.progress());
   uint64_t announced = 0;  // the file size the server promised
-  CKPT_RETURN_IF_ERROR(client->ExportSafetensors(
+  CKPTD_RETURN_IF_ERROR(client->ExportSafetensors(
       vr.run, vr.ref, s.args().rank, s.args().keys,
       [&](std::string_view piece, uint64_t total) -> absl::Status {
         announced = total;
-        CKPT_RETURN_IF_ERROR(
+        CKPTD_RETURN_IF_ERROR(
             writer.Append(absl::string_view(piece.data(), piece.size())));
         if (announced != 0 && writer.bytes_written() > announced) {
           return absl::DataLossError(
@@ -641,7 +604,7 @@ absl::Status CmdPull(Session& s) {
   }
   size_t tensor_count = 0;
   {
-    CKPT_ASSIGN_OR_RETURN(MappedFile mapped,
+    CKPTD_ASSIGN_OR_RETURN(MappedFile mapped,
                           MappedFile::Open(writer.temp_path()));
     absl::StatusOr<SafetensorsFile> parsed = ParseSafetensors(mapped.view());
     if (!parsed.ok()) return invalid(parsed.status().message());
@@ -656,7 +619,7 @@ absl::Status CmdPull(Session& s) {
     tensor_count = parsed->tensors.size();
   }
   const uint64_t bytes = writer.bytes_written();
-  CKPT_RETURN_IF_ERROR(writer.Commit());
+  CKPTD_RETURN_IF_ERROR(writer.Commit());
 
   if (s.json()) {
     s.PrintJson({{"run", vr.run},
@@ -674,13 +637,13 @@ absl::Status CmdPull(Session& s) {
 
 absl::Status CmdPush(Session& s) {
   const Args& a = s.args();
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
   PushRequest request;
   request.run = a.run;
   request.step = a.step;
   request.epoch = a.epoch;
   for (const std::string& m : a.metrics) {
-    CKPT_ASSIGN_OR_RETURN(auto kv, ParseKeyValue(m, "--metric"));
+    CKPTD_ASSIGN_OR_RETURN(auto kv, ParseKeyValue(m, "--metric"));
     double value = 0;
     if (!absl::SimpleAtod(kv.second, &value)) {
       return UsageError(absl::StrCat("bad --metric '", m, "': '", kv.second,
@@ -689,12 +652,12 @@ absl::Status CmdPush(Session& s) {
     request.metrics[kv.first] = value;
   }
   for (const std::string& l : a.labels) {
-    CKPT_ASSIGN_OR_RETURN(auto kv, ParseKeyValue(l, "--label"));
+    CKPTD_ASSIGN_OR_RETURN(auto kv, ParseKeyValue(l, "--label"));
     (*request.env.mutable_labels())[kv.first] = kv.second;
   }
 
   // Validate the whole file before anything goes to the server.
-  CKPT_ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::Open(a.file));
+  CKPTD_ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::Open(a.file));
   absl::StatusOr<SafetensorsFile> file = ParseSafetensors(mapped.view());
   if (!file.ok()) {
     return absl::InvalidArgumentError(
@@ -707,13 +670,13 @@ absl::Status CmdPush(Session& s) {
   }
   request.entries = *std::move(entries);
 
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   ProgressBar bar(s.err(), absl::StrCat("push ", a.run), s.progress());
   PushOptions options;
   options.progress = [&bar](uint64_t done, uint64_t total) {
     bar.Update(done, total);
   };
-  CKPT_ASSIGN_OR_RETURN(VersionInfo v, client->Push(request, options));
+  CKPTD_ASSIGN_OR_RETURN(VersionInfo v, client->Push(request, options));
   bar.Finish();
   if (s.json()) {
     s.PrintJson(VersionJson(v));
@@ -729,11 +692,11 @@ absl::Status CmdPush(Session& s) {
 
 absl::Status CmdAlias(Session& s) {
   const Args& a = s.args();
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
-  CKPT_RETURN_IF_ERROR(CheckAliasName(a.name));
-  CKPT_RETURN_IF_ERROR(CheckRef(a.ref));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(AliasInfo info, client->SetAlias(a.run, a.name, a.ref));
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  CKPTD_RETURN_IF_ERROR(CheckAliasName(a.name));
+  CKPTD_RETURN_IF_ERROR(CheckRef(a.ref));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(AliasInfo info, client->SetAlias(a.run, a.name, a.ref));
   if (s.json()) {
     s.PrintJson({{"run", info.run()},
                  {"name", info.name()},
@@ -748,10 +711,10 @@ absl::Status CmdAlias(Session& s) {
 
 absl::Status CmdUnalias(Session& s) {
   const Args& a = s.args();
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
-  CKPT_RETURN_IF_ERROR(CheckAliasName(a.name));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_RETURN_IF_ERROR(client->DeleteAlias(a.run, a.name));
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  CKPTD_RETURN_IF_ERROR(CheckAliasName(a.name));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_RETURN_IF_ERROR(client->DeleteAlias(a.run, a.name));
   if (s.json()) {
     s.PrintJson({{"run", a.run}, {"name", a.name}, {"deleted", true}});
   } else {
@@ -761,10 +724,10 @@ absl::Status CmdUnalias(Session& s) {
 }
 
 absl::Status CmdPin(Session& s, bool pin) {
-  CKPT_ASSIGN_OR_RETURN(VersionRef vr,
+  CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
                         ParseVersionRef(s.args().target, RefRule::kRequired));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(VersionInfo v, pin ? client->Pin(vr.run, vr.ref)
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(VersionInfo v, pin ? client->Pin(vr.run, vr.ref)
                                            : client->Unpin(vr.run, vr.ref));
   if (s.json()) {
     s.PrintJson(VersionJson(v));
@@ -776,10 +739,10 @@ absl::Status CmdPin(Session& s, bool pin) {
 }
 
 absl::Status CmdRm(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(VersionRef vr,
+  CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
                         ParseVersionRef(s.args().target, RefRule::kRequired));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref));
   if (s.json()) {
     s.PrintJson({{"run", vr.run}, {"ref", vr.ref}, {"deleted", true}});
   } else {
@@ -815,8 +778,8 @@ void PrintPolicy(Session& s, const std::string& run, const Policy& p) {
 
 absl::Status CmdPolicy(Session& s) {
   const Args& a = s.args();
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   absl::StatusOr<Policy> current = client->GetPolicy(a.run);
   if (a.policy.empty()) {
     if (!current.ok()) return current.status();
@@ -830,7 +793,7 @@ absl::Status CmdPolicy(Session& s) {
     return current.status();
   }
   const Policy base = current.ok() ? *current : Policy();
-  CKPT_ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       Policy updated,
       client->SetPolicy(a.run, ApplyPolicyEdit(base, a.policy)));
   PrintPolicy(s, a.run, updated);
@@ -838,8 +801,8 @@ absl::Status CmdPolicy(Session& s) {
 }
 
 absl::Status CmdGc(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(v1::CollectGarbageResponse r, client->CollectGarbage());
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(v1::CollectGarbageResponse r, client->CollectGarbage());
   if (s.json()) {
     s.PrintJson({{"blobs_deleted", r.blobs_deleted()},
                  {"bytes_freed", r.bytes_freed()}});
@@ -851,9 +814,9 @@ absl::Status CmdGc(Session& s) {
 }
 
 absl::Status CmdWatch(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       VersionRef vr, ParseVersionRef(s.args().target, RefRule::kDefaultLast));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   if (!s.json()) {
     s.err() << "watching " << vr.run << "@" << vr.ref << " (Ctrl-C to stop)\n";
   }
@@ -877,10 +840,12 @@ absl::Status CmdWatch(Session& s) {
 
 absl::Status CmdHistory(Session& s) {
   const Args& a = s.args();
-  CKPT_RETURN_IF_ERROR(CheckRunArgument(a.run));
-  if (!a.name.empty()) CKPT_RETURN_IF_ERROR(CheckName("alias", a.name));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(std::vector<AliasEvent> events,
+  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  if (!a.name.empty()) {
+    CKPTD_RETURN_IF_ERROR(AsUsageError(ValidateAliasName(a.name)));
+  }
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<AliasEvent> events,
                         client->GetAliasHistory(a.run, a.name));
   if (s.json()) {
     Json j = Json::array();
@@ -912,10 +877,10 @@ absl::Status CmdHistory(Session& s) {
 }
 
 absl::Status CmdVerify(Session& s) {
-  CKPT_ASSIGN_OR_RETURN(VersionRef vr,
+  CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
                         ParseVersionRef(s.args().target, RefRule::kOptional));
-  CKPT_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPT_ASSIGN_OR_RETURN(v1::VerifyResponse r, client->Verify(vr.run, vr.ref));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(v1::VerifyResponse r, client->Verify(vr.run, vr.ref));
   const std::string what = vr.ref.empty()
                                ? absl::StrCat(vr.run, " (every version)")
                                : absl::StrCat(vr.run, "@", vr.ref);
@@ -1113,7 +1078,7 @@ bool IsUsageError(const absl::Status& status) {
 }
 
 absl::Status CheckRunName(absl::string_view name) {
-  return CheckName("run", name);
+  return AsUsageError(ValidateRunName(name));
 }
 
 absl::Status CheckRunArgument(absl::string_view arg) {
@@ -1127,37 +1092,11 @@ absl::Status CheckRunArgument(absl::string_view arg) {
 }
 
 absl::Status CheckAliasName(absl::string_view name) {
-  if (name == "last" || name == "best") {
-    return UsageError(absl::StrCat("alias '", name,
-                                   "' is kept by the server; choose another "
-                                   "alias name"));
-  }
-  CKPT_RETURN_IF_ERROR(CheckName("alias", name));
-  if (AllDigits(name)) {
-    return UsageError(absl::StrCat("alias name '", name,
-                                   "' is all digits and would read as a "
-                                   "version number"));
-  }
-  return absl::OkStatus();
+  return AsUsageError(ValidateUserAliasName(name));
 }
 
 absl::Status CheckRef(absl::string_view ref) {
-  if (AllDigits(ref)) {
-    uint64_t version = 0;
-    if (!absl::SimpleAtoi(ref, &version) || version == 0) {
-      return UsageError(
-          absl::StrCat("bad version number '", ref, "': versions start at 1"));
-    }
-    return absl::OkStatus();
-  }
-  if (ref.empty() || !absl::ascii_isalnum(static_cast<unsigned char>(ref[0])) ||
-      ref.size() > kMaxNameLength ||
-      !std::all_of(ref.begin(), ref.end(), IsNameChar)) {
-    return UsageError(
-        absl::StrCat("bad ref '", ref,
-                     "': use a version number, last, best or an alias name"));
-  }
-  return absl::OkStatus();
+  return AsUsageError(ParseRef(ref).status());
 }
 
 absl::StatusOr<VersionRef> ParseVersionRef(absl::string_view arg,
@@ -1182,8 +1121,8 @@ absl::StatusOr<VersionRef> ParseVersionRef(absl::string_view arg,
     out.run = std::string(run);
     out.ref = std::string(ref);
   }
-  CKPT_RETURN_IF_ERROR(CheckRunName(out.run));
-  if (!out.ref.empty()) CKPT_RETURN_IF_ERROR(CheckRef(out.ref));
+  CKPTD_RETURN_IF_ERROR(CheckRunName(out.run));
+  if (!out.ref.empty()) CKPTD_RETURN_IF_ERROR(CheckRef(out.ref));
   return out;
 }
 

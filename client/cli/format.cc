@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "proto/base/dtype.h"
 
 namespace ckptd::cli {
 namespace {
@@ -137,44 +138,7 @@ std::string Sparkline(const std::vector<double>& values, size_t max_width) {
   return out;
 }
 
-std::string DTypeName(DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return "float32";
-    case v1::FLOAT64:
-      return "float64";
-    case v1::FLOAT16:
-      return "float16";
-    case v1::BFLOAT16:
-      return "bfloat16";
-    case v1::COMPLEX32:
-      return "complex32";
-    case v1::COMPLEX64:
-      return "complex64";
-    case v1::COMPLEX128:
-      return "complex128";
-    case v1::UINT8:
-      return "uint8";
-    case v1::INT8:
-      return "int8";
-    case v1::INT16:
-      return "int16";
-    case v1::INT32:
-      return "int32";
-    case v1::INT64:
-      return "int64";
-    case v1::BOOL:
-      return "bool";
-    case v1::UINT16:
-      return "uint16";
-    case v1::UINT32:
-      return "uint32";
-    case v1::UINT64:
-      return "uint64";
-    default:
-      return absl::StrCat("dtype(", static_cast<int>(dtype), ")");
-  }
-}
+std::string DTypeName(DType dtype) { return TorchDTypeName(dtype); }
 
 std::string FormatShape(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "proto/base/status.h"
 
 namespace ckptd::cli {
 namespace {
@@ -24,41 +25,14 @@ std::string DirName(const std::string& path) {
 
 }  // namespace
 
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(message);
-    case EEXIST:
-      return absl::AlreadyExistsError(message);
-    case ENOSPC:
-    case EDQUOT:
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    case EISDIR:
-    case EINVAL:
-    case ENAMETOOLONG:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return ErrnoStatus(err, absl::StrCat("stat ", path));
+    return ErrnoToStatus(err, absl::StrCat("stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -72,7 +46,7 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     if (addr == MAP_FAILED) {
       const int err = errno;
       ::close(fd);
-      return ErrnoStatus(err, absl::StrCat("mmap ", path));
+      return ErrnoToStatus(err, absl::StrCat("mmap ", path));
     }
     file.addr_ = addr;
   }
@@ -106,7 +80,7 @@ absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Create(
   std::string temp_path = absl::StrCat(path, ".tmp");
   const int fd =
       ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", temp_path));
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", temp_path));
   return AtomicFileWriter(path, std::move(temp_path), fd);
 }
 
@@ -127,7 +101,7 @@ absl::Status AtomicFileWriter::Append(absl::string_view bytes) {
     const ssize_t n = ::write(fd_, bytes.data(), bytes.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("write ", temp_path_));
+      return ErrnoToStatus(errno, absl::StrCat("write ", temp_path_));
     }
     bytes.remove_prefix(static_cast<size_t>(n));
     written_ += static_cast<uint64_t>(n);
@@ -137,24 +111,24 @@ absl::Status AtomicFileWriter::Append(absl::string_view bytes) {
 
 absl::Status AtomicFileWriter::Commit() {
   if (::fsync(fd_) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("fsync ", temp_path_));
+    return ErrnoToStatus(errno, absl::StrCat("fsync ", temp_path_));
   }
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("close ", temp_path_));
+    return ErrnoToStatus(errno, absl::StrCat("close ", temp_path_));
   }
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoStatus(errno,
+    return ErrnoToStatus(errno,
                        absl::StrCat("rename ", temp_path_, " to ", path_));
   }
   committed_ = true;
   const std::string dir = DirName(path_);
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", dir));
+  if (dir_fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
   const int rc = ::fsync(dir_fd);
   const int err = errno;
   ::close(dir_fd);
-  if (rc != 0) return ErrnoStatus(err, absl::StrCat("fsync ", dir));
+  if (rc != 0) return ErrnoToStatus(err, absl::StrCat("fsync ", dir));
   return absl::OkStatus();
 }
 

@@ -17,11 +17,6 @@
 
 namespace ckptd::cli {
 
-// An errno value as a Status: "<what>: <strerror>", with a code that fits
-// (ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED, ENOSPC ->
-// RESOURCE_EXHAUSTED, ...).
-absl::Status ErrnoStatus(int err, absl::string_view what);
-
 class MappedFile {
  public:
   // An empty file maps to an empty view (mmap cannot map zero bytes).

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/cli/format.h"
+#include "proto/base/dtype.h"
 #include "nlohmann/json.hpp"
 
 namespace ckptd::cli {
@@ -21,29 +22,6 @@ using Json = nlohmann::ordered_json;
 
 constexpr char kMetadataKey[] = "__metadata__";
 constexpr uint64_t kLengthPrefixBytes = 8;
-
-struct DTypeRow {
-  const char* name;
-  DType proto_dtype;
-  uint64_t size;
-};
-
-// The dtypes ckptd accepts, in the order error messages list them.
-constexpr DTypeRow kDTypes[] = {
-    {"F64", v1::FLOAT64, 8}, {"F32", v1::FLOAT32, 4},
-    {"F16", v1::FLOAT16, 2}, {"BF16", v1::BFLOAT16, 2},
-    {"I64", v1::INT64, 8},   {"I32", v1::INT32, 4},
-    {"I16", v1::INT16, 2},   {"I8", v1::INT8, 1},
-    {"U8", v1::UINT8, 1},    {"BOOL", v1::BOOL, 1},
-    {"U16", v1::UINT16, 2},  {"U32", v1::UINT32, 4},
-    {"U64", v1::UINT64, 8},  {"C64", v1::COMPLEX64, 8},
-};
-
-std::string AcceptedDTypes() {
-  std::vector<std::string> names;
-  for (const DTypeRow& row : kDTypes) names.push_back(row.name);
-  return absl::StrJoin(names, ", ");
-}
 
 // Rejects duplicate keys in any object of the header (nlohmann would keep
 // one of them silently, and which one is a guess).
@@ -104,12 +82,12 @@ absl::StatusOr<SafetensorsTensor> ParseTensor(const std::string& name,
     return TensorError(name, "missing \"dtype\" (a string such as \"F32\")");
   }
   t.dtype = dtype_it->get<std::string>();
-  const std::optional<SafetensorsDType> dtype = LookupSafetensorsDType(t.dtype);
-  if (!dtype.has_value()) {
+  const DTypeInfo* dtype = FindSafetensorsDType(t.dtype);
+  if (dtype == nullptr) {
     return TensorError(name, absl::StrCat("unknown dtype '", t.dtype,
-                                          "'; accepted: ", AcceptedDTypes()));
+                                          "'; accepted: ", SafetensorsDTypeNames()));
   }
-  t.proto_dtype = dtype->proto_dtype;
+  t.proto_dtype = dtype->dtype;
 
   const auto shape_it = entry.find("shape");
   if (shape_it == entry.end() || !shape_it->is_array()) {
@@ -229,13 +207,6 @@ void EmitPreOrder(const NameNode& node, std::vector<std::string>& path,
 }
 
 }  // namespace
-
-std::optional<SafetensorsDType> LookupSafetensorsDType(absl::string_view name) {
-  for (const DTypeRow& row : kDTypes) {
-    if (name == row.name) return SafetensorsDType{row.proto_dtype, row.size};
-  }
-  return std::nullopt;
-}
 
 absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes) {
   if (bytes.size() < kLengthPrefixBytes) {

@@ -63,15 +63,6 @@ struct SafetensorsFile {
   }
 };
 
-// Bytes per element and the wire dtype of a safetensors dtype name (F64, F32,
-// F16, BF16, I64, I32, I16, I8, U8, BOOL, U16, U32, U64, C64); nullopt for
-// names ckptd does not accept.
-struct SafetensorsDType {
-  DType proto_dtype;
-  uint64_t size;
-};
-std::optional<SafetensorsDType> LookupSafetensorsDType(absl::string_view name);
-
 // Validates `bytes` as a whole .safetensors file (see the file comment).
 absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes);
 

@@ -24,6 +24,7 @@
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
 #include "client/src/tensor_read.h"
+#include "proto/base/dtype.h"
 #include "grpcpp/support/sync_stream.h"
 
 namespace ckptd {
@@ -416,47 +417,7 @@ std::string DefaultServerAddress() {
   return kDefaultAddress;
 }
 
-std::string DottedKeyPath(
-    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path) {
-  std::string out;
-  for (const v1::PathSegment& seg : path) {
-    if (!out.empty()) out += '.';
-    if (seg.kind_case() == v1::PathSegment::kIntKey) {
-      absl::StrAppend(&out, seg.int_key());
-    } else {
-      out += seg.key();
-    }
-  }
-  return out;
-}
-
-size_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case v1::BOOL:
-    case v1::UINT8:
-    case v1::INT8:
-      return 1;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-    case v1::INT16:
-    case v1::UINT16:
-      return 2;
-    case v1::FLOAT32:
-    case v1::INT32:
-    case v1::UINT32:
-    case v1::COMPLEX32:
-      return 4;
-    case v1::FLOAT64:
-    case v1::INT64:
-    case v1::UINT64:
-    case v1::COMPLEX64:
-      return 8;
-    case v1::COMPLEX128:
-      return 16;
-    default:
-      return 0;
-  }
-}
+size_t DTypeSize(DType dtype) { return DTypeByteSize(dtype); }
 
 bool CudaAvailable() { return internal::CudaDevicePresent(); }
 

@@ -47,48 +47,6 @@ absl::Status CheckValue(const v1::Value& v, int depth, const std::string& key) {
 
 }  // namespace
 
-uint64_t DTypeSize(v1::DType dtype) {
-  switch (dtype) {
-    case v1::BOOL:
-    case v1::UINT8:
-    case v1::INT8:
-      return 1;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-    case v1::INT16:
-    case v1::UINT16:
-      return 2;
-    case v1::FLOAT32:
-    case v1::INT32:
-    case v1::UINT32:
-    case v1::COMPLEX32:
-      return 4;
-    case v1::FLOAT64:
-    case v1::INT64:
-    case v1::UINT64:
-    case v1::COMPLEX64:
-      return 8;
-    case v1::COMPLEX128:
-      return 16;
-    default:
-      return 0;
-  }
-}
-
-std::string PathToString(
-    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path) {
-  std::string out;
-  for (const auto& seg : path) {
-    if (!out.empty()) out += '.';
-    if (seg.kind_case() == v1::PathSegment::kIntKey) {
-      absl::StrAppend(&out, seg.int_key());
-    } else {
-      out += seg.key();
-    }
-  }
-  return out;
-}
-
 absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
   ManifestSummary summary;
   if (m.entries_size() == 0) {
@@ -105,7 +63,7 @@ absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
   absl::flat_hash_map<Digest, size_t> blob_index;
   for (int i = 0; i < m.entries_size(); ++i) {
     const v1::ManifestEntry& e = m.entries(i);
-    const std::string key = PathToString(e.path());
+    const std::string key = DottedKeyPath(e.path());
     const std::string where =
         absl::StrCat("manifest entry ", i, " ('", key, "')");
     if (e.path_size() > kMaxPathDepth) {
@@ -151,7 +109,7 @@ absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
         break;
       case v1::ManifestEntry::kTensor: {
         const v1::TensorInfo& t = e.tensor();
-        const uint64_t elem = DTypeSize(t.dtype());
+        const uint64_t elem = DTypeByteSize(t.dtype());
         if (elem == 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               where, " has unknown dtype ", static_cast<int>(t.dtype())));

@@ -9,20 +9,14 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/checkpoint.pb.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
+#include "proto/base/dtype.h"
 
 namespace ckptd::core {
 
 inline constexpr size_t kMaxManifestEntries = 10'000'000;
 inline constexpr int kMaxPathDepth = 64;
 inline constexpr int kMaxTensorRank = 64;
-
-// Bytes per element; 0 for an unknown dtype.
-uint64_t DTypeSize(v1::DType dtype);
-// "model.layers.0.weight" style rendering of a key path, for messages and
-// safetensors names.
-std::string PathToString(
-    const google::protobuf::RepeatedPtrField<v1::PathSegment>& path);
 
 struct BlobUse {
   Digest digest;

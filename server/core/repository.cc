@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "server/common/names.h"
-#include "server/common/status.h"
+#include "proto/base/names.h"
+#include "proto/base/status.h"
 #include "server/core/manifest.h"
 #include "spdlog/spdlog.h"
 
@@ -117,7 +117,7 @@ absl::Status BlobUpload::Append(uint64_t offset, absl::string_view data) {
         "blob ", digest_.Hex(), ": chunk at offset ", offset, " of ",
         data.size(), " bytes runs past the declared blob_size ", blob_size_));
   }
-  RETURN_IF_ERROR(writer_->Append(std::string_view(data.data(), data.size())));
+  CKPTD_RETURN_IF_ERROR(writer_->Append(std::string_view(data.data(), data.size())));
   appended_this_stream_ += data.size();
   // A long upload keeps its pending version alive (--pending_timeout).
   if (appended_this_stream_ - reported_ >= kReportEveryBytes) {
@@ -170,11 +170,11 @@ Repository::~Repository() {
 absl::StatusOr<std::unique_ptr<Repository>> Repository::Open(
     const RepositoryOptions& options,
     std::shared_ptr<storage::BlobStore> blobs) {
-  ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
+  CKPTD_ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
                                   options.metadata_dir, options.metadata_env));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
-  RETURN_IF_ERROR(repo->Recover());
+  CKPTD_RETURN_IF_ERROR(repo->Recover());
   return repo;
 }
 
@@ -188,22 +188,22 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
   // Open RocksDB first: its LOCK keeps a second ckptd off the blobs too.
-  ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
+  CKPTD_ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
                                   options.metadata_dir, options.metadata_env));
-  ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
                    storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
-  RETURN_IF_ERROR(repo->Recover());
+  CKPTD_RETURN_IF_ERROR(repo->Recover());
   return repo;
 }
 
 absl::Status Repository::Recover() {
-  RETURN_IF_ERROR(blobs_->RemoveTemporaries());
+  CKPTD_RETURN_IF_ERROR(blobs_->RemoveTemporaries());
   absl::MutexLock lock(&mu_);
   // Leases of versions still pending come back; stale ones are dropped.
   storage::MetadataBatch stale;
-  RETURN_IF_ERROR(meta_->Scan(
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(
       storage::keys::kLeasePrefix, "",
       [&](absl::string_view key, absl::string_view) {
         std::vector<absl::string_view> parts = absl::StrSplit(key, '/');
@@ -222,11 +222,11 @@ absl::Status Repository::Recover() {
         }
         return true;
       }));
-  if (!stale.empty()) RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
+  if (!stale.empty()) CKPTD_RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
   // Every pending version (also one that leased nothing yet) is open for
   // its ranks; the pending timeout counts from now, giving ranks that were
   // cut off by the restart a full timeout to come back.
-  RETURN_IF_ERROR(meta_->Scan(
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(
       "pend/", "", [&](absl::string_view key, absl::string_view value) {
         absl::string_view rest = key.substr(5);
         const size_t slash = rest.find('/');
@@ -239,7 +239,7 @@ absl::Status Repository::Recover() {
       }));
   for (auto& [key, leases] : leases_) leases.last_activity = NowNanos();
   v1::CollectGarbageResponse gc;
-  RETURN_IF_ERROR(CollectGarbageLocked(&gc));
+  CKPTD_RETURN_IF_ERROR(CollectGarbageLocked(&gc));
   if (gc.blobs_deleted() > 0) {
     spdlog::info("recovery: removed {} unreferenced blobs ({} bytes)",
                  gc.blobs_deleted(), gc.bytes_freed());
@@ -255,9 +255,9 @@ int64_t Repository::NowNanos() const {
 // Loading helpers
 
 absl::StatusOr<v1::RunInfo> Repository::LoadRun(const std::string& run) {
-  RETURN_IF_ERROR(ValidateRunName(run));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(run));
   v1::RunInfo info;
-  ASSIGN_OR_RETURN(bool found, meta_->GetProto(storage::keys::Run(run), &info));
+  CKPTD_ASSIGN_OR_RETURN(bool found, meta_->GetProto(storage::keys::Run(run), &info));
   if (!found) {
     return absl::NotFoundError(absl::StrCat("no run named '", run, "'"));
   }
@@ -267,7 +267,7 @@ absl::StatusOr<v1::RunInfo> Repository::LoadRun(const std::string& run) {
 absl::StatusOr<v1::VersionInfo> Repository::LoadVersion(const std::string& run,
                                                         uint64_t version) {
   v1::VersionInfo info;
-  ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       bool found, meta_->GetProto(storage::keys::Version(run, version), &info));
   if (!found) {
     return absl::NotFoundError(
@@ -278,11 +278,11 @@ absl::StatusOr<v1::VersionInfo> Repository::LoadVersion(const std::string& run,
 
 absl::StatusOr<uint64_t> Repository::Resolve(const std::string& run,
                                              const std::string& ref) {
-  ASSIGN_OR_RETURN(Ref parsed, ParseRef(ref));
+  CKPTD_ASSIGN_OR_RETURN(Ref parsed, ParseRef(ref));
   if (const uint64_t* v = std::get_if<uint64_t>(&parsed.value)) return *v;
   const std::string& alias = std::get<std::string>(parsed.value);
   v1::AliasInfo info;
-  ASSIGN_OR_RETURN(bool found,
+  CKPTD_ASSIGN_OR_RETURN(bool found,
                    meta_->GetProto(storage::keys::Alias(run, alias), &info));
   if (!found) {
     std::string hint;
@@ -308,9 +308,9 @@ absl::StatusOr<uint64_t> Repository::AliasTargetOrZero(
 
 absl::StatusOr<v1::VersionInfo> Repository::LoadCommitted(
     const std::string& run, const std::string& ref) {
-  ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
-  ASSIGN_OR_RETURN(uint64_t version, Resolve(run, ref));
-  ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(run, version));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
+  CKPTD_ASSIGN_OR_RETURN(uint64_t version, Resolve(run, ref));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(run, version));
   switch (info.state()) {
     case v1::COMMITTED:
       return info;
@@ -328,7 +328,7 @@ absl::StatusOr<std::vector<v1::AliasInfo>> Repository::LoadAliases(
     const std::string& run) {
   std::vector<v1::AliasInfo> out;
   absl::Status parse_status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::AliasPrefix(run), "",
                   [&](absl::string_view key, absl::string_view value) {
                     v1::AliasInfo a;
@@ -337,12 +337,12 @@ absl::StatusOr<std::vector<v1::AliasInfo>> Repository::LoadAliases(
                     out.push_back(std::move(a));
                     return true;
                   }));
-  RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(parse_status);
   return out;
 }
 
 absl::Status Repository::FillAliases(v1::VersionInfo* info) {
-  ASSIGN_OR_RETURN(auto aliases, LoadAliases(info->run()));
+  CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(info->run()));
   info->clear_aliases();
   for (const auto& a : aliases) {
     if (a.version() == info->version()) info->add_aliases(a.name());
@@ -354,7 +354,7 @@ absl::StatusOr<std::vector<v1::VersionInfo>> Repository::LoadVersions(
     const std::string& run) {
   std::vector<v1::VersionInfo> out;
   absl::Status parse_status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::VersionPrefix(run), "",
                   [&](absl::string_view key, absl::string_view value) {
                     v1::VersionInfo v;
@@ -363,12 +363,12 @@ absl::StatusOr<std::vector<v1::VersionInfo>> Repository::LoadVersions(
                     out.push_back(std::move(v));
                     return true;
                   }));
-  RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(parse_status);
   return out;
 }
 
 absl::StatusOr<uint64_t> Repository::NextEventSeq(const std::string& run) {
-  ASSIGN_OR_RETURN(auto last,
+  CKPTD_ASSIGN_OR_RETURN(auto last,
                    meta_->Last(storage::keys::AliasEventPrefix(run)));
   if (!last.has_value()) return 1;
   auto seq = storage::keys::VersionFromKey(last->first);
@@ -384,7 +384,7 @@ absl::Status Repository::MoveAlias(storage::MetadataBatch& batch,
                                    const std::string& alias, uint64_t to,
                                    const Actor& actor, uint64_t* event_seq) {
   v1::AliasInfo current;
-  ASSIGN_OR_RETURN(bool found,
+  CKPTD_ASSIGN_OR_RETURN(bool found,
                    meta_->GetProto(storage::keys::Alias(run, alias), &current));
   const uint64_t from = found ? current.version() : 0;
   if (from == to) return absl::OkStatus();
@@ -412,7 +412,7 @@ absl::Status Repository::MoveAlias(storage::MetadataBatch& batch,
 absl::StatusOr<uint64_t> Repository::ComputeBest(const std::string& run,
                                                  const v1::Policy& policy) {
   if (policy.monitor().empty()) return 0;
-  ASSIGN_OR_RETURN(auto versions, LoadVersions(run));
+  CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(run));
   uint64_t best = 0;
   double best_value = 0;
   for (const auto& v : versions) {
@@ -433,8 +433,8 @@ absl::StatusOr<uint64_t> Repository::ComputeBest(const std::string& run,
 
 absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
     const v1::BeginVersionRequest& req) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
-  RETURN_IF_ERROR(ValidateEnv(req.env()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(ValidateEnv(req.env()));
   const uint32_t world_size = req.world_size() == 0 ? 1 : req.world_size();
   constexpr uint32_t kMaxWorldSize = 1 << 20;
   if (world_size > kMaxWorldSize) {
@@ -444,13 +444,13 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
   absl::MutexLock lock(&mu_);
   v1::BeginVersionResponse resp;
   const std::string pend_key = storage::keys::Pending(req.run(), req.step());
-  ASSIGN_OR_RETURN(auto pending, meta_->Get(pend_key));
+  CKPTD_ASSIGN_OR_RETURN(auto pending, meta_->Get(pend_key));
   if (pending.has_value()) {
     uint64_t version = 0;
     if (!absl::SimpleAtoi(*pending, &version)) {
       return absl::DataLossError(absl::StrCat("malformed ", pend_key));
     }
-    ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), version));
+    CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), version));
     if (info.state() == v1::PENDING) {
       if (info.world_size() != world_size) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -467,14 +467,14 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
   }
   storage::MetadataBatch batch;
   v1::RunInfo run_info;
-  ASSIGN_OR_RETURN(bool run_found,
+  CKPTD_ASSIGN_OR_RETURN(bool run_found,
                    meta_->GetProto(storage::keys::Run(req.run()), &run_info));
   if (!run_found) {
     run_info.set_name(req.run());
     run_info.set_created_at(NowNanos());
     batch.Put(storage::keys::Run(req.run()), run_info);
   }
-  ASSIGN_OR_RETURN(auto seq, meta_->Get(storage::keys::Seq(req.run())));
+  CKPTD_ASSIGN_OR_RETURN(auto seq, meta_->Get(storage::keys::Seq(req.run())));
   uint64_t last = 0;
   if (seq.has_value() && !absl::SimpleAtoi(*seq, &last)) {
     return absl::DataLossError(absl::StrCat("malformed seq for ", req.run()));
@@ -492,7 +492,7 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
   batch.Put(storage::keys::Seq(req.run()), absl::StrCat(version));
   batch.Put(storage::keys::Version(req.run(), version), info);
   batch.Put(pend_key, absl::StrCat(version));
-  RETURN_IF_ERROR(meta_->Commit(batch));
+  CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
   leases_[{req.run(), version}].last_activity = NowNanos();
   resp.set_version(version);
   resp.set_created(true);
@@ -502,10 +502,10 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
 
 absl::Status Repository::CheckPending(const std::string& run,
                                       uint64_t version) {
-  RETURN_IF_ERROR(ValidateRunName(run));
-  RETURN_IF_ERROR(CheckVersionNumber(version));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(run));
+  CKPTD_RETURN_IF_ERROR(CheckVersionNumber(version));
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(run, version));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(run, version));
   if (info.state() == v1::PENDING) return absl::OkStatus();
   if (info.state() == v1::ABORTED) {
     return absl::FailedPreconditionError(
@@ -518,11 +518,11 @@ absl::Status Repository::CheckPending(const std::string& run,
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
     const v1::FindMissingBlobsRequest& req) {
-  RETURN_IF_ERROR(CheckPending(req.run(), req.version()));
+  CKPTD_RETURN_IF_ERROR(CheckPending(req.run(), req.version()));
   std::vector<Digest> digests;
   digests.reserve(req.digests_size());
   for (const std::string& d : req.digests()) {
-    ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(d));
+    CKPTD_ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(d));
     digests.push_back(digest);
   }
   v1::FindMissingBlobsResponse resp;
@@ -530,14 +530,14 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
   absl::MutexLock lock(&mu_);
   std::vector<Digest> present;
   for (const Digest& d : digests) {
-    ASSIGN_OR_RETURN(auto size, blobs_->Stat(d));
+    CKPTD_ASSIGN_OR_RETURN(auto size, blobs_->Stat(d));
     if (size.has_value()) {
       present.push_back(d);
     } else {
       resp.add_missing(std::string(d.AsBytes()));
     }
   }
-  RETURN_IF_ERROR(PersistLeases(req.run(), req.version(), present));
+  CKPTD_RETURN_IF_ERROR(PersistLeases(req.run(), req.version(), present));
   return resp;
 }
 
@@ -579,7 +579,7 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     suspended_.erase(it);
     ++active_uploads_[digest];  // with the erase: QueryUpload sees one
   } else {
-    ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
+    CKPTD_ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
     absl::MutexLock lock(&upload_mu_);
     ++active_uploads_[digest];
   }
@@ -651,7 +651,7 @@ absl::Status Repository::PersistLeases(const std::string& run, uint64_t version,
 absl::Status Repository::ReleasePending(storage::MetadataBatch& batch,
                                         const std::string& run,
                                         uint64_t version) {
-  RETURN_IF_ERROR(meta_->Scan(storage::keys::LeasePrefix(run, version), "",
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(storage::keys::LeasePrefix(run, version), "",
                               [&](absl::string_view key, absl::string_view) {
                                 batch.Delete(key);
                                 return true;
@@ -693,7 +693,7 @@ void Repository::EndActiveUpload(const Digest& digest) {
 
 absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     const v1::QueryUploadRequest& req) {
-  ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(req.digest()));
+  CKPTD_ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(req.digest()));
   {
     // A client asks right after its stream broke; the server may not have
     // seen the break yet. Waiting for that stream to be suspended (or
@@ -710,7 +710,7 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     // Under mu_, so GC cannot delete the blob between "complete" and the
     // lease (as in FindMissingBlobs).
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(auto size, blobs_->Stat(digest));
+    CKPTD_ASSIGN_OR_RETURN(auto size, blobs_->Stat(digest));
     if (size.has_value()) {
       resp.set_complete(true);
       resp.set_durable_offset(*size);
@@ -727,12 +727,12 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
 
 absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     const v1::CommitShardRequest& req, const Actor& actor) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
-  RETURN_IF_ERROR(CheckVersionNumber(req.version()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   for (const auto& [name, value] : req.metrics()) {
-    RETURN_IF_ERROR(ValidateMetricName(name));
+    CKPTD_RETURN_IF_ERROR(ValidateMetricName(name));
   }
-  ASSIGN_OR_RETURN(ManifestSummary summary, ValidateManifest(req.manifest()));
+  CKPTD_ASSIGN_OR_RETURN(ManifestSummary summary, ValidateManifest(req.manifest()));
   v1::ShardManifest manifest = req.manifest();
   manifest.set_rank(req.rank());
 
@@ -741,8 +741,8 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   v1::VersionInfo info;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(req.run()));
-    ASSIGN_OR_RETURN(info, LoadVersion(req.run(), req.version()));
+    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(req.run()));
+    CKPTD_ASSIGN_OR_RETURN(info, LoadVersion(req.run(), req.version()));
     const std::string name = VersionName(req.run(), req.version());
     if (req.rank() >= info.world_size()) {
       return absl::InvalidArgumentError(
@@ -758,12 +758,12 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     for (const auto& shard : info.shards()) {
       if (shard.rank() != req.rank()) continue;
       v1::ShardManifest stored;
-      ASSIGN_OR_RETURN(
+      CKPTD_ASSIGN_OR_RETURN(
           bool found, meta_->GetProto(storage::keys::Manifest(
                                           req.run(), req.version(), req.rank()),
                                       &stored));
       if (found && stored.SerializeAsString() == manifest.SerializeAsString()) {
-        RETURN_IF_ERROR(FillAliases(&info));
+        CKPTD_RETURN_IF_ERROR(FillAliases(&info));
         return info;
       }
       return absl::FailedPreconditionError(
@@ -777,7 +777,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     // Every referenced blob must be stored and long enough. Checked under
     // mu_ so that GC cannot remove one between this check and the publish.
     for (const BlobUse& use : summary.blobs) {
-      ASSIGN_OR_RETURN(auto size, blobs_->Stat(use.digest));
+      CKPTD_ASSIGN_OR_RETURN(auto size, blobs_->Stat(use.digest));
       if (!size.has_value()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "blob ", use.digest.Hex(), " for key '", use.key,
@@ -826,13 +826,13 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       info.set_state(v1::COMMITTED);
       info.set_committed_at(NowNanos());
       batch.Delete(storage::keys::Pending(req.run(), info.step()));
-      ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
+      CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
       // `last` is the newest version: one begun earlier that completes
       // later (a slow rank) publishes without moving `last` back.
-      ASSIGN_OR_RETURN(uint64_t current_last,
+      CKPTD_ASSIGN_OR_RETURN(uint64_t current_last,
                        AliasTargetOrZero(req.run(), std::string(kLast)));
       if (req.version() > current_last) {
-        RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
+        CKPTD_RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
                                   req.version(), actor, &seq));
         moves.push_back({std::string(kLast), info});
       }
@@ -842,11 +842,11 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
           HasMetric(info, policy.monitor(), &value)) {
         bool improves = true;
         v1::AliasInfo best;
-        ASSIGN_OR_RETURN(
+        CKPTD_ASSIGN_OR_RETURN(
             bool has_best,
             meta_->GetProto(storage::keys::Alias(req.run(), kBest), &best));
         if (has_best) {
-          ASSIGN_OR_RETURN(v1::VersionInfo current,
+          CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo current,
                            LoadVersion(req.run(), best.version()));
           double current_value;
           if (HasMetric(current, policy.monitor(), &current_value)) {
@@ -854,7 +854,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
           }
         }
         if (improves) {
-          RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kBest),
+          CKPTD_RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kBest),
                                     req.version(), actor, &seq));
           moves.push_back({std::string(kBest), info});
         }
@@ -862,10 +862,10 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     }
     batch.Put(storage::keys::Version(req.run(), req.version()), info);
     if (publish) {
-      RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
+      CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
     }
-    RETURN_IF_ERROR(meta_->Commit(batch));
-    RETURN_IF_ERROR(FillAliases(&info));
+    CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
+    CKPTD_RETURN_IF_ERROR(FillAliases(&info));
     // Under mu_: watchers see moves in commit order.
     for (auto& m : moves) m.target = info;
     Notify(req.run(), moves);
@@ -882,10 +882,10 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
 }
 
 absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
-  RETURN_IF_ERROR(CheckVersionNumber(req.version()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(bool aborted, AbortLocked(req));
+  CKPTD_ASSIGN_OR_RETURN(bool aborted, AbortLocked(req));
   if (aborted) CollectAfterAbort();
   return absl::OkStatus();
 }
@@ -904,7 +904,7 @@ void Repository::CollectAfterAbort() {
 
 absl::StatusOr<bool> Repository::AbortLocked(
     const v1::AbortVersionRequest& req) {
-  ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), req.version()));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), req.version()));
   if (info.state() == v1::ABORTED) return false;
   if (info.state() == v1::COMMITTED) {
     return absl::FailedPreconditionError(
@@ -924,8 +924,8 @@ absl::StatusOr<bool> Repository::AbortLocked(
   }
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
-  RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
-  RETURN_IF_ERROR(meta_->Commit(batch));
+  CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
+  CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
   return true;
 }
 
@@ -966,8 +966,8 @@ absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
     const v1::GetVersionRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
   v1::GetVersionResponse resp;
-  ASSIGN_OR_RETURN(*resp.mutable_info(), LoadCommitted(req.run(), req.ref()));
-  RETURN_IF_ERROR(FillAliases(resp.mutable_info()));
+  CKPTD_ASSIGN_OR_RETURN(*resp.mutable_info(), LoadCommitted(req.run(), req.ref()));
+  CKPTD_RETURN_IF_ERROR(FillAliases(resp.mutable_info()));
   if (!req.include_manifest()) return resp;
   const v1::VersionInfo& info = resp.info();
   for (uint32_t rank : req.ranks()) {
@@ -985,7 +985,7 @@ absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
       continue;
     }
     v1::ShardManifest* m = resp.add_shards();
-    ASSIGN_OR_RETURN(
+    CKPTD_ASSIGN_OR_RETURN(
         bool found,
         meta_->GetProto(
             storage::keys::Manifest(info.run(), info.version(), shard.rank()),
@@ -1001,13 +1001,13 @@ absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
 
 absl::StatusOr<absl::flat_hash_set<Digest>> Repository::VersionBlobs(
     const std::string& run, uint64_t version) {
-  RETURN_IF_ERROR(CheckVersionNumber(version));
+  CKPTD_RETURN_IF_ERROR(CheckVersionNumber(version));
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::VersionInfo info,
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
                    LoadCommitted(run, absl::StrCat(version)));
   absl::flat_hash_set<Digest> out;
   absl::Status parse_status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::ManifestPrefix(run, version), "",
                   [&](absl::string_view key, absl::string_view value) {
                     v1::ShardManifest m;
@@ -1020,7 +1020,7 @@ absl::StatusOr<absl::flat_hash_set<Digest>> Repository::VersionBlobs(
                     }
                     return true;
                   }));
-  RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(parse_status);
   return out;
 }
 
@@ -1031,22 +1031,22 @@ absl::StatusOr<v1::ListRunsResponse> Repository::ListRuns() {
   absl::ReaderMutexLock lock(&mu_);
   v1::ListRunsResponse resp;
   absl::Status parse_status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::kRunPrefix, "",
                   [&](absl::string_view key, absl::string_view value) {
                     parse_status = ParseProto(key, value, resp.add_runs());
                     return parse_status.ok();
                   }));
-  RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(parse_status);
   for (v1::RunInfo& run : *resp.mutable_runs()) {
-    ASSIGN_OR_RETURN(auto versions, LoadVersions(run.name()));
+    CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(run.name()));
     for (const auto& v : versions) {
       if (v.state() != v1::COMMITTED) continue;
       run.set_version_count(run.version_count() + 1);
       run.set_total_bytes(run.total_bytes() + v.total_bytes());
       run.set_last_commit_at(std::max(run.last_commit_at(), v.committed_at()));
     }
-    ASSIGN_OR_RETURN(auto aliases, LoadAliases(run.name()));
+    CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(run.name()));
     for (const auto& a : aliases) {
       if (a.name() == kLast) run.set_last_version(a.version());
       if (a.name() == kBest) run.set_best_version(a.version());
@@ -1058,7 +1058,7 @@ absl::StatusOr<v1::ListRunsResponse> Repository::ListRuns() {
 absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
     const v1::ListVersionsRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   std::string start;
   if (!req.page_token().empty()) {
     uint64_t from = 0;
@@ -1069,10 +1069,10 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
     }
     start = storage::keys::Version(req.run(), from);
   }
-  ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
   v1::ListVersionsResponse resp;
   absl::Status status;
-  RETURN_IF_ERROR(meta_->Scan(
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(
       storage::keys::VersionPrefix(req.run()), start,
       [&](absl::string_view key, absl::string_view value) {
         v1::VersionInfo v;
@@ -1101,15 +1101,15 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
         *resp.add_versions() = std::move(v);
         return true;
       }));
-  RETURN_IF_ERROR(status);
+  CKPTD_RETURN_IF_ERROR(status);
   return resp;
 }
 
 absl::StatusOr<v1::GetMetricHistoryResponse> Repository::GetMetricHistory(
     const v1::GetMetricHistoryRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-  ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
   v1::GetMetricHistoryResponse resp;
   for (const auto& v : versions) {
     if (v.state() != v1::COMMITTED) continue;
@@ -1131,10 +1131,10 @@ absl::StatusOr<v1::GetMetricHistoryResponse> Repository::GetMetricHistory(
 
 absl::StatusOr<v1::Policy> Repository::SetPolicy(
     const v1::SetPolicyRequest& req, const Actor& actor) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   const v1::Policy& p = req.policy();
   if (!p.monitor().empty()) {
-    RETURN_IF_ERROR(ValidateMetricName(p.monitor()));
+    CKPTD_RETURN_IF_ERROR(ValidateMetricName(p.monitor()));
     if (p.mode() != v1::MIN && p.mode() != v1::MAX) {
       return absl::InvalidArgumentError(absl::StrCat(
           "policy for run '", req.run(), "' monitors '", p.monitor(),
@@ -1161,7 +1161,7 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
   {
     absl::MutexLock lock(&mu_);
     v1::RunInfo run;
-    ASSIGN_OR_RETURN(bool found,
+    CKPTD_ASSIGN_OR_RETURN(bool found,
                      meta_->GetProto(storage::keys::Run(req.run()), &run));
     if (!found) {
       run.set_name(req.run());
@@ -1175,19 +1175,19 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
     storage::MetadataBatch batch;
     batch.Put(storage::keys::Run(req.run()), run);
     if (best_changes && found) {
-      ASSIGN_OR_RETURN(uint64_t best, ComputeBest(req.run(), run.policy()));
-      ASSIGN_OR_RETURN(uint64_t current,
+      CKPTD_ASSIGN_OR_RETURN(uint64_t best, ComputeBest(req.run(), run.policy()));
+      CKPTD_ASSIGN_OR_RETURN(uint64_t current,
                        AliasTargetOrZero(req.run(), std::string(kBest)));
-      ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
-      RETURN_IF_ERROR(
+      CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
+      CKPTD_RETURN_IF_ERROR(
           MoveAlias(batch, req.run(), std::string(kBest), best, actor, &seq));
       if (best != 0 && best != current) {
-        ASSIGN_OR_RETURN(v1::VersionInfo target, LoadVersion(req.run(), best));
+        CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo target, LoadVersion(req.run(), best));
         moves.push_back({std::string(kBest), target});
       }
     }
-    RETURN_IF_ERROR(meta_->Commit(batch));
-    for (auto& m : moves) RETURN_IF_ERROR(FillAliases(&m.target));
+    CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
+    for (auto& m : moves) CKPTD_RETURN_IF_ERROR(FillAliases(&m.target));
     Notify(req.run(), moves);
   }
   // The policy is saved; retention failing is logged, as after a commit.
@@ -1197,38 +1197,38 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
                  deleted.status().ToString());
   }
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   return run.policy();
 }
 
 absl::StatusOr<v1::Policy> Repository::GetPolicy(
     const v1::GetPolicyRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   return run.policy();
 }
 
 absl::StatusOr<v1::AliasInfo> Repository::SetAlias(
     const v1::SetAliasRequest& req, const Actor& actor) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
-  RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
   v1::VersionInfo target;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(target, LoadCommitted(req.run(), req.ref()));
+    CKPTD_ASSIGN_OR_RETURN(target, LoadCommitted(req.run(), req.ref()));
     storage::MetadataBatch batch;
-    ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
-    RETURN_IF_ERROR(
+    CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
+    CKPTD_RETURN_IF_ERROR(
         MoveAlias(batch, req.run(), req.name(), target.version(), actor, &seq));
     if (!batch.empty()) {
-      RETURN_IF_ERROR(meta_->Commit(batch));
-      RETURN_IF_ERROR(FillAliases(&target));
+      CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
+      CKPTD_RETURN_IF_ERROR(FillAliases(&target));
       Notify(req.run(), {{req.name(), target}});
     }
   }
   absl::ReaderMutexLock lock(&mu_);
   v1::AliasInfo info;
-  ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       bool found,
       meta_->GetProto(storage::keys::Alias(req.run(), req.name()), &info));
   if (!found) return absl::InternalError("alias vanished after SetAlias");
@@ -1237,29 +1237,29 @@ absl::StatusOr<v1::AliasInfo> Repository::SetAlias(
 
 absl::Status Repository::DeleteAlias(const v1::DeleteAliasRequest& req,
                                      const Actor& actor) {
-  RETURN_IF_ERROR(ValidateRunName(req.run()));
-  RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
+  CKPTD_RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-  ASSIGN_OR_RETURN(auto existing,
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(auto existing,
                    meta_->Get(storage::keys::Alias(req.run(), req.name())));
   if (!existing.has_value()) {
     return absl::NotFoundError(
         absl::StrCat("run '", req.run(), "' has no alias '", req.name(), "'"));
   }
   storage::MetadataBatch batch;
-  ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
-  RETURN_IF_ERROR(MoveAlias(batch, req.run(), req.name(), 0, actor, &seq));
+  CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
+  CKPTD_RETURN_IF_ERROR(MoveAlias(batch, req.run(), req.name(), 0, actor, &seq));
   return meta_->Commit(batch);
 }
 
 absl::StatusOr<v1::GetAliasHistoryResponse> Repository::GetAliasHistory(
     const v1::GetAliasHistoryRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   v1::GetAliasHistoryResponse resp;
   absl::Status status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::AliasEventPrefix(req.run()), "",
                   [&](absl::string_view key, absl::string_view value) {
                     v1::AliasEvent e;
@@ -1270,29 +1270,29 @@ absl::StatusOr<v1::GetAliasHistoryResponse> Repository::GetAliasHistory(
                     }
                     return true;
                   }));
-  RETURN_IF_ERROR(status);
+  CKPTD_RETURN_IF_ERROR(status);
   return resp;
 }
 
 absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
                                                       bool pinned) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::VersionInfo info, LoadCommitted(req.run(), req.ref()));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadCommitted(req.run(), req.ref()));
   if (info.pinned() != pinned) {
     info.set_pinned(pinned);
     storage::MetadataBatch batch;
     batch.Put(storage::keys::Version(info.run(), info.version()), info);
-    RETURN_IF_ERROR(meta_->Commit(batch));
+    CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
   }
-  RETURN_IF_ERROR(FillAliases(&info));
+  CKPTD_RETURN_IF_ERROR(FillAliases(&info));
   return info;
 }
 
 absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-  ASSIGN_OR_RETURN(uint64_t version, Resolve(req.run(), req.ref()));
-  ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), version));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(uint64_t version, Resolve(req.run(), req.ref()));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), version));
   const std::string name = VersionName(req.run(), version);
   if (info.state() == v1::PENDING) {
     return absl::FailedPreconditionError(
@@ -1302,7 +1302,7 @@ absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req) {
     return absl::FailedPreconditionError(
         absl::StrCat(name, " is pinned; unpin it first"));
   }
-  RETURN_IF_ERROR(FillAliases(&info));
+  CKPTD_RETURN_IF_ERROR(FillAliases(&info));
   if (!info.aliases().empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         name, " is the target of alias(es) ",
@@ -1320,13 +1320,13 @@ absl::StatusOr<std::vector<uint64_t>> Repository::ApplyRetention(
     const std::string& run_name) {
   std::vector<uint64_t> deleted;
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(run_name));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(run_name));
   const v1::Policy& p = run.policy();
   if (!p.has_keep_last() && !p.has_keep_best() && !p.has_keep_every_n_steps()) {
     return deleted;  // default: keep everything
   }
-  ASSIGN_OR_RETURN(auto versions, LoadVersions(run_name));
-  ASSIGN_OR_RETURN(auto aliases, LoadAliases(run_name));
+  CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(run_name));
+  CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(run_name));
   absl::flat_hash_set<uint64_t> keep;
   for (const auto& a : aliases) keep.insert(a.version());
   std::vector<const v1::VersionInfo*> committed;
@@ -1372,7 +1372,7 @@ absl::StatusOr<std::vector<uint64_t>> Repository::ApplyRetention(
     deleted.push_back(v->version());
   }
   if (!deleted.empty()) {
-    RETURN_IF_ERROR(meta_->Commit(batch));
+    CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
     spdlog::info("retention for run {} deleted versions {}", run_name,
                  absl::StrJoin(deleted, ","));
   }
@@ -1385,7 +1385,7 @@ absl::Status Repository::CollectGarbageLocked(v1::CollectGarbageResponse* out) {
     referenced.insert(leases.digests.begin(), leases.digests.end());
   }
   absl::Status status;
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       meta_->Scan(storage::keys::kManifestPrefix, "",
                   [&](absl::string_view key, absl::string_view value) {
                     v1::ShardManifest m;
@@ -1398,13 +1398,13 @@ absl::Status Repository::CollectGarbageLocked(v1::CollectGarbageResponse* out) {
                     }
                     return true;
                   }));
-  RETURN_IF_ERROR(status);
+  CKPTD_RETURN_IF_ERROR(status);
   std::vector<std::pair<Digest, uint64_t>> garbage;
-  RETURN_IF_ERROR(blobs_->ForEach([&](const Digest& d, uint64_t size) {
+  CKPTD_RETURN_IF_ERROR(blobs_->ForEach([&](const Digest& d, uint64_t size) {
     if (!referenced.contains(d)) garbage.emplace_back(d, size);
   }));
   for (const auto& [d, size] : garbage) {
-    RETURN_IF_ERROR(blobs_->Delete(d));
+    CKPTD_RETURN_IF_ERROR(blobs_->Delete(d));
     out->set_blobs_deleted(out->blobs_deleted() + 1);
     out->set_bytes_freed(out->bytes_freed() + size);
   }
@@ -1414,7 +1414,7 @@ absl::Status Repository::CollectGarbageLocked(v1::CollectGarbageResponse* out) {
 absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage() {
   absl::MutexLock lock(&mu_);
   v1::CollectGarbageResponse resp;
-  RETURN_IF_ERROR(CollectGarbageLocked(&resp));
+  CKPTD_RETURN_IF_ERROR(CollectGarbageLocked(&resp));
   return resp;
 }
 
@@ -1423,12 +1423,12 @@ absl::StatusOr<v1::VerifyResponse> Repository::Verify(
   std::vector<uint64_t> versions;
   {
     absl::ReaderMutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
     if (!req.ref().empty()) {
-      ASSIGN_OR_RETURN(v1::VersionInfo v, LoadCommitted(req.run(), req.ref()));
+      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v, LoadCommitted(req.run(), req.ref()));
       versions.push_back(v.version());
     } else {
-      ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));
+      CKPTD_ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));
       for (const auto& v : all) {
         if (v.state() == v1::COMMITTED) versions.push_back(v.version());
       }
@@ -1436,7 +1436,7 @@ absl::StatusOr<v1::VerifyResponse> Repository::Verify(
   }
   absl::flat_hash_set<Digest> digests;
   for (uint64_t v : versions) {
-    ASSIGN_OR_RETURN(auto blobs, VersionBlobs(req.run(), v));
+    CKPTD_ASSIGN_OR_RETURN(auto blobs, VersionBlobs(req.run(), v));
     digests.insert(blobs.begin(), blobs.end());
   }
   v1::VerifyResponse resp;
@@ -1479,11 +1479,11 @@ absl::StatusOr<uint64_t> Repository::Watch(
   // Under mu_: no move can land between reading the target and
   // registering, and moves are notified under mu_ too.
   absl::ReaderMutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
   current->reset();
   absl::StatusOr<v1::VersionInfo> target = LoadCommitted(run, alias);
   if (target.ok()) {
-    RETURN_IF_ERROR(FillAliases(&*target));
+    CKPTD_RETURN_IF_ERROR(FillAliases(&*target));
     *current = *std::move(target);
   } else if (!absl::IsNotFound(target.status())) {
     return target.status();

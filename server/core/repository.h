@@ -39,7 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ckptd/v1/checkpoint.pb.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
 

@@ -15,41 +15,6 @@ namespace {
 
 constexpr size_t kHeaderAlignment = 8;
 
-const char* SafetensorsDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return "F32";
-    case v1::FLOAT64:
-      return "F64";
-    case v1::FLOAT16:
-      return "F16";
-    case v1::BFLOAT16:
-      return "BF16";
-    case v1::INT8:
-      return "I8";
-    case v1::INT16:
-      return "I16";
-    case v1::INT32:
-      return "I32";
-    case v1::INT64:
-      return "I64";
-    case v1::UINT8:
-      return "U8";
-    case v1::UINT16:
-      return "U16";
-    case v1::UINT32:
-      return "U32";
-    case v1::UINT64:
-      return "U64";
-    case v1::BOOL:
-      return "BOOL";
-    case v1::COMPLEX64:
-      return "C64";
-    default:
-      return nullptr;
-  }
-}
-
 std::string JsonString(absl::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -129,7 +94,7 @@ absl::StatusOr<SafetensorsPlan> PlanSafetensors(
   absl::flat_hash_set<std::string> names = {"__metadata__"};
   for (const auto& e : shard.entries()) {
     if (!e.has_tensor()) continue;
-    const std::string name = PathToString(e.path());
+    const std::string name = DottedKeyPath(e.path());
     if (!Selected(name, keys)) continue;
     if (!names.insert(name).second) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -139,7 +104,8 @@ absl::StatusOr<SafetensorsPlan> PlanSafetensors(
     }
     ++selected;
     const v1::TensorInfo& t = e.tensor();
-    const char* dtype = SafetensorsDType(t.dtype());
+    const DTypeInfo* row = FindDType(t.dtype());
+    const char* dtype = row == nullptr ? nullptr : row->safetensors;
     if (dtype == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor '", name, "' has dtype ", v1::DType_Name(t.dtype()),

@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/checkpoint.pb.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 
 namespace ckptd::core {
 

@@ -1,7 +1,7 @@
 #include "server/service/blob_cursor.h"
 
 #include "absl/strings/str_cat.h"
-#include "server/common/status.h"
+#include "proto/base/status.h"
 
 namespace ckptd::service {
 
@@ -14,7 +14,7 @@ absl::StatusOr<std::optional<BlobCursor::Chunk>> BlobCursor::Next(
   while (slice_ < slices_.size()) {
     const core::BlobSlice& s = slices_[slice_];
     if (reader_ == nullptr) {
-      ASSIGN_OR_RETURN(reader_, blobs_->Open(s.digest));
+      CKPTD_ASSIGN_OR_RETURN(reader_, blobs_->Open(s.digest));
       const uint64_t size = reader_->size();
       end_ = s.length == 0 ? size : s.offset + s.length;
       if (s.offset > size || end_ > size || end_ < s.offset) {
@@ -31,7 +31,7 @@ absl::StatusOr<std::optional<BlobCursor::Chunk>> BlobCursor::Next(
     }
     const uint64_t n = std::min(chunk_size_, end_ - offset_);
     out->resize(n);
-    RETURN_IF_ERROR(reader_->ReadAt(offset_, n, out->data()));
+    CKPTD_RETURN_IF_ERROR(reader_->ReadAt(offset_, n, out->data()));
     Chunk chunk{slice_, offset_};
     offset_ += n;
     return chunk;

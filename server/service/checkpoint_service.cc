@@ -9,8 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/common/names.h"
-#include "server/common/status.h"
+#include "proto/base/names.h"
+#include "proto/base/status.h"
 #include "server/service/blob_cursor.h"
 #include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
@@ -62,7 +62,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
       }
       run_ = chunk_.run();
       version_ = chunk_.version();
-      RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
+      CKPTD_RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
       started_ = true;
     } else if ((!chunk_.run().empty() && chunk_.run() != run_) ||
                (chunk_.version() != 0 && chunk_.version() != version_)) {
@@ -71,7 +71,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
                        " but this stream uploads for ", run_, "@", version_,
                        "; use one stream per version"));
     }
-    ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(chunk_.digest()));
+    CKPTD_ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(chunk_.digest()));
     const std::string& data = chunk_.data();
     if (data.size() > core::kMaxUploadChunk) {
       return absl::InvalidArgumentError(
@@ -92,15 +92,15 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
             upload_->received(), " of ", upload_->blob_size(), " before blob ",
             digest.Hex(), " began; send each blob's chunks contiguously"));
       }
-      ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
+      CKPTD_ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
                                     run_, version_, digest, chunk_.blob_size(),
                                     chunk_.offset()));
     }
-    RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
+    CKPTD_RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
     resp_->set_bytes_received(resp_->bytes_received() + data.size());
     if (upload_->complete()) {
       std::unique_ptr<core::BlobUpload> done = std::move(upload_);
-      RETURN_IF_ERROR(done->Finish());
+      CKPTD_RETURN_IF_ERROR(done->Finish());
       v1::BlobInfo* info = resp_->add_blobs();
       info->set_digest(std::string(digest.AsBytes()));
       info->set_size(done->blob_size());
@@ -208,11 +208,11 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
 
  private:
   absl::Status Prepare() override {
-    ASSIGN_OR_RETURN(auto allowed, service_->repo()->VersionBlobs(
+    CKPTD_ASSIGN_OR_RETURN(auto allowed, service_->repo()->VersionBlobs(
                                        req_->run(), req_->version()));
     std::vector<core::BlobSlice> slices;
     for (const v1::BlobRange& r : req_->ranges()) {
-      ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
+      CKPTD_ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
       if (!allowed.contains(d)) {
         return absl::NotFoundError(absl::StrCat("blob ", d.Hex(),
                                                 " is not part of ", req_->run(),
@@ -255,7 +255,7 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
     get.set_ref(req_->ref());
     get.set_include_manifest(true);
     get.add_ranks(req_->rank());
-    ASSIGN_OR_RETURN(v1::GetVersionResponse version,
+    CKPTD_ASSIGN_OR_RETURN(v1::GetVersionResponse version,
                      service_->repo()->GetVersion(get));
     if (version.shards_size() != 1) {
       return absl::NotFoundError(
@@ -263,7 +263,7 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
                        " has no shard of rank ", req_->rank()));
     }
     std::vector<std::string> keys(req_->keys().begin(), req_->keys().end());
-    ASSIGN_OR_RETURN(
+    CKPTD_ASSIGN_OR_RETURN(
         core::SafetensorsPlan plan,
         core::PlanSafetensors(version.info(), version.shards(0), keys));
     message_.set_total_size(plan.total_size);
@@ -455,7 +455,7 @@ grpc::ServerUnaryReactor* CheckpointService::CommitShard(
     v1::CommitShardResponse* resp) {
   core::Actor actor = ActorOf(ctx);
   return Unary(ctx, [=, this]() -> absl::Status {
-    ASSIGN_OR_RETURN(*resp->mutable_version(), repo_->CommitShard(*req, actor));
+    CKPTD_ASSIGN_OR_RETURN(*resp->mutable_version(), repo_->CommitShard(*req, actor));
     return absl::OkStatus();
   });
 }

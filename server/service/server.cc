@@ -10,7 +10,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/common/executor.h"
-#include "server/common/status.h"
+#include "proto/base/status.h"
 #include "server/service/checkpoint_service.h"
 #include "spdlog/spdlog.h"
 
@@ -59,10 +59,10 @@ absl::Status ValidateListenAddress(absl::string_view listen) {
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
-  RETURN_IF_ERROR(ValidateListenAddress(options.listen));
+  CKPTD_RETURN_IF_ERROR(ValidateListenAddress(options.listen));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
+  CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
                                    options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);

@@ -26,7 +26,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 
 namespace ckptd::storage {
 

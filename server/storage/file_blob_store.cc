@@ -81,8 +81,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "server/common/digest.h"
-#include "server/common/status.h"
+#include "proto/base/digest.h"
+#include "proto/base/status.h"
 #include "server/storage/blob_store.h"
 
 namespace ckptd::storage {
@@ -213,7 +213,7 @@ absl::Status FdataSync(int fd, absl::string_view context) {
 }
 
 absl::Status FsyncDir(const std::string& path) {
-  ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       Fd dir, OpenFile(path, O_RDONLY | O_DIRECTORY, "open blob directory"));
   int rc;
   do {
@@ -281,7 +281,7 @@ absl::StatusOr<Footer> ReadFooter(int fd, const std::string& path,
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < kFooterSize) return bad("too short for its footer");
   char buf[kFooterSize];
-  ASSIGN_OR_RETURN(
+  CKPTD_ASSIGN_OR_RETURN(
       size_t n, PreadFull(fd, buf, kFooterSize, file_size - kFooterSize, path));
   if (n != kFooterSize) return bad("footer cut short");
   if (std::memcmp(buf, kFooterMagic, sizeof(kFooterMagic)) != 0) {
@@ -433,7 +433,7 @@ void FileBlobWriter::Hash(const char* p, size_t n) {
 }
 
 absl::Status FileBlobWriter::Append(std::string_view data) {
-  RETURN_IF_ERROR(CheckUsable());
+  CKPTD_RETURN_IF_ERROR(CheckUsable());
   if (data.empty()) return absl::OkStatus();
   // A failed write poisons the writer, so hashing first is safe.
   Hash(data.data(), data.size());
@@ -455,7 +455,7 @@ absl::Status FileBlobWriter::Append(std::string_view data) {
 }
 
 absl::StatusOr<uint64_t> FileBlobWriter::Sync() {
-  RETURN_IF_ERROR(CheckUsable());
+  CKPTD_RETURN_IF_ERROR(CheckUsable());
   // After a failed fdatasync the kernel may have dropped the dirty pages, so
   // nothing written so far can be trusted again.
   if (absl::Status st = FdataSync(
@@ -474,7 +474,7 @@ absl::Status FileBlobWriter::Commit(const Digest& expected) {
 }
 
 absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
-  RETURN_IF_ERROR(CheckUsable());
+  CKPTD_RETURN_IF_ERROR(CheckUsable());
   const Digest actual = digest_.Finish();
   if (actual != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -493,11 +493,11 @@ absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
                 .chunk_size = static_cast<uint32_t>(kBlobChecksumChunk),
                 .chunk_count = static_cast<uint32_t>(checksums_.size())},
                &trailer[checksums_.size() * kChecksumSize]);
-  RETURN_IF_ERROR(
+  CKPTD_RETURN_IF_ERROR(
       WriteFull(fd_.get(), trailer.data(), trailer.size(), tmp_path_));
-  RETURN_IF_ERROR(FdataSync(
+  CKPTD_RETURN_IF_ERROR(FdataSync(
       fd_.get(), absl::StrCat("fdatasync blob tmp file ", tmp_path_)));
-  RETURN_IF_ERROR(fd_.Close(absl::StrCat("close blob tmp file ", tmp_path_)));
+  CKPTD_RETURN_IF_ERROR(fd_.Close(absl::StrCat("close blob tmp file ", tmp_path_)));
 
   const std::string target = BlobPath(blobs_dir_, expected);
   auto rename_error = [&] {
@@ -556,7 +556,7 @@ absl::Status FileBlobReader::ReadChunks(uint64_t first, uint64_t last,
   const uint64_t chunk = footer_.chunk_size;
   const uint64_t begin = first * chunk;
   const uint64_t end = std::min((last + 1) * chunk, footer_.data_size);
-  ASSIGN_OR_RETURN(size_t n,
+  CKPTD_ASSIGN_OR_RETURN(size_t n,
                    PreadFull(fd_.get(), dst, end - begin, begin, path_));
   if (n != end - begin) {
     return absl::DataLossError(absl::StrCat(
@@ -595,7 +595,7 @@ absl::Status FileBlobReader::ReadAt(uint64_t offset, uint64_t length,
   // requested chunks between them is read straight into `out`.
   auto read_partial = [&](uint64_t c) -> absl::Status {
     if (scratch_ == nullptr) scratch_.reset(new char[chunk]);
-    RETURN_IF_ERROR(ReadChunks(c, c, scratch_.get()));
+    CKPTD_RETURN_IF_ERROR(ReadChunks(c, c, scratch_.get()));
     const uint64_t cb = c * chunk;
     const uint64_t from = std::max(cb, offset);
     const uint64_t to = std::min({cb + chunk, size, end});
@@ -605,15 +605,15 @@ absl::Status FileBlobReader::ReadAt(uint64_t offset, uint64_t length,
   uint64_t whole_begin = first;  // [whole_begin, whole_end): chunk indexes
   uint64_t whole_end = last + 1;
   if (!covered(first)) {
-    RETURN_IF_ERROR(read_partial(first));
+    CKPTD_RETURN_IF_ERROR(read_partial(first));
     whole_begin = first + 1;
   }
   if (last >= whole_begin && !covered(last)) {
-    RETURN_IF_ERROR(read_partial(last));
+    CKPTD_RETURN_IF_ERROR(read_partial(last));
     whole_end = last;
   }
   if (whole_begin < whole_end) {
-    RETURN_IF_ERROR(ReadChunks(whole_begin, whole_end - 1,
+    CKPTD_RETURN_IF_ERROR(ReadChunks(whole_begin, whole_end - 1,
                                out + (whole_begin * chunk - offset)));
   }
   return absl::OkStatus();
@@ -632,14 +632,14 @@ absl::Status FileBlobStore::Init() {
     return ckptd::ErrnoToStatus(
         ec.value(), absl::StrCat("create blob store directory ", dir_));
   }
-  RETURN_IF_ERROR(MakeDir(dir_));
-  RETURN_IF_ERROR(MakeDir(blobs_dir_));
-  RETURN_IF_ERROR(MakeDir(tmp_dir_));
+  CKPTD_RETURN_IF_ERROR(MakeDir(dir_));
+  CKPTD_RETURN_IF_ERROR(MakeDir(blobs_dir_));
+  CKPTD_RETURN_IF_ERROR(MakeDir(tmp_dir_));
   for (int i = 0; i < kFanOut; ++i)
-    RETURN_IF_ERROR(MakeDir(FanOutDir(blobs_dir_, i)));
+    CKPTD_RETURN_IF_ERROR(MakeDir(FanOutDir(blobs_dir_, i)));
   // Always fsync: a crash in an earlier open may have left the directories
   // created but their entries not durable.
-  RETURN_IF_ERROR(FsyncDir(blobs_dir_));
+  CKPTD_RETURN_IF_ERROR(FsyncDir(blobs_dir_));
   return FsyncDir(dir_);
 }
 
@@ -672,7 +672,7 @@ absl::StatusOr<std::optional<uint64_t>> FileBlobStore::Stat(
     if (absl::IsNotFound(fd.status())) return std::nullopt;
     return fd.status();
   }
-  ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
+  CKPTD_ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
   return footer.data_size;
 }
 
@@ -687,9 +687,9 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
     }
     return fd.status();
   }
-  ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
+  CKPTD_ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
   std::string raw(uint64_t{footer.chunk_count} * kChecksumSize, '\0');
-  ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), raw.data(), raw.size(),
+  CKPTD_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), raw.data(), raw.size(),
                                        footer.data_size, path));
   if (n != raw.size()) {
     return absl::DataLossError(absl::StrCat("blob ", digest.Hex(), " (file ",
@@ -803,7 +803,7 @@ absl::Status FileBlobStore::RemoveTemporaries() {
 absl::StatusOr<std::unique_ptr<BlobStore>> OpenFileBlobStore(
     const std::string& dir) {
   auto store = std::make_unique<FileBlobStore>(dir);
-  RETURN_IF_ERROR(store->Init());
+  CKPTD_RETURN_IF_ERROR(store->Init());
   return store;
 }
 

@@ -480,7 +480,7 @@ TEST_F(CkptCliTest, UsageErrorsExitTwoWithoutContactingTheServer) {
        "or llama@12\n"},
       {{"rm", "llama"}, "ckpt: missing version in 'llama'"},
       {{"pin", "@3"}, "ckpt: bad version reference '@3'"},
-      {{"ls", "bad/name"}, "ckpt: bad run name 'bad/name'"},
+      {{"ls", "bad/name"}, "ckpt: run name 'bad/name'"},
       {{"ls", "llama@3"}, "ckpt: expected a run name"},
       {{"ls"}, "RUN is required"},
       {{"push", "llama", "f.safetensors"}, "--step is required"},

@@ -105,9 +105,9 @@ TEST(ArgsTest, ParseVersionRef) {
       {"llama", RefRule::kRequired, false,
        "missing version in 'llama': expected RUN@REF", ""},
       {"llama@0", RefRule::kRequired, false, "versions start at 1", ""},
-      {"llama@-1", RefRule::kRequired, false, "bad ref '-1'", ""},
-      {"bad/run@1", RefRule::kRequired, false, "bad run name 'bad/run'", ""},
-      {"-run@1", RefRule::kRequired, false, "bad run name '-run'", ""},
+      {"llama@-1", RefRule::kRequired, false, "ref '-1'", ""},
+      {"bad/run@1", RefRule::kRequired, false, "run name 'bad/run'", ""},
+      {"-run@1", RefRule::kRequired, false, "run name '-run'", ""},
   };
   for (const RefCase& c : cases) {
     absl::StatusOr<VersionRef> r = ParseVersionRef(c.arg, c.rule);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/base/dtype.h"
 #include "tests/cli/cli_test_util.h"
 
 namespace ckptd::cli {
@@ -175,13 +176,13 @@ TEST(SafetensorsTest, DTypeTable) {
       {"I32", 4}, {"I16", 2}, {"I8", 1},  {"U8", 1},   {"BOOL", 1},
       {"U16", 2}, {"U32", 4}, {"U64", 8}, {"C64", 8}};
   for (const auto& [name, size] : sizes) {
-    const auto d = LookupSafetensorsDType(name);
-    ASSERT_TRUE(d.has_value()) << name;
+    const DTypeInfo* d = FindSafetensorsDType(name);
+    ASSERT_NE(d, nullptr) << name;
     EXPECT_EQ(d->size, size) << name;
-    EXPECT_EQ(DTypeSize(d->proto_dtype), size) << name;
+    EXPECT_EQ(DTypeSize(d->dtype), size) << name;
   }
-  EXPECT_FALSE(LookupSafetensorsDType("F8_E5M2").has_value());
-  EXPECT_FALSE(LookupSafetensorsDType("f32").has_value());
+  EXPECT_EQ(FindSafetensorsDType("F8_E5M2"), nullptr);
+  EXPECT_EQ(FindSafetensorsDType("f32"), nullptr);
 }
 
 std::string PathText(const ManifestEntry& e) {

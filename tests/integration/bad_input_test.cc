@@ -25,7 +25,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 #include "tests/integration/support/server_process.h"
 #include "tests/support/random_bytes.h"
 

@@ -34,7 +34,7 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
 #include "tests/support/random_bytes.h"

@@ -5,7 +5,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "server/common/status.h"
+#include "proto/base/status.h"
 
 namespace ckptd::storage::testing {
 
@@ -46,12 +46,12 @@ class FaultInjectionBlobWriter final : public BlobWriter {
       : injector_(std::move(injector)), base_(std::move(base)) {}
 
   absl::Status Append(std::string_view data) override {
-    RETURN_IF_ERROR(injector_->BeginMutation());
+    CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
     return base_->Append(data);
   }
   uint64_t size() const override { return base_->size(); }
   absl::StatusOr<uint64_t> Sync() override {
-    RETURN_IF_ERROR(injector_->BeginMutation());
+    CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
     return base_->Sync();
   }
   absl::Status Commit(const Digest& expected) override {
@@ -105,8 +105,8 @@ uint64_t FaultInjectionBlobStore::injected_failures() const {
 
 absl::StatusOr<std::unique_ptr<BlobWriter>>
 FaultInjectionBlobStore::NewWriter() {
-  RETURN_IF_ERROR(injector_->BeginMutation());
-  ASSIGN_OR_RETURN(std::unique_ptr<BlobWriter> base, base_->NewWriter());
+  CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
+  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<BlobWriter> base, base_->NewWriter());
   return std::make_unique<FaultInjectionBlobWriter>(injector_, std::move(base));
 }
 
@@ -121,7 +121,7 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FaultInjectionBlobStore::Open(
 }
 
 absl::Status FaultInjectionBlobStore::Delete(const Digest& digest) {
-  RETURN_IF_ERROR(injector_->BeginMutation());
+  CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
   return base_->Delete(digest);
 }
 
@@ -131,7 +131,7 @@ absl::Status FaultInjectionBlobStore::ForEach(
 }
 
 absl::Status FaultInjectionBlobStore::RemoveTemporaries() {
-  RETURN_IF_ERROR(injector_->BeginMutation());
+  CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
   return base_->RemoveTemporaries();
 }
 

@@ -10,7 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/common/status.h"
+#include "proto/base/status.h"
 
 namespace ckptd::storage::testing {
 
@@ -51,7 +51,7 @@ class MemoryBlobWriter final : public BlobWriter {
 
   absl::Status Append(std::string_view data) override {
     absl::MutexLock lock(&state_->mu);
-    ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
+    CKPTD_ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
     partial->data.append(data);
     size_ = partial->data.size();
     return absl::OkStatus();
@@ -61,14 +61,14 @@ class MemoryBlobWriter final : public BlobWriter {
 
   absl::StatusOr<uint64_t> Sync() override {
     absl::MutexLock lock(&state_->mu);
-    ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
+    CKPTD_ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
     partial->durable = partial->data.size();
     return partial->durable;
   }
 
   absl::Status Commit(const Digest& expected) override {
     absl::MutexLock lock(&state_->mu);
-    ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
+    CKPTD_ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
     finished_ = true;
     std::string data = std::move(partial->data);
     state_->partials.erase(id_);

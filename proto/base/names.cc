@@ -1,4 +1,4 @@
-#include "server/common/names.h"
+#include "proto/base/names.h"
 
 #include <string>
 
@@ -52,6 +52,10 @@ absl::Status ValidateName(absl::string_view what, absl::string_view name) {
 
 absl::Status ValidateRunName(absl::string_view name) {
   return ValidateName("run", name);
+}
+
+absl::Status ValidateAliasName(absl::string_view name) {
+  return ValidateName("alias", name);
 }
 
 absl::Status ValidateUserAliasName(absl::string_view name) {

@@ -1,4 +1,4 @@
-#include "server/common/digest.h"
+#include "proto/base/digest.h"
 
 #include <xxhash.h>
 

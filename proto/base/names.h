@@ -1,11 +1,13 @@
 // Validation of user-supplied names: runs, aliases, refs, metric names.
+// Shared by the server, the C++ client, the CLI and the Python binding, so
+// every side applies the same rules and words the same errors.
 //
 // Run and alias names match [A-Za-z0-9][A-Za-z0-9._-]{0,127}. A name never
 // becomes a filesystem path; it appears only inside RocksDB keys, where '/'
 // separates fields (so '/' is forbidden). Every failure is INVALID_ARGUMENT
 // with a message that quotes the bad value (escaped) and states the rule.
-#ifndef CKPTD_SERVER_COMMON_NAMES_H_
-#define CKPTD_SERVER_COMMON_NAMES_H_
+#ifndef CKPTD_PROTO_BASE_NAMES_H_
+#define CKPTD_PROTO_BASE_NAMES_H_
 
 #include <cstdint>
 #include <variant>
@@ -21,6 +23,8 @@ inline constexpr size_t kMaxMetricNameLength = 256;
 inline constexpr size_t kMaxLabelLength = 4096;
 
 absl::Status ValidateRunName(absl::string_view name);
+// Any alias name, including the server-kept `last` and `best`.
+absl::Status ValidateAliasName(absl::string_view name);
 // User alias names: a valid name other than the server-kept `last`/`best`.
 absl::Status ValidateUserAliasName(absl::string_view name);
 absl::Status ValidateMetricName(absl::string_view name);
@@ -35,4 +39,4 @@ absl::StatusOr<Ref> ParseRef(absl::string_view ref);
 
 }  // namespace ckptd
 
-#endif  // CKPTD_SERVER_COMMON_NAMES_H_
+#endif  // CKPTD_PROTO_BASE_NAMES_H_

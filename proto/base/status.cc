@@ -1,4 +1,4 @@
-#include "server/common/status.h"
+#include "proto/base/status.h"
 
 #include <cerrno>
 #include <cstring>
@@ -11,6 +11,7 @@ absl::Status ErrnoToStatus(int errnum, absl::string_view context) {
   std::string message = absl::StrCat(context, ": ", std::strerror(errnum));
   switch (errnum) {
     case ENOENT:
+    case ENOTDIR:
       return absl::NotFoundError(message);
     case EEXIST:
       return absl::AlreadyExistsError(message);
@@ -24,6 +25,7 @@ absl::Status ErrnoToStatus(int errnum, absl::string_view context) {
     case EPERM:
     case EROFS:
       return absl::PermissionDeniedError(message);
+    case EISDIR:
     case EINVAL:
     case ENAMETOOLONG:
       return absl::InvalidArgumentError(message);

@@ -3,8 +3,8 @@
 // A blob is addressed by the XXH3-128 of its bytes, kept as 16 bytes in
 // canonical (big-endian) order, which is also the wire form. Chunks on the
 // wire carry an XXH3-64 checksum. All functions are thread-safe.
-#ifndef CKPTD_SERVER_COMMON_DIGEST_H_
-#define CKPTD_SERVER_COMMON_DIGEST_H_
+#ifndef CKPTD_PROTO_BASE_DIGEST_H_
+#define CKPTD_PROTO_BASE_DIGEST_H_
 
 #include <array>
 #include <cstddef>
@@ -55,4 +55,4 @@ class DigestBuilder {
 
 }  // namespace ckptd
 
-#endif  // CKPTD_SERVER_COMMON_DIGEST_H_
+#endif  // CKPTD_PROTO_BASE_DIGEST_H_
