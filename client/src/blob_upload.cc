@@ -15,6 +15,7 @@
 #include "client/src/cuda_staging.h"
 #include "client/src/parallel_streams.h"
 #include "grpcpp/support/sync_stream.h"
+#include "proto/base/error_reason.h"
 
 namespace ckptd::internal {
 namespace {
@@ -75,8 +76,7 @@ class UploadStream {
         }
         refresh = true;
         refresh_upto = std::min(failed_at, queue_.size() - 1);
-        if (st.code() == absl::StatusCode::kFailedPrecondition &&
-            absl::StrContains(st.message(), "resume")) {
+        if (ReasonOf(st) == v1::RESUME_POINT_LOST) {
           // The server no longer holds the partial upload we resumed:
           // start those blobs over.
           trust_durable = false;

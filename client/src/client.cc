@@ -25,6 +25,7 @@
 #include "client/src/push_plan.h"
 #include "client/src/tensor_read.h"
 #include "proto/base/dtype.h"
+#include "proto/base/error_reason.h"
 #include "grpcpp/support/sync_stream.h"
 
 namespace ckptd {
@@ -53,8 +54,7 @@ absl::Status ValidatePushOptions(const PushOptions& o) {
 }
 
 bool IsMissingBlob(const absl::Status& st) {
-  return st.code() == absl::StatusCode::kFailedPrecondition &&
-         absl::StrContains(st.message(), "missing");
+  return ReasonOf(st) == v1::BLOB_MISSING;
 }
 
 class ClientImpl final : public Client {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "proto/base/error_reason.h"
 
 namespace ckptd::internal {
 namespace {
@@ -22,9 +23,12 @@ constexpr int64_t kMaxKeepaliveMs = 20000;
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  // grpc::StatusCode and absl::StatusCode share their numeric values.
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  // grpc::StatusCode and absl::StatusCode share their numeric values; the
+  // server's typed reason (if any) comes back as the same payload.
+  return DecodeStatusDetails(
+      absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                   status.error_message()),
+      status.error_details());
 }
 
 bool IsRetryableStreamError(const absl::Status& status) {

@@ -8,8 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "proto/base/error_reason.h"
 #include "proto/base/names.h"
 #include "proto/base/status.h"
+#include "server/common/kill_point.h"
 #include "server/core/manifest.h"
 #include "spdlog/spdlog.h"
 
@@ -117,7 +119,9 @@ absl::Status BlobUpload::Append(uint64_t offset, absl::string_view data) {
         "blob ", digest_.Hex(), ": chunk at offset ", offset, " of ",
         data.size(), " bytes runs past the declared blob_size ", blob_size_));
   }
-  CKPTD_RETURN_IF_ERROR(writer_->Append(std::string_view(data.data(), data.size())));
+  CKPTD_RETURN_IF_ERROR(
+      writer_->Append(std::string_view(data.data(), data.size())));
+  CKPTD_KILL_POINT("upload.chunk_appended");
   appended_this_stream_ += data.size();
   // A long upload keeps its pending version alive (--pending_timeout).
   if (appended_this_stream_ - reported_ >= kReportEveryBytes) {
@@ -134,6 +138,7 @@ absl::Status BlobUpload::Finish() {
   std::unique_ptr<storage::BlobWriter> writer = std::move(writer_);
   absl::Status st = writer->Commit(digest_);
   if (!st.ok()) return st;
+  CKPTD_KILL_POINT("upload.blob_committed");
   repo_->RecordUpload(run_, version_, digest_, TakeUnreported());
   return absl::OkStatus();
 }
@@ -508,12 +513,15 @@ absl::Status Repository::CheckPending(const std::string& run,
   CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(run, version));
   if (info.state() == v1::PENDING) return absl::OkStatus();
   if (info.state() == v1::ABORTED) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(VersionName(run, version), " was aborted (",
-                     info.abort_reason(), "); begin a new version"));
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          VersionName(run, version), " was aborted (",
+                          info.abort_reason(), "); begin a new version")),
+                      v1::VERSION_NOT_PENDING);
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      VersionName(run, version), " is already committed and immutable"));
+  return WithReason(absl::FailedPreconditionError(
+                        absl::StrCat(VersionName(run, version),
+                                     " is already committed and immutable")),
+                    v1::VERSION_NOT_PENDING);
 }
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
@@ -554,9 +562,10 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     absl::MutexLock lock(&mu_);
     auto it = leases_.find({run, version});
     if (it == leases_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(VersionName(run, version),
-                       " is not pending (committed or aborted meanwhile)"));
+      return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                            VersionName(run, version),
+                            " is not pending (committed or aborted meanwhile)")),
+                        v1::VERSION_NOT_PENDING);
     }
     it->second.digests.insert(digest);
     it->second.last_activity = NowNanos();
@@ -566,14 +575,19 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     absl::MutexLock lock(&upload_mu_);
     auto it = suspended_.find(digest);
     if (it == suspended_.end() || it->second.blob_size != blob_size) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "blob ", digest.Hex(), ": no interrupted upload to resume at offset ",
-          offset, "; QueryUpload reports where to resume (0: start over)"));
+      return WithReason(
+          absl::FailedPreconditionError(absl::StrCat(
+              "blob ", digest.Hex(),
+              ": no interrupted upload to resume at offset ", offset,
+              "; QueryUpload reports where to resume (0: start over)")),
+          v1::RESUME_POINT_LOST);
     }
     if (it->second.durable != offset) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("blob ", digest.Hex(), ": resume offset ", offset,
-                       " but the durable offset is ", it->second.durable));
+      return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                            "blob ", digest.Hex(), ": resume offset ", offset,
+                            " but the durable offset is ",
+                            it->second.durable)),
+                        v1::RESUME_POINT_LOST);
     }
     writer = std::move(it->second.writer);
     suspended_.erase(it);
@@ -779,10 +793,12 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     for (const BlobUse& use : summary.blobs) {
       CKPTD_ASSIGN_OR_RETURN(auto size, blobs_->Stat(use.digest));
       if (!size.has_value()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "blob ", use.digest.Hex(), " for key '", use.key,
-            "' is missing: it was never uploaded (or was collected); upload it "
-            "and commit again"));
+        return WithReason(
+            absl::FailedPreconditionError(absl::StrCat(
+                "blob ", use.digest.Hex(), " for key '", use.key,
+                "' is missing: it was never uploaded (or was collected); "
+                "upload it and commit again")),
+            v1::BLOB_MISSING);
       }
       if (*size < use.end) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -864,7 +880,9 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     if (publish) {
       CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
     }
+    CKPTD_KILL_POINT(publish ? "commit.before_publish" : "commit.before_shard");
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
+    CKPTD_KILL_POINT(publish ? "commit.after_publish" : "commit.after_shard");
     CKPTD_RETURN_IF_ERROR(FillAliases(&info));
     // Under mu_: watchers see moves in commit order.
     for (auto& m : moves) m.target = info;

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "proto/base/error_reason.h"
 #include "proto/base/names.h"
 #include "proto/base/status.h"
 #include "server/service/blob_cursor.h"
@@ -18,12 +19,18 @@
 namespace ckptd::service {
 namespace {
 
-const grpc::Status kBusy(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                         "ckptd is busy: too many queued requests; retry "
-                         "with backoff");
-const grpc::Status kDraining(grpc::StatusCode::UNAVAILABLE,
-                             "ckptd is shutting down; retry against the "
-                             "restarted server");
+absl::Status BusyError() {
+  return WithReason(absl::ResourceExhaustedError(
+                        "ckptd is busy: too many queued requests; retry "
+                        "with backoff"),
+                    v1::SERVER_BUSY);
+}
+
+absl::Status DrainingError() {
+  return WithReason(absl::UnavailableError("ckptd is shutting down; retry "
+                                           "against the restarted server"),
+                    v1::SERVER_DRAINING);
+}
 
 // ---------------------------------------------------------------------------
 // UploadBlobs: chunks of blobs, each blob's chunks in order. One chunk is in
@@ -58,7 +65,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   absl::Status HandleChunk() {
     if (!started_) {
       if (service_->draining()) {
-        return absl::UnavailableError(kDraining.error_message());
+        return DrainingError();
       }
       run_ = chunk_.run();
       version_ = chunk_.version();
@@ -408,7 +415,7 @@ grpc::ServerUnaryReactor* CheckpointService::Unary(
   if (!executor_->TrySubmit([reactor, fn = std::move(fn)]() mutable {
         reactor->Finish(ToGrpcStatus(fn()));
       })) {
-    reactor->Finish(kBusy);
+    reactor->Finish(ToGrpcStatus(BusyError()));
   }
   return reactor;
 }
@@ -427,7 +434,7 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     v1::BeginVersionResponse* resp) {
   if (draining()) {
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(kDraining);
+    reactor->Finish(ToGrpcStatus(DrainingError()));
     return reactor;
   }
   return CKPTD_UNARY(repo_->BeginVersion(*req));
