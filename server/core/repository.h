@@ -2,26 +2,55 @@
 // `best` selection, retention and GC over a MetadataStore (RocksDB) and a
 // BlobStore. No gRPC here; server/service adapts it.
 //
+// The class is split across files by concern (as RocksDB splits DBImpl):
+//   repository_open.cc     Open, Recover (temp files, leases, the index, GC)
+//   repository_push.cc     BeginVersion .. CommitShard, AbortVersion, the
+//                          pending sweep, BlobUpload
+//   repository_query.cc    GetVersion, read leases, List*, histories, Verify
+//   repository_aliases.cc  SetAlias, DeleteAlias, SetPolicy, pins,
+//                          DeleteVersion, and the shared record helpers
+//   repository_gc.cc       retention, garbage collection (two phases)
+// and its parts with their own locks or none:
+//   upload_tracker.h       suspended and active uploads (own mutex)
+//   alias_watchers.h       WatchRef subscriptions (own mutex)
+//   blob_index.h           presence, refs and pins per blob (under mu_)
+//   retention_policy.h     which versions a policy keeps (pure)
+//   best_selector.h        which version is `best` (pure)
+//
 // Publishing protocol (DESIGN.md invariants 1-4):
 //  1. Blobs are uploaded into the BlobStore; BlobWriter::Commit makes each
 //     durable before the upload is acknowledged. While a version is pending,
 //     the blobs it uploads or is told it has (FindMissingBlobs) are leased to
-//     it (in memory, and unsynced in RocksDB), so GC cannot remove them.
-//  2. CommitShard validates the manifest, checks every blob it references is
-//     stored and long enough, and writes the shard manifest. The shard that
-//     completes the version also flips it to COMMITTED and moves `last` (and
-//     `best` when it improves) — all in one synced WriteBatch.
-//  3. Retention runs after the commit, in a separate step; GC deletes only
-//     blobs that no committed or pending version references or leases.
+//     it (pinned in the BlobIndex, and recorded unsynced in RocksDB), so GC
+//     cannot remove them.
+//  2. CommitShard validates the manifest, checks in the BlobIndex that every
+//     blob it references is stored and long enough, and writes the shard
+//     manifest. The shard that completes the version also flips it to
+//     COMMITTED and moves `last` (and `best` when it improves) — all in one
+//     synced WriteBatch.
+//  3. Retention runs after the commit, in a separate step, and frees the
+//     blobs only the dropped versions referenced at once. GC deletes only
+//     blobs that no shard manifest references and that nothing pins
+//     (pending leases, reads in progress).
 //  Recovery on Open: partial blobs are removed; pending versions stay
 //  pending (ranks may still commit; `pending_timeout` aborts them) with
 //  their leases (persisted without sync: a lease lost to a power failure
 //  only means the blob is collected and the rank re-uploads it after
 //  CommitShard reports it missing); unreferenced blobs are deleted.
 //
-// Thread safety: all methods are safe to call concurrently. Metadata
-// read-modify-write sequences are serialised by `mu_`; blob bytes move
-// outside it.
+// Locking. `mu_` serialises metadata read-modify-write sequences and guards
+// the BlobIndex and the pending leases. Nothing under `mu_` calls the blob
+// store (no stat, read, write or delete: presence comes from the BlobIndex,
+// and GC decides under `mu_` and deletes after releasing it, as LevelDB's
+// RemoveObsoleteFiles and RocksDB's FindObsoleteFiles/PurgeObsoleteFiles
+// do). Under `mu_` there are RocksDB reads and the synced WriteBatch of a
+// publish or alias move: that commit is the serialisation point of the
+// metadata. Long requests take `mu_` in bounded slices
+// (kIndexSliceDigests digests at a time). Lock order: mu_, then the
+// AliasWatchers' mutex (Notify runs under mu_ so moves reach watchers in
+// commit order); the UploadTracker's mutex is never taken under mu_.
+//
+// Thread safety: all methods are safe to call concurrently.
 #ifndef CKPTD_SERVER_CORE_REPOSITORY_H_
 #define CKPTD_SERVER_CORE_REPOSITORY_H_
 
@@ -40,12 +69,18 @@
 #include "absl/time/time.h"
 #include "ckptd/v1/checkpoint.pb.h"
 #include "proto/base/digest.h"
+#include "server/core/alias_watchers.h"
+#include "server/core/best_selector.h"
+#include "server/core/blob_index.h"
+#include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
 
 namespace ckptd::core {
 
 inline constexpr uint64_t kMaxUploadChunk = 4 << 20;
+// Digests looked up (and leased) per hold of the repository mutex.
+inline constexpr size_t kIndexSliceDigests = 4096;
 
 struct RepositoryOptions {
   // RocksDB lives here.
@@ -88,21 +123,42 @@ class BlobUpload {
   friend class Repository;
   BlobUpload(Repository* repo, std::string run, uint64_t version, Digest digest,
              uint64_t blob_size, std::unique_ptr<storage::BlobWriter> writer);
+  // Appended bytes between progress reports to the pending version.
+  static constexpr uint64_t kReportEveryBytes = 64 << 20;
+  // The appended bytes not yet reported; marks them reported.
+  uint64_t TakeUnreported();
+
   Repository* repo_;
   std::string run_;
   uint64_t version_;
   Digest digest_;
   uint64_t blob_size_;
-  // Appended bytes between progress reports to the pending version.
-  static constexpr uint64_t kReportEveryBytes = 64 << 20;
-  // The appended bytes not yet reported; marks them reported.
-  uint64_t TakeUnreported();
   uint64_t appended_this_stream_ = 0;
   uint64_t reported_ = 0;  // of appended_this_stream_
   std::unique_ptr<storage::BlobWriter> writer_;
 };
 
-// Why a call is made, for the alias audit history.
+// The blobs of one committed version, pinned against GC while a read
+// (ReadBlobs, ExportSafetensors) is in progress. Destroying it releases the
+// pins and frees what only the read kept (blob store calls: destroy it off
+// the gRPC reaction threads).
+class ReadLease {
+ public:
+  ~ReadLease();
+  ReadLease(const ReadLease&) = delete;
+  ReadLease& operator=(const ReadLease&) = delete;
+  bool Contains(const Digest& d) const { return digests_.contains(d); }
+  const absl::flat_hash_set<Digest>& digests() const { return digests_; }
+
+ private:
+  friend class Repository;
+  ReadLease(Repository* repo, absl::flat_hash_set<Digest> digests)
+      : repo_(repo), digests_(std::move(digests)) {}
+  Repository* repo_;
+  absl::flat_hash_set<Digest> digests_;
+};
+
+// Who makes a call, for the alias audit history.
 struct Actor {
   std::string name = "anonymous";
 };
@@ -118,9 +174,10 @@ class Repository {
       const std::string& data_dir, RepositoryOptions options);
   ~Repository();
 
-  // ---- Push ----
+  // ---- Push (repository_push.cc) ----
   absl::StatusOr<v1::BeginVersionResponse> BeginVersion(
       const v1::BeginVersionRequest& req);
+  // At most kMaxFindMissingDigests digests (proto/base/limits.h).
   absl::StatusOr<v1::FindMissingBlobsResponse> FindMissingBlobs(
       const v1::FindMissingBlobsRequest& req);
   // Starts receiving blob `digest` for a pending version, at `offset` (0,
@@ -142,16 +199,16 @@ class Repository {
   // temp files go with them); returns how many.
   int ExpireSuspendedUploads();
 
-  // ---- Pull ----
+  // ---- Pull (repository_query.cc) ----
   absl::StatusOr<v1::GetVersionResponse> GetVersion(
       const v1::GetVersionRequest& req);
-  // The digests a committed version references (ReadBlobs may read only
-  // these).
-  absl::StatusOr<absl::flat_hash_set<Digest>> VersionBlobs(
+  // Pins the blobs committed version (run, version) references until the
+  // lease is destroyed; ReadBlobs may read only these.
+  absl::StatusOr<std::unique_ptr<ReadLease>> LeaseForRead(
       const std::string& run, uint64_t version);
   storage::BlobStore& blobs() { return *blobs_; }
 
-  // ---- History ----
+  // ---- History (repository_query.cc, repository_aliases.cc) ----
   absl::StatusOr<v1::ListRunsResponse> ListRuns();
   absl::StatusOr<v1::ListVersionsResponse> ListVersions(
       const v1::ListVersionsRequest& req);
@@ -168,10 +225,15 @@ class Repository {
       const v1::GetAliasHistoryRequest& req);
   absl::StatusOr<v1::VersionInfo> SetPinned(const v1::PinRequest& req,
                                             bool pinned);
+  // Deletes the version's records, then the blobs only it referenced.
   absl::Status DeleteVersion(const v1::DeleteVersionRequest& req);
-  // Deletes versions the run's retention policy no longer keeps; returns
-  // the deleted version numbers. Runs after each publish.
+
+  // ---- Retention and GC (repository_gc.cc) ----
+  // Deletes versions the run's retention policy no longer keeps, then the
+  // blobs only they referenced; returns the deleted version numbers. Runs
+  // after each publish.
   absl::StatusOr<std::vector<uint64_t>> ApplyRetention(const std::string& run);
+  // Deletes every stored blob that nothing references or pins.
   absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage();
   absl::StatusOr<v1::VerifyResponse> Verify(const v1::VerifyRequest& req);
 
@@ -182,43 +244,35 @@ class Repository {
   // Returns an id for Unwatch; NOT_FOUND if the run does not exist.
   absl::StatusOr<uint64_t> Watch(const std::string& run,
                                  const std::string& alias,
-                                 std::function<void(const v1::VersionInfo&)> fn,
+                                 AliasWatchers::Callback fn,
                                  std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
 
  private:
   friend class BlobUpload;
+  friend class ReadLease;
   // One per pending version (and only while it is pending).
   struct PendingLeases {
-    absl::flat_hash_set<Digest> digests;
-    uint64_t uploaded_bytes = 0;  // not yet recorded in the version
+    absl::flat_hash_set<Digest> digests;  // each pinned once in index_
+    uint64_t uploaded_bytes = 0;          // not yet recorded in the version
     // Unix nanos of the last call that worked on the version; the pending
     // timeout counts from here.
     int64_t last_activity = 0;
   };
-  struct SuspendedUpload {
-    std::unique_ptr<storage::BlobWriter> writer;
-    uint64_t blob_size = 0;
-    uint64_t durable = 0;
-    absl::Time at;
-  };
-  struct Watcher {
-    std::string run;
-    std::string alias;
-    std::function<void(const v1::VersionInfo&)> fn;
-  };
-  struct AliasMove {
-    std::string alias;
-    v1::VersionInfo target;
-  };
+  using PendingKey = std::pair<std::string, uint64_t>;
 
   Repository(RepositoryOptions options,
              std::unique_ptr<storage::MetadataStore> meta,
              std::shared_ptr<storage::BlobStore> blobs);
   absl::Status Recover();
+  // Builds the BlobIndex (from the store's listing `stored` and the
+  // manifests) and the pending leases.
+  absl::Status RecoverLocked(
+      const std::vector<std::pair<Digest, uint64_t>>& stored)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t NowNanos() const;
 
-  // REQUIRES: mu_ held for the read-modify-write helpers below.
+  // ---- Record helpers (repository_aliases.cc) ----
   absl::StatusOr<v1::RunInfo> LoadRun(const std::string& run)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::VersionInfo> LoadVersion(const std::string& run,
@@ -234,6 +288,16 @@ class Repository {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status FillAliases(v1::VersionInfo* info)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<v1::VersionInfo>> LoadVersions(
+      const std::string& run) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The distinct digests each stored shard manifest of (run, version)
+  // references (one set per shard, as the BlobIndex counts them).
+  absl::StatusOr<std::vector<absl::flat_hash_set<Digest>>> LoadShardDigests(
+      const std::string& run, uint64_t version) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The version `alias` names; 0 when there is no such alias.
+  absl::StatusOr<uint64_t> AliasTargetOrZero(const std::string& run,
+                                             const std::string& alias)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Adds an alias move (record + audit event) to `batch`.
   absl::Status MoveAlias(storage::MetadataBatch& batch, const std::string& run,
                          const std::string& alias, uint64_t to,
@@ -241,66 +305,76 @@ class Repository {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> NextEventSeq(const std::string& run)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // The committed version that should be `best` under `policy`; 0 if none.
-  absl::StatusOr<uint64_t> ComputeBest(const std::string& run,
-                                       const v1::Policy& policy)
+  // Adds the deletion of committed or aborted version records (the version
+  // and its shard manifests) to `batch`; returns the digests whose refs
+  // drop once the batch is committed.
+  absl::StatusOr<std::vector<Digest>> DeleteVersionRecords(
+      storage::MetadataBatch& batch, const v1::VersionInfo& info)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::vector<v1::VersionInfo>> LoadVersions(
-      const std::string& run) ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  absl::Status CollectGarbageLocked(v1::CollectGarbageResponse* out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Notify(const std::string& run, const std::vector<AliasMove>& moves)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Drops the leases of a version that published or aborted, in memory and
-  // (through `batch`) on disk.
+
+  // ---- Push helpers (repository_push.cc) ----
+  // Adds the deletion of a publishing or aborting version's lease records
+  // to `batch`.
   absl::Status ReleasePending(storage::MetadataBatch& batch,
                               const std::string& run, uint64_t version)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // After that batch is committed: drops the version's in-memory leases
+  // (unpinning their blobs).
+  void ForgetPending(const std::string& run, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds `d` to the version's leases (pinning it once); false if new.
+  bool LeaseTo(PendingLeases& leases, const Digest& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records leases durably enough (unsynced) to survive a process crash.
-  absl::Status PersistLeases(const std::string& run, uint64_t version,
-                             const std::vector<Digest>& digests)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called without mu_: the in-memory lease already protects the blobs.
+  void PersistLeases(const std::string& run, uint64_t version,
+                     const std::vector<Digest>& digests)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // A blob completed for (run, version).
   void RecordUpload(const std::string& run, uint64_t version,
-                    const Digest& digest, uint64_t bytes);
+                    const Digest& digest, uint64_t size, uint64_t bytes)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // A stream delivered `bytes` more for the pending version: they count
   // toward its uploaded_bytes, and its pending timeout starts over.
-  void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes);
-  void EndActiveUpload(const Digest& digest);
-  // Forgets an interrupted upload of `digest` (the blob is now complete).
-  void DropSuspendedUpload(const Digest& digest);
+  void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until no deletion of `digest` is in progress (an upload that
+  // completes a digest being collected must commit after the delete).
+  void AwaitNotDeleting(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
+  void SuspendUpload(const Digest& digest, uint64_t blob_size,
+                     std::unique_ptr<storage::BlobWriter> writer);
   // Aborts a pending version; false if it was already aborted.
   absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CollectAfterAbort() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The version `alias` names; 0 when there is no such alias.
-  absl::StatusOr<uint64_t> AliasTargetOrZero(const std::string& run,
-                                             const std::string& alias)
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  void SuspendUpload(const Digest& digest, uint64_t blob_size,
-                     std::unique_ptr<storage::BlobWriter> writer);
+
+  // ---- GC helpers (repository_gc.cc) ----
+  // Decides, under mu_: the retention drop of `run` as a batch, committed
+  // here; the refs drop. Returns the dropped versions.
+  absl::StatusOr<std::vector<uint64_t>> RetainLocked(const std::string& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops one ref of each digest (after the batch deleting the manifests
+  // that held them is committed).
+  void DropRefs(const std::vector<Digest>& digests)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Phase two of GC: deletes `garbage` from the blob store, then marks the
+  // deletions finished; returns the first failure (the others are logged).
+  absl::Status PurgeBlobs(const std::vector<BlobIndex::Garbage>& garbage,
+                  v1::CollectGarbageResponse* out) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes the garbage the last changes made and purges it.
+  void CollectNewGarbage(absl::string_view why) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseRead(const absl::flat_hash_set<Digest>& digests)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const RepositoryOptions options_;
   std::unique_ptr<storage::MetadataStore> meta_;
   std::shared_ptr<storage::BlobStore> blobs_;
+  UploadTracker uploads_;
+  AliasWatchers watchers_;
 
   absl::Mutex mu_;
-  absl::flat_hash_map<std::pair<std::string, uint64_t>, PendingLeases> leases_
-      ABSL_GUARDED_BY(mu_);
-
-  absl::Mutex upload_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  absl::flat_hash_map<Digest, SuspendedUpload> suspended_
-      ABSL_GUARDED_BY(upload_mu_);
-  // Streams receiving each digest right now.
-  absl::flat_hash_map<Digest, int> active_uploads_ ABSL_GUARDED_BY(upload_mu_);
-
-  absl::Mutex watch_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  uint64_t next_watch_id_ ABSL_GUARDED_BY(watch_mu_) = 1;
-  absl::flat_hash_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);
+  absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
+  BlobIndex index_ ABSL_GUARDED_BY(mu_);
 };
-
-// Whether `candidate` beats `current` under `mode` (strictly: ties keep the
-// earlier version). NaN never wins.
-bool MetricImproves(v1::Mode mode, double candidate, double current);
 
 }  // namespace ckptd::core
 

@@ -157,7 +157,14 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
     service_->executor()->Submit([this] { Next(); });
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    // Releasing the lease may delete blobs: not on a reaction thread.
+    if (lease_ != nullptr) {
+      std::shared_ptr<core::ReadLease> lease = std::move(lease_);
+      service_->executor()->Submit([lease]() mutable { lease.reset(); });
+    }
+    delete this;
+  }
 
  protected:
   // Runs Prepare() on the executor, then streams.
@@ -178,6 +185,8 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
   virtual void Fill(const BlobCursor::Chunk& chunk, std::string bytes) = 0;
 
   CheckpointService* service_;
+  // The version's blobs stay pinned against GC until the call is done.
+  std::unique_ptr<core::ReadLease> lease_;
   std::unique_ptr<BlobCursor> cursor_;
   Message message_;
   bool has_prologue_ = false;
@@ -215,12 +224,12 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
 
  private:
   absl::Status Prepare() override {
-    CKPTD_ASSIGN_OR_RETURN(auto allowed, service_->repo()->VersionBlobs(
+    CKPTD_ASSIGN_OR_RETURN(lease_, service_->repo()->LeaseForRead(
                                        req_->run(), req_->version()));
     std::vector<core::BlobSlice> slices;
     for (const v1::BlobRange& r : req_->ranges()) {
       CKPTD_ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
-      if (!allowed.contains(d)) {
+      if (!lease_->Contains(d)) {
         return absl::NotFoundError(absl::StrCat("blob ", d.Hex(),
                                                 " is not part of ", req_->run(),
                                                 "@", req_->version()));
@@ -269,6 +278,8 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
           absl::StrCat(req_->run(), "@", version.info().version(),
                        " has no shard of rank ", req_->rank()));
     }
+    CKPTD_ASSIGN_OR_RETURN(lease_, service_->repo()->LeaseForRead(
+                                       req_->run(), version.info().version()));
     std::vector<std::string> keys(req_->keys().begin(), req_->keys().end());
     CKPTD_ASSIGN_OR_RETURN(
         core::SafetensorsPlan plan,

@@ -512,7 +512,11 @@ std::string MakeTempDir() {
 // Sets the policy that defines `best` and pushes the committed versions the
 // fault must not harm: `last` (Base2) and `best` (Base1) differ. With
 // `doomed`, a version pushed first and deleted leaves garbage blobs.
-void PushBase(Repository& repo, Model* model, bool doomed = false) {
+// With `doomed`, pushes a version first and deletes it again; with
+// `faults` too, the blob deletes of that deletion fail, so its blobs stay
+// behind as garbage for the next recovery to collect.
+void PushBase(Repository& repo, Model* model, bool doomed = false,
+              FaultInjectionBlobStore* faults = nullptr) {
   v1::SetPolicyRequest policy;
   policy.set_run(kRun);
   policy.mutable_policy()->set_monitor(kMetric);
@@ -530,7 +534,9 @@ void PushBase(Repository& repo, Model* model, bool doomed = false) {
     v1::DeleteVersionRequest del;
     del.set_run(kRun);
     del.set_ref(absl::StrCat(model->begin()->first));
+    if (faults != nullptr) faults->FailAll(absl::UnavailableError(kInjected));
     ASSERT_OK(repo.DeleteVersion(del));
+    if (faults != nullptr) faults->Heal();
     model->erase(model->begin());
   }
 }
@@ -921,7 +927,7 @@ class RecoveryFaultTest : public ::testing::TestWithParam<StoreKind> {
     absl::Status st = world->Open();
     EXPECT_TRUE(st.ok()) << st;
     if (!st.ok()) return nullptr;
-    PushBase(world->repo(), base, /*doomed=*/true);
+    PushBase(world->repo(), base, /*doomed=*/true, &world->faults());
     if (HasFatalFailure()) return nullptr;
     // A third of the way: rank 0 is mid-upload, a blob tmp file exists.
     world->faults().FailAt(4, absl::UnavailableError(kInjected));

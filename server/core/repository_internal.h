@@ -1,0 +1,42 @@
+// Small helpers shared by the repository_*.cc files. Internal to core.
+#ifndef CKPTD_SERVER_CORE_REPOSITORY_INTERNAL_H_
+#define CKPTD_SERVER_CORE_REPOSITORY_INTERNAL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/message_lite.h"
+
+namespace ckptd::core::internal {
+
+inline constexpr absl::string_view kLast = "last";
+inline constexpr absl::string_view kBest = "best";
+
+inline std::string VersionName(absl::string_view run, uint64_t version) {
+  return absl::StrCat(run, "@", version);
+}
+
+inline absl::Status CheckVersionNumber(uint64_t version) {
+  if (version == 0) {
+    return absl::InvalidArgumentError(
+        "version is 0; versions start at 1 (use the number BeginVersion "
+        "returned)");
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status ParseProto(absl::string_view key, absl::string_view bytes,
+                               google::protobuf::MessageLite* out) {
+  if (!out->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(
+        absl::StrCat("stored record ", key, " does not parse"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ckptd::core::internal
+
+#endif  // CKPTD_SERVER_CORE_REPOSITORY_INTERNAL_H_

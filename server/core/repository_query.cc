@@ -1,0 +1,274 @@
+// Repository, part: the pull and history queries — GetVersion, read
+// leases, ListRuns, ListVersions, GetMetricHistory, GetAliasHistory,
+// Verify, Watch. Queries take mu_ shared; Verify reads blobs without it.
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "proto/base/status.h"
+#include "server/core/repository.h"
+#include "server/core/repository_internal.h"
+
+namespace ckptd::core {
+
+using internal::CheckVersionNumber;
+using internal::kBest;
+using internal::kLast;
+using internal::ParseProto;
+using internal::VersionName;
+
+absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
+    const v1::GetVersionRequest& req) {
+  absl::ReaderMutexLock lock(&mu_);
+  v1::GetVersionResponse resp;
+  CKPTD_ASSIGN_OR_RETURN(*resp.mutable_info(), LoadCommitted(req.run(), req.ref()));
+  CKPTD_RETURN_IF_ERROR(FillAliases(resp.mutable_info()));
+  if (!req.include_manifest()) return resp;
+  const v1::VersionInfo& info = resp.info();
+  for (uint32_t rank : req.ranks()) {
+    if (rank >= info.world_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rank ", rank,
+          " is out of range: ", VersionName(info.run(), info.version()),
+          " has world_size ", info.world_size()));
+    }
+  }
+  for (const auto& shard : info.shards()) {
+    if (!req.ranks().empty() &&
+        std::find(req.ranks().begin(), req.ranks().end(), shard.rank()) ==
+            req.ranks().end()) {
+      continue;
+    }
+    v1::ShardManifest* m = resp.add_shards();
+    CKPTD_ASSIGN_OR_RETURN(
+        bool found,
+        meta_->GetProto(
+            storage::keys::Manifest(info.run(), info.version(), shard.rank()),
+            m));
+    if (!found) {
+      return absl::DataLossError(
+          absl::StrCat("manifest of rank ", shard.rank(), " of ",
+                       VersionName(info.run(), info.version()), " is missing"));
+    }
+  }
+  return resp;
+}
+
+absl::StatusOr<std::unique_ptr<ReadLease>> Repository::LeaseForRead(
+    const std::string& run, uint64_t version) {
+  CKPTD_RETURN_IF_ERROR(CheckVersionNumber(version));
+  // Exclusive: the pins must land before a GC can decide.
+  absl::MutexLock lock(&mu_);
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
+                         LoadCommitted(run, absl::StrCat(version)));
+  CKPTD_ASSIGN_OR_RETURN(auto shards, LoadShardDigests(run, version));
+  absl::flat_hash_set<Digest> digests;
+  for (auto& shard : shards) digests.insert(shard.begin(), shard.end());
+  for (const Digest& d : digests) index_.Pin(d);
+  return std::unique_ptr<ReadLease>(new ReadLease(this, std::move(digests)));
+}
+
+// ---------------------------------------------------------------------------
+// History
+
+absl::StatusOr<v1::ListRunsResponse> Repository::ListRuns() {
+  absl::ReaderMutexLock lock(&mu_);
+  v1::ListRunsResponse resp;
+  absl::Status parse_status;
+  CKPTD_RETURN_IF_ERROR(
+      meta_->Scan(storage::keys::kRunPrefix, "",
+                  [&](absl::string_view key, absl::string_view value) {
+                    parse_status = ParseProto(key, value, resp.add_runs());
+                    return parse_status.ok();
+                  }));
+  CKPTD_RETURN_IF_ERROR(parse_status);
+  for (v1::RunInfo& run : *resp.mutable_runs()) {
+    CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(run.name()));
+    for (const auto& v : versions) {
+      if (v.state() != v1::COMMITTED) continue;
+      run.set_version_count(run.version_count() + 1);
+      run.set_total_bytes(run.total_bytes() + v.total_bytes());
+      run.set_last_commit_at(std::max(run.last_commit_at(), v.committed_at()));
+    }
+    CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(run.name()));
+    for (const auto& a : aliases) {
+      if (a.name() == kLast) run.set_last_version(a.version());
+      if (a.name() == kBest) run.set_best_version(a.version());
+    }
+  }
+  return resp;
+}
+
+absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
+    const v1::ListVersionsRequest& req) {
+  absl::ReaderMutexLock lock(&mu_);
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  std::string start;
+  if (!req.page_token().empty()) {
+    uint64_t from = 0;
+    if (!absl::SimpleAtoi(req.page_token(), &from)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token '", req.page_token().substr(0, 64),
+                       "' is not one this server returned"));
+    }
+    start = storage::keys::Version(req.run(), from);
+  }
+  CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
+  v1::ListVersionsResponse resp;
+  absl::Status status;
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(
+      storage::keys::VersionPrefix(req.run()), start,
+      [&](absl::string_view key, absl::string_view value) {
+        v1::VersionInfo v;
+        status = ParseProto(key, value, &v);
+        if (!status.ok()) return false;
+        if (v.state() == v1::PENDING) return true;
+        if (v.state() == v1::ABORTED && !req.include_aborted()) return true;
+        if (req.has_min_step() && v.step() < req.min_step()) return true;
+        if (req.has_max_step() && v.step() > req.max_step()) return true;
+        if (!req.metric_present().empty() &&
+            !v.metrics().contains(req.metric_present())) {
+          return true;
+        }
+        for (const auto& [k, want] : req.label_equals()) {
+          auto it = v.env().labels().find(k);
+          if (it == v.env().labels().end() || it->second != want) return true;
+        }
+        if (req.page_size() > 0 &&
+            static_cast<uint32_t>(resp.versions_size()) >= req.page_size()) {
+          resp.set_next_page_token(absl::StrCat(v.version()));
+          return false;
+        }
+        for (const auto& a : aliases) {
+          if (a.version() == v.version()) v.add_aliases(a.name());
+        }
+        *resp.add_versions() = std::move(v);
+        return true;
+      }));
+  CKPTD_RETURN_IF_ERROR(status);
+  return resp;
+}
+
+absl::StatusOr<v1::GetMetricHistoryResponse> Repository::GetMetricHistory(
+    const v1::GetMetricHistoryRequest& req) {
+  absl::ReaderMutexLock lock(&mu_);
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
+  v1::GetMetricHistoryResponse resp;
+  for (const auto& v : versions) {
+    if (v.state() != v1::COMMITTED) continue;
+    std::vector<std::pair<std::string, double>> metrics(v.metrics().begin(),
+                                                        v.metrics().end());
+    std::sort(metrics.begin(), metrics.end());
+    for (const auto& [name, value] : metrics) {
+      if (!req.metric().empty() && name != req.metric()) continue;
+      v1::MetricPoint* p = resp.add_points();
+      p->set_version(v.version());
+      p->set_step(v.step());
+      p->set_metric(name);
+      p->set_value(value);
+      p->set_committed_at(v.committed_at());
+    }
+  }
+  return resp;
+}
+
+absl::StatusOr<v1::GetAliasHistoryResponse> Repository::GetAliasHistory(
+    const v1::GetAliasHistoryRequest& req) {
+  absl::ReaderMutexLock lock(&mu_);
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  v1::GetAliasHistoryResponse resp;
+  absl::Status status;
+  CKPTD_RETURN_IF_ERROR(
+      meta_->Scan(storage::keys::AliasEventPrefix(req.run()), "",
+                  [&](absl::string_view key, absl::string_view value) {
+                    v1::AliasEvent e;
+                    status = ParseProto(key, value, &e);
+                    if (!status.ok()) return false;
+                    if (req.alias().empty() || e.alias() == req.alias()) {
+                      *resp.add_events() = std::move(e);
+                    }
+                    return true;
+                  }));
+  CKPTD_RETURN_IF_ERROR(status);
+  return resp;
+}
+
+absl::StatusOr<v1::VerifyResponse> Repository::Verify(
+    const v1::VerifyRequest& req) {
+  std::vector<uint64_t> versions;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+    if (!req.ref().empty()) {
+      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v, LoadCommitted(req.run(), req.ref()));
+      versions.push_back(v.version());
+    } else {
+      CKPTD_ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));
+      for (const auto& v : all) {
+        if (v.state() == v1::COMMITTED) versions.push_back(v.version());
+      }
+    }
+  }
+  // Leased while they are checked, so GC cannot pull them away mid-read.
+  std::vector<std::unique_ptr<ReadLease>> leases;
+  absl::flat_hash_set<Digest> digests;
+  for (uint64_t v : versions) {
+    CKPTD_ASSIGN_OR_RETURN(leases.emplace_back(), LeaseForRead(req.run(), v));
+    digests.insert(leases.back()->digests().begin(),
+                   leases.back()->digests().end());
+  }
+  v1::VerifyResponse resp;
+  constexpr uint64_t kVerifyChunk = 8 << 20;
+  std::string buf;
+  for (const Digest& d : digests) {
+    auto reader = blobs_->Open(d);
+    if (!reader.ok()) {
+      resp.add_errors(absl::StrCat(d.Hex(), ": ", reader.status().ToString()));
+      continue;
+    }
+    DigestBuilder builder;
+    absl::Status st;
+    const uint64_t size = (*reader)->size();
+    for (uint64_t off = 0; off < size && st.ok(); off += kVerifyChunk) {
+      const uint64_t n = std::min(kVerifyChunk, size - off);
+      buf.resize(n);
+      st = (*reader)->ReadAt(off, n, buf.data());
+      if (st.ok()) builder.Update(buf.data(), n);
+    }
+    if (st.ok() && builder.Finish() != d) {
+      st = absl::DataLossError("content does not match its digest");
+    }
+    if (!st.ok()) {
+      resp.add_errors(absl::StrCat(d.Hex(), ": ", st.ToString()));
+    }
+    resp.set_blobs_checked(resp.blobs_checked() + 1);
+    resp.set_bytes_checked(resp.bytes_checked() + size);
+  }
+  return resp;
+}
+
+// ---------------------------------------------------------------------------
+// Watches
+
+absl::StatusOr<uint64_t> Repository::Watch(
+    const std::string& run, const std::string& alias,
+    AliasWatchers::Callback fn, std::optional<v1::VersionInfo>* current) {
+  // Under mu_: no move can land between reading the target and
+  // registering, and moves are notified under mu_ too.
+  absl::ReaderMutexLock lock(&mu_);
+  CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run_info, LoadRun(run));
+  current->reset();
+  absl::StatusOr<v1::VersionInfo> target = LoadCommitted(run, alias);
+  if (target.ok()) {
+    CKPTD_RETURN_IF_ERROR(FillAliases(&*target));
+    *current = *std::move(target);
+  } else if (!absl::IsNotFound(target.status())) {
+    return target.status();
+  }
+  return watchers_.Add(run, alias, std::move(fn));
+}
+
+void Repository::Unwatch(uint64_t id) { watchers_.Remove(id); }
+
+}  // namespace ckptd::core
