@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/base/error_reason.h"
+#include "proto/base/limits.h"
 #include "server/core/repository.h"
 #include "tests/support/temp_dir.h"
 
@@ -718,6 +721,127 @@ TEST_F(RetentionTest, DeletingTheBestTargetNamesBest) {
   EXPECT_TRUE(Delete(run, "2").ok());
   EXPECT_THAT(Surviving(run), ElementsAre(1, 3));
   EXPECT_EQ(Target(run, "best"), 1u);
+}
+
+// The blob files under the data dir (the file store's blobs/ tree).
+std::set<std::string> BlobFiles(const std::string& data_dir) {
+  std::set<std::string> out;
+  for (const auto& entry :
+       std::filesystem::recursive_directory_iterator(data_dir + "/blobs")) {
+    if (entry.is_regular_file()) out.insert(entry.path().filename().string());
+  }
+  return out;
+}
+
+// The blob file names a committed version references.
+std::set<std::string> VersionBlobFiles(Repository& repo, const std::string& run,
+                                       uint64_t version) {
+  v1::GetVersionRequest req;
+  req.set_run(run);
+  req.set_ref(absl::StrCat(version));
+  req.set_include_manifest(true);
+  auto resp = repo.GetVersion(req);
+  EXPECT_TRUE(resp.ok()) << resp.status();
+  std::set<std::string> out;
+  if (!resp.ok()) return out;
+  for (const auto& shard : resp->shards()) {
+    for (const auto& e : shard.entries()) {
+      if (!e.has_tensor()) continue;
+      auto d = DigestFromBytes(e.tensor().blob_digest());
+      EXPECT_TRUE(d.ok());
+      if (d.ok()) out.insert(d->Hex());
+    }
+  }
+  return out;
+}
+
+TEST_F(RetentionTest, KeepLastOneLeavesOnlyTheKeptVersionsBlobsOnDisk) {
+  const std::string run = "disk";
+  ASSERT_TRUE(SetPolicy(run, KeepLastOnly(1)).ok());
+  uint64_t last = 0;
+  for (int step = 1; step <= 4; ++step) {
+    // 1 MiB each, unique bytes: four versions, four blob files.
+    last = Push(run, step, PushSpec{.tensor_bytes = 1 << 20});
+    ASSERT_NE(last, 0u);
+    // After every save, without gc and without a restart, the disk holds
+    // exactly the blobs of the one version retention keeps.
+    EXPECT_EQ(BlobFiles(dir_), VersionBlobFiles(*repo_, run, last))
+        << "after step " << step;
+  }
+  EXPECT_THAT(Surviving(run), ElementsAre(last));
+  EXPECT_EQ(BlobFiles(dir_).size(), 1u);
+}
+
+TEST_F(RetentionTest, DeleteVersionFreesItsBlobsAtOnce) {
+  const std::string run = "del";
+  const uint64_t a = Push(run, 1, {});
+  const uint64_t b = Push(run, 2, {});
+  const std::set<std::string> a_blobs = VersionBlobFiles(*repo_, run, a);
+  const std::set<std::string> b_blobs = VersionBlobFiles(*repo_, run, b);
+  ASSERT_EQ(BlobFiles(dir_).size(), 2u);
+  ASSERT_TRUE(Delete(run, absl::StrCat(a)).ok());
+  EXPECT_EQ(BlobFiles(dir_), b_blobs);
+  EXPECT_NE(a_blobs, b_blobs);
+}
+
+TEST_F(RetentionTest, AReadLeaseKeepsBlobsUntilTheReadEnds) {
+  const std::string run = "lease";
+  const uint64_t a = Push(run, 1, {});
+  Push(run, 2, {});
+  const std::set<std::string> a_blobs = VersionBlobFiles(*repo_, run, a);
+  auto lease = repo_->LeaseForRead(run, a);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  // Deleted while a read is in progress: the records go, the bytes stay
+  // readable until the lease ends.
+  ASSERT_TRUE(Delete(run, absl::StrCat(a)).ok());
+  EXPECT_THAT(Surviving(run), ElementsAre(2));
+  for (const std::string& f : a_blobs) {
+    EXPECT_TRUE(BlobFiles(dir_).contains(f)) << f;
+  }
+  auto gc = repo_->CollectGarbage();
+  ASSERT_TRUE(gc.ok()) << gc.status();
+  EXPECT_EQ(gc->blobs_deleted(), 0u);
+  for (const Digest& d : (*lease)->digests()) {
+    std::string bytes(64, '\0');
+    auto reader = repo_->blobs().Open(d);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    EXPECT_TRUE((*reader)->ReadAt(0, bytes.size(), bytes.data()).ok());
+  }
+  lease->reset();
+  for (const std::string& f : a_blobs) {
+    EXPECT_FALSE(BlobFiles(dir_).contains(f)) << f;
+  }
+  // A lease is only for committed versions that exist.
+  EXPECT_EQ(repo_->LeaseForRead(run, a).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(RetentionTest, FindMissingBlobsRefusesMoreThanTheLimitAndAnswersAtIt) {
+  const std::string run = "limit";
+  const uint64_t kept = Push(run, 1, {});
+  v1::BeginVersionRequest begin;
+  begin.set_run(run);
+  begin.set_step(2);
+  auto pending = repo_->BeginVersion(begin);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  v1::FindMissingBlobsRequest find;
+  find.set_run(run);
+  find.set_version(pending->version());
+  for (size_t i = 0; i <= kMaxFindMissingDigests; ++i) {
+    uint64_t words[2] = {i, ~i};
+    find.add_digests(std::string(reinterpret_cast<const char*>(words), 16));
+  }
+  auto resp = repo_->FindMissingBlobs(find);
+  EXPECT_EQ(resp.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReasonOf(resp.status()), v1::REQUEST_TOO_LARGE);
+  EXPECT_THAT(resp.status().message(),
+              HasSubstr(absl::StrCat("the limit is ", kMaxFindMissingDigests)));
+  // At the limit it is answered, in slices, with every digest missing.
+  find.mutable_digests()->RemoveLast();
+  resp = repo_->FindMissingBlobs(find);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(static_cast<size_t>(resp->missing_size()), kMaxFindMissingDigests);
+  EXPECT_THAT(Surviving(run), ElementsAre(kept));
 }
 
 }  // namespace
