@@ -47,6 +47,16 @@ absl::Status CheckValue(const v1::Value& v, int depth, const std::string& key) {
 
 }  // namespace
 
+absl::flat_hash_set<Digest> ManifestDigests(const v1::ShardManifest& m) {
+  absl::flat_hash_set<Digest> out;
+  for (const auto& e : m.entries()) {
+    if (!e.has_tensor()) continue;
+    auto d = DigestFromBytes(e.tensor().blob_digest());
+    if (d.ok()) out.insert(*d);
+  }
+  return out;
+}
+
 absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
   ManifestSummary summary;
   if (m.entries_size() == 0) {

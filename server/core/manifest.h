@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "ckptd/v1/checkpoint.pb.h"
 #include "proto/base/digest.h"
@@ -17,6 +18,10 @@ namespace ckptd::core {
 inline constexpr size_t kMaxManifestEntries = 10'000'000;
 inline constexpr int kMaxPathDepth = 64;
 inline constexpr int kMaxTensorRank = 64;
+
+// The distinct blobs a stored manifest's tensors reference (malformed
+// digests, which validation refuses, are skipped).
+absl::flat_hash_set<Digest> ManifestDigests(const v1::ShardManifest& m);
 
 struct BlobUse {
   Digest digest;

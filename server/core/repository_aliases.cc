@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "proto/base/names.h"
 #include "proto/base/status.h"
+#include "server/core/manifest.h"
 #include "server/core/repository.h"
 #include "server/core/repository_internal.h"
 #include "spdlog/spdlog.h"
@@ -17,7 +18,6 @@ namespace ckptd::core {
 
 using internal::kBest;
 using internal::kLast;
-using internal::ParseProto;
 using internal::VersionName;
 
 absl::StatusOr<v1::RunInfo> Repository::LoadRun(const std::string& run) {
@@ -93,17 +93,11 @@ absl::StatusOr<v1::VersionInfo> Repository::LoadCommitted(
 absl::StatusOr<std::vector<v1::AliasInfo>> Repository::LoadAliases(
     const std::string& run) {
   std::vector<v1::AliasInfo> out;
-  absl::Status parse_status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::AliasPrefix(run), "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    v1::AliasInfo a;
-                    parse_status = ParseProto(key, value, &a);
-                    if (!parse_status.ok()) return false;
-                    out.push_back(std::move(a));
-                    return true;
-                  }));
-  CKPTD_RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::AliasInfo>(
+      storage::keys::AliasPrefix(run), "", [&](absl::string_view, auto&& a) {
+        out.push_back(std::move(a));
+        return true;
+      }));
   return out;
 }
 
@@ -119,17 +113,11 @@ absl::Status Repository::FillAliases(v1::VersionInfo* info) {
 absl::StatusOr<std::vector<v1::VersionInfo>> Repository::LoadVersions(
     const std::string& run) {
   std::vector<v1::VersionInfo> out;
-  absl::Status parse_status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::VersionPrefix(run), "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    v1::VersionInfo v;
-                    parse_status = ParseProto(key, value, &v);
-                    if (!parse_status.ok()) return false;
-                    out.push_back(std::move(v));
-                    return true;
-                  }));
-  CKPTD_RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::VersionInfo>(
+      storage::keys::VersionPrefix(run), "", [&](absl::string_view, auto&& v) {
+        out.push_back(std::move(v));
+        return true;
+      }));
   return out;
 }
 
@@ -349,22 +337,12 @@ absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req) {
 absl::StatusOr<std::vector<absl::flat_hash_set<Digest>>>
 Repository::LoadShardDigests(const std::string& run, uint64_t version) {
   std::vector<absl::flat_hash_set<Digest>> out;
-  absl::Status parse_status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::ManifestPrefix(run, version), "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    v1::ShardManifest m;
-                    parse_status = ParseProto(key, value, &m);
-                    if (!parse_status.ok()) return false;
-                    absl::flat_hash_set<Digest>& digests = out.emplace_back();
-                    for (const auto& e : m.entries()) {
-                      if (!e.has_tensor()) continue;
-                      auto d = DigestFromBytes(e.tensor().blob_digest());
-                      if (d.ok()) digests.insert(*d);
-                    }
-                    return true;
-                  }));
-  CKPTD_RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::ShardManifest>(
+      storage::keys::ManifestPrefix(run, version), "",
+      [&](absl::string_view, auto&& m) {
+        out.push_back(ManifestDigests(m));
+        return true;
+      }));
   return out;
 }
 

@@ -8,7 +8,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "google/protobuf/message_lite.h"
 
 namespace ckptd::core::internal {
 
@@ -24,15 +23,6 @@ inline absl::Status CheckVersionNumber(uint64_t version) {
     return absl::InvalidArgumentError(
         "version is 0; versions start at 1 (use the number BeginVersion "
         "returned)");
-  }
-  return absl::OkStatus();
-}
-
-inline absl::Status ParseProto(absl::string_view key, absl::string_view bytes,
-                               google::protobuf::MessageLite* out) {
-  if (!out->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::DataLossError(
-        absl::StrCat("stored record ", key, " does not parse"));
   }
   return absl::OkStatus();
 }

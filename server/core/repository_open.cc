@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "proto/base/status.h"
+#include "server/core/manifest.h"
 #include "server/core/repository.h"
 #include "server/core/repository_internal.h"
 #include "spdlog/spdlog.h"
@@ -78,23 +79,11 @@ absl::Status Repository::Recover() {
 absl::Status Repository::RecoverLocked(
     const std::vector<std::pair<Digest, uint64_t>>& stored) {
   for (const auto& [d, size] : stored) index_.AddStored(d, size);
-  absl::Status parse_status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::kManifestPrefix, "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    v1::ShardManifest m;
-                    parse_status = internal::ParseProto(key, value, &m);
-                    if (!parse_status.ok()) return false;
-                    absl::flat_hash_set<Digest> digests;
-                    for (const auto& e : m.entries()) {
-                      if (!e.has_tensor()) continue;
-                      auto d = DigestFromBytes(e.tensor().blob_digest());
-                      if (d.ok()) digests.insert(*d);
-                    }
-                    for (const Digest& d : digests) index_.AddRef(d);
-                    return true;
-                  }));
-  CKPTD_RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::ShardManifest>(
+      storage::keys::kManifestPrefix, "", [&](absl::string_view, auto&& m) {
+        for (const Digest& d : ManifestDigests(m)) index_.AddRef(d);
+        return true;
+      }));
   // Leases of versions still pending come back; stale ones are dropped.
   storage::MetadataBatch stale;
   CKPTD_RETURN_IF_ERROR(meta_->Scan(

@@ -14,7 +14,6 @@ namespace ckptd::core {
 using internal::CheckVersionNumber;
 using internal::kBest;
 using internal::kLast;
-using internal::ParseProto;
 using internal::VersionName;
 
 absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
@@ -74,14 +73,11 @@ absl::StatusOr<std::unique_ptr<ReadLease>> Repository::LeaseForRead(
 absl::StatusOr<v1::ListRunsResponse> Repository::ListRuns() {
   absl::ReaderMutexLock lock(&mu_);
   v1::ListRunsResponse resp;
-  absl::Status parse_status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::kRunPrefix, "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    parse_status = ParseProto(key, value, resp.add_runs());
-                    return parse_status.ok();
-                  }));
-  CKPTD_RETURN_IF_ERROR(parse_status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::RunInfo>(
+      storage::keys::kRunPrefix, "", [&](absl::string_view, auto&& run) {
+        *resp.add_runs() = std::move(run);
+        return true;
+      }));
   for (v1::RunInfo& run : *resp.mutable_runs()) {
     CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(run.name()));
     for (const auto& v : versions) {
@@ -115,13 +111,9 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
   }
   CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
   v1::ListVersionsResponse resp;
-  absl::Status status;
-  CKPTD_RETURN_IF_ERROR(meta_->Scan(
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::VersionInfo>(
       storage::keys::VersionPrefix(req.run()), start,
-      [&](absl::string_view key, absl::string_view value) {
-        v1::VersionInfo v;
-        status = ParseProto(key, value, &v);
-        if (!status.ok()) return false;
+      [&](absl::string_view, v1::VersionInfo&& v) {
         if (v.state() == v1::PENDING) return true;
         if (v.state() == v1::ABORTED && !req.include_aborted()) return true;
         if (req.has_min_step() && v.step() < req.min_step()) return true;
@@ -145,7 +137,6 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
         *resp.add_versions() = std::move(v);
         return true;
       }));
-  CKPTD_RETURN_IF_ERROR(status);
   return resp;
 }
 
@@ -178,19 +169,14 @@ absl::StatusOr<v1::GetAliasHistoryResponse> Repository::GetAliasHistory(
   absl::ReaderMutexLock lock(&mu_);
   CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
   v1::GetAliasHistoryResponse resp;
-  absl::Status status;
-  CKPTD_RETURN_IF_ERROR(
-      meta_->Scan(storage::keys::AliasEventPrefix(req.run()), "",
-                  [&](absl::string_view key, absl::string_view value) {
-                    v1::AliasEvent e;
-                    status = ParseProto(key, value, &e);
-                    if (!status.ok()) return false;
-                    if (req.alias().empty() || e.alias() == req.alias()) {
-                      *resp.add_events() = std::move(e);
-                    }
-                    return true;
-                  }));
-  CKPTD_RETURN_IF_ERROR(status);
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::AliasEvent>(
+      storage::keys::AliasEventPrefix(req.run()), "",
+      [&](absl::string_view, auto&& e) {
+        if (req.alias().empty() || e.alias() == req.alias()) {
+          *resp.add_events() = std::move(e);
+        }
+        return true;
+      }));
   return resp;
 }
 

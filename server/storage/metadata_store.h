@@ -40,6 +40,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "google/protobuf/message_lite.h"
 #include "rocksdb/db.h"
@@ -107,6 +108,12 @@ class MetadataStore {
       absl::string_view prefix, absl::string_view start,
       absl::FunctionRef<bool(absl::string_view key, absl::string_view value)>
           fn);
+  // Scan over records of one message type: parses each value as `Message`
+  // and calls fn(key, Message&&) until it returns false. DATA_LOSS naming
+  // the key when a stored value does not parse.
+  template <typename Message, typename Fn>
+  absl::Status ScanProtos(absl::string_view prefix, absl::string_view start,
+                          Fn fn);
   // The last key (and value) with this prefix, if any.
   absl::StatusOr<std::optional<std::pair<std::string, std::string>>> Last(
       absl::string_view prefix);
@@ -115,6 +122,23 @@ class MetadataStore {
   explicit MetadataStore(std::unique_ptr<rocksdb::DB> db);
   std::unique_ptr<rocksdb::DB> db_;
 };
+
+template <typename Message, typename Fn>
+absl::Status MetadataStore::ScanProtos(absl::string_view prefix,
+                                       absl::string_view start, Fn fn) {
+  absl::Status parse_status;
+  absl::Status st =
+      Scan(prefix, start, [&](absl::string_view key, absl::string_view value) {
+        Message m;
+        if (!m.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          parse_status = absl::DataLossError(
+              absl::StrCat("stored record ", key, " does not parse"));
+          return false;
+        }
+        return fn(key, std::move(m));
+      });
+  return st.ok() ? parse_status : st;
+}
 
 }  // namespace ckptd::storage
 
