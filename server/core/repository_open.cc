@@ -78,37 +78,21 @@ absl::Status Repository::Recover() {
 
 absl::Status Repository::RecoverLocked(
     const std::vector<std::pair<Digest, uint64_t>>& stored) {
+  // Scan callbacks collect into locals; the guarded state is filled here
+  // (where the lock analysis sees mu_ held).
   for (const auto& [d, size] : stored) index_.AddStored(d, size);
+  std::vector<Digest> referenced;
   CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::ShardManifest>(
       storage::keys::kManifestPrefix, "", [&](absl::string_view, auto&& m) {
-        for (const Digest& d : ManifestDigests(m)) index_.AddRef(d);
+        for (const Digest& d : ManifestDigests(m)) referenced.push_back(d);
         return true;
       }));
-  // Leases of versions still pending come back; stale ones are dropped.
-  storage::MetadataBatch stale;
-  CKPTD_RETURN_IF_ERROR(meta_->Scan(
-      storage::keys::kLeasePrefix, "",
-      [&](absl::string_view key, absl::string_view) {
-        std::vector<absl::string_view> parts = absl::StrSplit(key, '/');
-        uint64_t version = 0;
-        absl::StatusOr<Digest> digest = absl::InvalidArgumentError("");
-        if (parts.size() == 4 && absl::SimpleHexAtoi(parts[2], &version)) {
-          digest = DigestFromHex(parts[3]);
-        }
-        auto info = digest.ok()
-                        ? LoadVersion(std::string(parts[1]), version)
-                        : absl::StatusOr<v1::VersionInfo>(digest.status());
-        if (info.ok() && info->state() == v1::PENDING) {
-          LeaseTo(leases_[{std::string(parts[1]), version}], *digest);
-        } else {
-          stale.Delete(key);
-        }
-        return true;
-      }));
-  if (!stale.empty()) CKPTD_RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
+  for (const Digest& d : referenced) index_.AddRef(d);
+
   // Every pending version (also one that leased nothing yet) is open for
   // its ranks; the pending timeout counts from now, giving ranks that were
   // cut off by the restart a full timeout to come back.
+  std::vector<PendingKey> pending;
   CKPTD_RETURN_IF_ERROR(meta_->Scan(
       "pend/", "", [&](absl::string_view key, absl::string_view value) {
         absl::string_view rest = key.substr(5);
@@ -116,11 +100,46 @@ absl::Status Repository::RecoverLocked(
         uint64_t version = 0;
         if (slash != absl::string_view::npos &&
             absl::SimpleAtoi(value, &version)) {
-          leases_[{std::string(rest.substr(0, slash)), version}];
+          pending.emplace_back(std::string(rest.substr(0, slash)), version);
         }
         return true;
       }));
-  for (auto& [key, leases] : leases_) leases.last_activity = NowNanos();
+  for (const PendingKey& key : pending) {
+    leases_[key].last_activity = NowNanos();
+  }
+
+  // Leases of versions still pending come back; stale ones are dropped.
+  struct LeaseRecord {
+    std::string key;
+    PendingKey version;
+    absl::StatusOr<Digest> digest;
+  };
+  std::vector<LeaseRecord> records;
+  CKPTD_RETURN_IF_ERROR(meta_->Scan(
+      storage::keys::kLeasePrefix, "",
+      [&](absl::string_view key, absl::string_view) {
+        std::vector<absl::string_view> parts = absl::StrSplit(key, '/');
+        LeaseRecord& r = records.emplace_back(
+            LeaseRecord{std::string(key), {}, absl::InvalidArgumentError("")});
+        uint64_t version = 0;
+        if (parts.size() == 4 && absl::SimpleHexAtoi(parts[2], &version)) {
+          r.version = {std::string(parts[1]), version};
+          r.digest = DigestFromHex(parts[3]);
+        }
+        return true;
+      }));
+  storage::MetadataBatch stale;
+  for (const LeaseRecord& r : records) {
+    auto it = leases_.find(r.version);
+    if (r.digest.ok() && it != leases_.end()) {
+      LeaseTo(it->second, *r.digest);
+    } else {
+      stale.Delete(r.key);
+    }
+  }
+  if (!stale.empty()) {
+    CKPTD_RETURN_IF_ERROR(meta_->Commit(stale, /*sync=*/false));
+  }
   return absl::OkStatus();
 }
 
