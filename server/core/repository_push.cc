@@ -556,8 +556,9 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     CKPTD_KILL_POINT(publish ? "commit.before_publish" : "commit.before_shard");
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
     CKPTD_KILL_POINT(publish ? "commit.after_publish" : "commit.after_shard");
-    // The manifest holds its blobs now; then the version's leases go.
-    for (const BlobUse& use : summary.blobs) index_.AddRef(use.digest);
+    // The manifest holds its blobs now; then the version's leases go. Refs
+    // are counted with the same function that drops them (ManifestDigests).
+    for (const Digest& d : ManifestDigests(manifest)) index_.AddRef(d);
     if (publish) ForgetPending(req.run(), req.version());
     CKPTD_RETURN_IF_ERROR(FillAliases(&info));
     // Under mu_: watchers see moves in commit order.
