@@ -1,7 +1,5 @@
 #include "client/src/blob_upload.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -14,6 +12,7 @@
 #include "client/src/chunk_wire.h"
 #include "client/src/cuda_staging.h"
 #include "client/src/parallel_streams.h"
+#include "proto/base/digest.h"
 #include "proto/base/error_reason.h"
 
 namespace ckptd::internal {
@@ -156,7 +155,7 @@ class UploadStream {
       header.set_digest(b.digest);
       if (offset == p.offset) header.set_blob_size(b.size);
       header.set_offset(offset);
-      header.set_checksum(XXH3_64bits(data, n));
+      header.set_checksum(ChunkChecksum(data, n));
       if (!stream.Write(EncodeUploadChunk(header, data, n))) return false;
       watchdog_->Progress();
       offset += n;

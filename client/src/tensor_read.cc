@@ -21,6 +21,7 @@
 #include "client/src/parallel_streams.h"
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
+#include "proto/base/digest.h"
 
 namespace ckptd::internal {
 namespace {
@@ -191,7 +192,7 @@ class ReadStream {
       // The common case for large tensors: straight into the destination.
       char* dst = overlap_[0]->data + (c0 - overlap_[0]->offset);
       if (absl::Status st = chunk.ReadData(dst, n); !st.ok()) return st;
-      sum = XXH3_64bits(dst, n);
+      sum = ChunkChecksum(dst, n);
     } else {
       CudaStager* stager = nullptr;
       if (any_cuda) {
@@ -256,6 +257,8 @@ class ReadStream {
   ProgressReporter* progress_;
   std::atomic<bool>* stop_;
   CudaStagerCache stagers_;
+  // ChunkChecksum of a chunk that arrives in pieces (proto/base/digest.h
+  // has no streaming form of it).
   XXH3_state_t* hash_;
   std::vector<char> scratch_;
   std::vector<const Target*> overlap_;
