@@ -1,7 +1,5 @@
 #include "client/src/blob_upload.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -9,18 +7,16 @@
 #include <thread>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/src/byte_stream.h"
 #include "client/src/chunk_wire.h"
 #include "client/src/cuda_staging.h"
 #include "client/src/parallel_streams.h"
-#include "grpcpp/support/sync_stream.h"
+#include "proto/base/digest.h"
 #include "proto/base/error_reason.h"
 
 namespace ckptd::internal {
 namespace {
-
-using ByteWriter = grpc::ClientWriter<grpc::ByteBuffer>;
 
 struct PendingBlob {
   const PlannedBlob* blob;
@@ -108,20 +104,14 @@ class UploadStream {
   absl::Status Attempt(size_t* failed_at) {
     grpc::ClientContext ctx;
     connection_.Prepare(&ctx, /*unary_deadline=*/false);
-    v1::UploadBlobsResponse response;
-    const std::shared_ptr<grpc::Channel>& channel = connection_.channel(index_);
-    grpc::internal::RpcMethod method(
-        kUploadBlobsMethod, grpc::internal::RpcMethod::CLIENT_STREAMING,
-        channel);
-    std::unique_ptr<ByteWriter> writer(
-        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
-            channel.get(), method, &ctx, &response));
+    // Watches the start of the call too: it waits for the connection.
     StallWatchdog watchdog(&ctx, connection_.stall_timeout());
     watchdog_ = &watchdog;
+    ByteStream stream(connection_.channel(index_), kUploadBlobsMethod, &ctx);
     bool first_chunk = true;
     absl::Status local;
     for (size_t i = 0; i < queue_.size(); ++i) {
-      if (!SendBlob(writer.get(), queue_[i], &first_chunk, &local)) {
+      if (!SendBlob(stream, queue_[i], &first_chunk, &local)) {
         *failed_at = i;
         break;
       }
@@ -130,10 +120,14 @@ class UploadStream {
     if (!local.ok() || stopped) {
       ctx.TryCancel();
     } else if (*failed_at == queue_.size()) {
-      writer->WritesDone();
+      stream.WritesDone();
     }
     watchdog.Progress();  // the server's reply may take a final fsync
-    absl::Status st = FromGrpcStatus(writer->Finish());
+    // The UploadBlobsResponse (none when the call failed) tells the client
+    // nothing the status does not.
+    grpc::ByteBuffer response;
+    stream.Read(&response);
+    absl::Status st = FromGrpcStatus(stream.Finish());
     watchdog_ = nullptr;
     if (!local.ok()) return local;
     if (stopped) return absl::CancelledError("another upload stream failed");
@@ -146,7 +140,7 @@ class UploadStream {
 
   // Sends `p` from p.offset. False when the stream broke (Finish() says
   // why), when the push is stopping, or with `*error` set for a local error.
-  bool SendBlob(ByteWriter* writer, PendingBlob& p, bool* first_chunk,
+  bool SendBlob(ByteStream& stream, PendingBlob& p, bool* first_chunk,
                 absl::Status* error) {
     const PlannedBlob& b = *p.blob;
     uint64_t offset = p.offset;
@@ -161,8 +155,8 @@ class UploadStream {
       header.set_digest(b.digest);
       if (offset == p.offset) header.set_blob_size(b.size);
       header.set_offset(offset);
-      header.set_checksum(XXH3_64bits(data, n));
-      if (!writer->Write(EncodeUploadChunk(header, data, n))) return false;
+      header.set_checksum(ChunkChecksum(data, n));
+      if (!stream.Write(EncodeUploadChunk(header, data, n))) return false;
       watchdog_->Progress();
       offset += n;
       p.sent = offset;

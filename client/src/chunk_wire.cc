@@ -27,6 +27,13 @@ absl::Status Malformed(const char* what) {
 
 }  // namespace
 
+grpc::ByteBuffer SerializeToByteBuffer(
+    const google::protobuf::MessageLite& message) {
+  grpc::Slice slice(message.ByteSizeLong());
+  message.SerializeWithCachedSizesToArray(const_cast<uint8_t*>(slice.begin()));
+  return grpc::ByteBuffer(&slice, 1);
+}
+
 grpc::ByteBuffer EncodeUploadChunk(const v1::UploadChunk& header,
                                    const void* data, size_t size) {
   const size_t header_size = header.ByteSizeLong();

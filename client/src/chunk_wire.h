@@ -1,5 +1,6 @@
 // Hand-framed data messages, so tensor bytes are copied once on each side
-// instead of twice through protobuf objects:
+// instead of twice through protobuf objects (the streams that carry them
+// are ByteStreams, byte_stream.h):
 //
 // - Push: an UploadChunk is serialized straight into the one grpc::Slice
 //   that gRPC sends: the small header fields via protobuf, then the `data`
@@ -20,6 +21,7 @@
 #include "absl/status/status.h"
 #include "ckptd/v1/checkpoint.pb.h"
 #include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 
@@ -28,6 +30,10 @@ namespace ckptd::internal {
 // Full method names for the streams driven with grpc::ByteBuffer messages.
 inline constexpr char kUploadBlobsMethod[] = "/ckptd.v1.Checkpoint/UploadBlobs";
 inline constexpr char kReadBlobsMethod[] = "/ckptd.v1.Checkpoint/ReadBlobs";
+
+// `message` serialized into one slice.
+grpc::ByteBuffer SerializeToByteBuffer(
+    const google::protobuf::MessageLite& message);
 
 // `header` carries every field but data (which must be empty); the result
 // is a valid serialized UploadChunk whose data is [data, data + size).

@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -16,7 +17,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/src/blob_upload.h"
 #include "client/src/connection.h"
@@ -24,9 +24,10 @@
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
 #include "client/src/tensor_read.h"
+#include "grpcpp/support/sync_stream.h"
 #include "proto/base/dtype.h"
 #include "proto/base/error_reason.h"
-#include "grpcpp/support/sync_stream.h"
+#include "proto/base/limits.h"
 
 namespace ckptd {
 namespace {
@@ -376,20 +377,46 @@ class ClientImpl final : public Client {
     return connection_->Unary(method, request, max_attempts);
   }
 
+  // The digests of `plan` the server does not have. Asks in batches of at
+  // most kMaxFindMissingDigests (the server's limit); a server with a lower
+  // limit says REQUEST_TOO_LARGE, and the batch is halved until it passes.
+  absl::StatusOr<absl::flat_hash_set<std::string>> FindMissing(
+      const std::string& run, uint64_t version, const internal::PushPlan& plan,
+      const PushOptions& options) {
+    absl::flat_hash_set<std::string> missing;
+    size_t batch = kMaxFindMissingDigests;
+    size_t first = 0;
+    do {
+      const size_t end = std::min(plan.blobs.size(), first + batch);
+      v1::FindMissingBlobsRequest find;
+      find.set_run(run);
+      find.set_version(version);
+      for (size_t i = first; i < end; ++i) {
+        find.add_digests(plan.blobs[i].digest);
+      }
+      auto found = Unary(&v1::Checkpoint::Stub::FindMissingBlobs, find,
+                         options.max_attempts);
+      if (!found.ok()) {
+        if (ReasonOf(found.status()) == v1::REQUEST_TOO_LARGE && batch > 1) {
+          batch /= 2;
+          continue;
+        }
+        return found.status();
+      }
+      missing.insert(found->missing().begin(), found->missing().end());
+      first = end;
+    } while (first < plan.blobs.size());
+    return missing;
+  }
+
   // FindMissingBlobs for every blob of the plan, then uploads those.
   absl::Status UploadMissing(const std::string& run, uint64_t version,
                              const internal::PushPlan& plan,
                              const PushOptions& options) {
-    v1::FindMissingBlobsRequest find;
-    find.set_run(run);
-    find.set_version(version);
-    for (const internal::PlannedBlob& b : plan.blobs)
-      find.add_digests(b.digest);
-    auto found = Unary(&v1::Checkpoint::Stub::FindMissingBlobs, find,
-                       options.max_attempts);
-    if (!found.ok()) return found.status();
-    absl::flat_hash_set<std::string> missing(found->missing().begin(),
-                                             found->missing().end());
+    absl::StatusOr<absl::flat_hash_set<std::string>> missing_or =
+        FindMissing(run, version, plan, options);
+    if (!missing_or.ok()) return missing_or.status();
+    const absl::flat_hash_set<std::string>& missing = *missing_or;
     std::vector<const internal::PlannedBlob*> upload;
     uint64_t total = 0;
     for (const internal::PlannedBlob& b : plan.blobs) {

@@ -1,7 +1,5 @@
 #include "client/src/push_plan.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -14,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/src/cuda_staging.h"
+#include "proto/base/digest.h"
 
 namespace ckptd::internal {
 namespace {
@@ -26,10 +25,9 @@ constexpr size_t kHashStagingBytes = 8 << 20;
 // Packs reserve at most this much up front.
 constexpr uint64_t kMaxPackReserve = 16 << 20;
 
-std::string Canonical(XXH128_hash_t h) {
-  XXH128_canonical_t c;
-  XXH128_canonicalFromHash(&c, h);
-  return std::string(reinterpret_cast<const char*>(c.digest), sizeof(c.digest));
+// The 16-byte wire form, which is what manifests and requests carry.
+std::string WireDigest(const Digest& digest) {
+  return std::string(digest.AsBytes());
 }
 
 std::string DTypeName(DType dtype) {
@@ -88,20 +86,18 @@ struct HashJob {
 
 absl::Status HashOne(const HashJob& job, CudaStagerCache* stagers) {
   if (job.memory.kind == MemoryKind::kHost) {
-    *job.digest = DigestOf(job.data, job.size);
+    *job.digest = WireDigest(DigestOf(job.data, job.size));
     return absl::OkStatus();
   }
   absl::StatusOr<CudaStager*> stager = stagers->Get(job.memory.device);
   if (!stager.ok()) return stager.status();
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_128bits_reset(state);
+  DigestBuilder digest;
   absl::Status st = (*stager)->ReadDevice(
-      job.data, job.size, [state](const char* piece, size_t n) {
-        XXH3_128bits_update(state, piece, n);
+      job.data, job.size, [&digest](const char* piece, size_t n) {
+        digest.Update(piece, n);
         return absl::OkStatus();
       });
-  if (st.ok()) *job.digest = Canonical(XXH3_128bits_digest(state));
-  XXH3_freeState(state);
+  if (st.ok()) *job.digest = WireDigest(digest.Finish());
   return st;
 }
 
@@ -149,10 +145,6 @@ struct Placement {
 
 std::string KeyPathString(const v1::ManifestEntry& entry) {
   return DottedKeyPath(entry.path());
-}
-
-std::string DigestOf(const void* data, size_t size) {
-  return Canonical(XXH3_128bits(data, size));
 }
 
 absl::StatusOr<std::unique_ptr<PushPlan>> BuildPushPlan(
@@ -205,7 +197,7 @@ absl::StatusOr<std::unique_ptr<PushPlan>> BuildPushPlan(
       }
       bytes = device_copy.data();
     }
-    std::string digest = DigestOf(bytes, len);
+    std::string digest = WireDigest(DigestOf(bytes, len));
     if (auto it = packed_at.find(digest); it != packed_at.end()) {
       std::tie(p.index, p.offset) = it->second;
       placements.push_back(p);

@@ -12,8 +12,9 @@
 // - Identical tensors within the push share one blob (and, packed, one
 //   offset).
 //
-// Digests are XXH3-128 (canonical 16 bytes). Large tensors are hashed in
-// parallel; CUDA tensors are hashed through pinned staging buffers.
+// Digests are XXH3-128 (proto/base/digest.h) in their 16-byte wire form.
+// Large tensors are hashed in parallel; CUDA tensors are hashed through
+// pinned staging buffers.
 //
 // Thread safety: a PushPlan is immutable once built.
 #ifndef CKPTD_CLIENT_SRC_PUSH_PLAN_H_
@@ -53,9 +54,6 @@ struct PushPlan {
 
 // The dotted key path of an entry, for messages ("model.layers.0.weight").
 std::string KeyPathString(const v1::ManifestEntry& entry);
-
-// XXH3-128 of [data, data + size) in canonical (big-endian) form.
-std::string DigestOf(const void* data, size_t size);
 
 // INVALID_ARGUMENT naming the key path for malformed entries;
 // FAILED_PRECONDITION for CUDA tensors this process cannot read.

@@ -15,12 +15,13 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "client/src/byte_stream.h"
 #include "client/src/chunk_wire.h"
 #include "client/src/cuda_staging.h"
 #include "client/src/parallel_streams.h"
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
-#include "grpcpp/support/sync_stream.h"
+#include "proto/base/digest.h"
 
 namespace ckptd::internal {
 namespace {
@@ -106,16 +107,13 @@ class ReadStream {
 
     grpc::ClientContext ctx;
     connection_.Prepare(&ctx, /*unary_deadline=*/false);
-    const std::shared_ptr<grpc::Channel>& channel = connection_.channel(index_);
-    grpc::internal::RpcMethod method(
-        kReadBlobsMethod, grpc::internal::RpcMethod::SERVER_STREAMING, channel);
-    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
-        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
-            channel.get(), method, &ctx, req));
+    // Watches the start of the call too: it waits for the connection.
     StallWatchdog watchdog(&ctx, connection_.stall_timeout());
+    ByteStream stream(connection_.channel(index_), kReadBlobsMethod, &ctx);
     grpc::ByteBuffer buffer;
     absl::Status local;
-    while (reader->Read(&buffer)) {
+    const bool requested = stream.WriteLast(SerializeToByteBuffer(req));
+    while (requested && stream.Read(&buffer)) {
       watchdog.Progress();
       local = HandleChunk(&buffer, sent);
       if (!local.ok() || stop_->load()) {
@@ -123,7 +121,7 @@ class ReadStream {
         break;
       }
     }
-    absl::Status st = FromGrpcStatus(reader->Finish());
+    absl::Status st = FromGrpcStatus(stream.Finish());
     // Queued device copies must land before this returns, whatever happened.
     absl::Status sync = stagers_.SynchronizeAll();
     if (!local.ok()) return local;
@@ -194,7 +192,7 @@ class ReadStream {
       // The common case for large tensors: straight into the destination.
       char* dst = overlap_[0]->data + (c0 - overlap_[0]->offset);
       if (absl::Status st = chunk.ReadData(dst, n); !st.ok()) return st;
-      sum = XXH3_64bits(dst, n);
+      sum = ChunkChecksum(dst, n);
     } else {
       CudaStager* stager = nullptr;
       if (any_cuda) {
@@ -259,6 +257,8 @@ class ReadStream {
   ProgressReporter* progress_;
   std::atomic<bool>* stop_;
   CudaStagerCache stagers_;
+  // ChunkChecksum of a chunk that arrives in pieces (proto/base/digest.h
+  // has no streaming form of it).
   XXH3_state_t* hash_;
   std::vector<char> scratch_;
   std::vector<const Target*> overlap_;
