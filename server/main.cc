@@ -1,7 +1,12 @@
 // ckptd: the checkpoint server daemon. Flags -> Options -> Start -> Wait.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,7 +27,13 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on, HOST:PORT. Port 0 picks a free port "
-          "(printed in the log).");
+          "(printed in the log, and written to --port_file).");
+ABSL_FLAG(std::string, port_file, "",
+          "Once the server listens, write the port it bound (decimal and a "
+          "newline) to this file, atomically (a temp file in the same "
+          "directory, fsynced, renamed over it): with --listen HOST:0, a "
+          "supervisor or test learns the port without a race. Empty: no "
+          "file.");
 ABSL_FLAG(std::string, data_dir, "./ckptd-data",
           "Directory for the RocksDB metadata (meta/) and blob files "
           "(blobs/). Created if missing; one ckptd per directory.");
@@ -90,6 +101,49 @@ void PrintHelp() {
   std::fputs(out.c_str(), stdout);
 }
 
+// Writes "<port>\n" to `path` so that a reader sees no file or the whole
+// port, never a part: a temp file in the same directory, fsynced, renamed
+// over `path`, then the directory fsynced. Returns "" or the error.
+std::string WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const std::string text = absl::StrCat(port, "\n");
+  auto fail = [&](const char* what, const std::string& file) {
+    const std::string err =
+        absl::StrCat(what, " ", file, ": ", std::strerror(errno));
+    ::unlink(tmp.c_str());
+    return err;
+  };
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return fail("create", tmp);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return fail("write", tmp);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return fail("fsync", tmp);
+  }
+  if (::close(fd) != 0) return fail("close", tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename to", path);
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);  // best effort: the file is complete either way
+    ::close(dir_fd);
+  }
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,6 +203,16 @@ int main(int argc, char** argv) {
   }
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   ckptd::service::Server* raw = server->get();
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
+      !port_file.empty()) {
+    if (const std::string err = WritePortFile(port_file, raw->port());
+        !err.empty()) {
+      spdlog::critical("cannot write --port_file: {}", err);
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+  }
   std::thread signal_thread([&signals, raw, grace] {
     int sig = 0;
     sigwait(&signals, &sig);
