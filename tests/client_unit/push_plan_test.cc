@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/base/digest.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd::internal {
@@ -128,7 +129,8 @@ void ExpectConsistent(const char* case_name, const State& state,
   // Blobs are unique and their digests are of their bytes.
   for (size_t i = 0; i < plan.blobs.size(); ++i) {
     const PlannedBlob& blob = plan.blobs[i];
-    EXPECT_EQ(blob.digest, DigestOf(blob.data, blob.size))
+    EXPECT_EQ(blob.digest,
+              std::string(ckptd::DigestOf(blob.data, blob.size).AsBytes()))
         << case_name << " blob " << i;
     for (size_t j = 0; j < i; ++j) {
       EXPECT_NE(plan.blobs[j].digest, blob.digest)
