@@ -39,10 +39,14 @@ namespace {
 constexpr char kRun[] = "crash";
 constexpr uint32_t kWorldSize = 2;
 constexpr int kTensorsPerShard = 6;
-// 1 MiB chunks: a large tensor (3 MiB + 17) is 4 chunks, so chunk kill
-// points can land inside a blob. Per shard: 2 large blobs + 1 pack = 9
-// chunks and 3 blobs; per version: 18 chunks, 6 blobs, 2 shard commits.
-constexpr uint64_t kChunkBytes = 1 << 20;
+// Small pushes keep the test light on a shared machine, with the shape of
+// a real one: 64 KiB chunks (the client's minimum) and a 128 KiB pack
+// threshold make each large tensor (192 KiB + 17) its own blob of 4 chunks,
+// so chunk kill points land inside a blob. Per shard: 2 large blobs + 1 pack
+// = 9 chunks and 3 blobs; per version: 18 chunks, 6 blobs, 2 shard commits.
+constexpr uint64_t kChunkBytes = 64 << 10;
+constexpr uint64_t kPackThreshold = 128 << 10;
+constexpr size_t kLargeTensorBytes = (192 << 10) + 17;
 // How long a case may take to reach its kill point, and then to finish.
 constexpr double kReachSeconds = 20;
 constexpr auto kFinishTimeout = std::chrono::seconds(30);
@@ -84,7 +88,7 @@ std::string CaseName(const KillCase& c) {
 // The deterministic content of (step, rank, tensor): re-creatable when
 // checking what the server returns. No two tensors are alike (no dedup).
 std::string TensorBytes(int64_t step, uint32_t rank, int index) {
-  const size_t size = (index % 3 == 0) ? (3 << 20) + 17 : 4096 + index;
+  const size_t size = (index % 3 == 0) ? kLargeTensorBytes : 4096 + index;
   std::mt19937_64 rng(step * 1000 + rank * 100 + index);
   std::string bytes(size, '\0');
   for (size_t i = 0; i + 8 <= size; i += 8) {
@@ -134,6 +138,7 @@ std::optional<VersionInfo> PushUntilAcknowledged(
   PushOptions options;
   options.streams = 2;
   options.chunk_size = kChunkBytes;
+  options.pack_threshold = kPackThreshold;
   absl::Status last_error;
   for (int attempt = 0; attempt < kMaxPushes && !abandon.load(); ++attempt) {
     auto info = client.Push(req, options);
