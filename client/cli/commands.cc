@@ -331,7 +331,7 @@ absl::Status CmdLs(Session& s) {
   ListVersionsRequest request;
   request.set_run(run);
   CKPTD_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
-                        client->ListVersions(request));
+                         client->ListVersions(request));
   if (s.json()) {
     Json j = Json::array();
     for (const VersionInfo& v : versions) j.push_back(VersionJson(v));
@@ -361,7 +361,7 @@ absl::Status CmdShow(Session& s) {
   GetVersionOptions options;
   options.include_manifest = true;
   CKPTD_ASSIGN_OR_RETURN(VersionManifest vm,
-                        client->GetVersion(vr.run, vr.ref, options));
+                         client->GetVersion(vr.run, vr.ref, options));
   const VersionInfo& v = vm.info;
   const bool sharded = vm.shards.size() > 1;
 
@@ -486,7 +486,7 @@ absl::Status CmdMetrics(Session& s) {
   CKPTD_RETURN_IF_ERROR(CheckRunArgument(run));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(std::vector<MetricPoint> points,
-                        client->GetMetricHistory(run, s.args().name));
+                         client->GetMetricHistory(run, s.args().name));
 
   // metric -> points, in the server's (version) order.
   std::map<std::string, std::vector<const MetricPoint*>> by_metric;
@@ -567,7 +567,7 @@ absl::Status CmdPull(Session& s) {
   if (path.empty()) return UsageError("pull needs -o FILE.safetensors");
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(AtomicFileWriter writer,
-                        AtomicFileWriter::Create(path));
+                         AtomicFileWriter::Create(path));
 
   ProgressBar bar(s.err(), absl::StrCat("pull ", vr.run, "@", vr.ref),
                   s.progress());
@@ -605,7 +605,7 @@ absl::Status CmdPull(Session& s) {
   size_t tensor_count = 0;
   {
     CKPTD_ASSIGN_OR_RETURN(MappedFile mapped,
-                          MappedFile::Open(writer.temp_path()));
+                           MappedFile::Open(writer.temp_path()));
     absl::StatusOr<SafetensorsFile> parsed = ParseSafetensors(mapped.view());
     if (!parsed.ok()) return invalid(parsed.status().message());
     uint64_t covered = 0;
@@ -696,7 +696,8 @@ absl::Status CmdAlias(Session& s) {
   CKPTD_RETURN_IF_ERROR(CheckAliasName(a.name));
   CKPTD_RETURN_IF_ERROR(CheckRef(a.ref));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPTD_ASSIGN_OR_RETURN(AliasInfo info, client->SetAlias(a.run, a.name, a.ref));
+  CKPTD_ASSIGN_OR_RETURN(AliasInfo info,
+                         client->SetAlias(a.run, a.name, a.ref));
   if (s.json()) {
     s.PrintJson({{"run", info.run()},
                  {"name", info.name()},
@@ -725,10 +726,10 @@ absl::Status CmdUnalias(Session& s) {
 
 absl::Status CmdPin(Session& s, bool pin) {
   CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
-                        ParseVersionRef(s.args().target, RefRule::kRequired));
+                         ParseVersionRef(s.args().target, RefRule::kRequired));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(VersionInfo v, pin ? client->Pin(vr.run, vr.ref)
-                                           : client->Unpin(vr.run, vr.ref));
+                                            : client->Unpin(vr.run, vr.ref));
   if (s.json()) {
     s.PrintJson(VersionJson(v));
   } else {
@@ -740,7 +741,7 @@ absl::Status CmdPin(Session& s, bool pin) {
 
 absl::Status CmdRm(Session& s) {
   CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
-                        ParseVersionRef(s.args().target, RefRule::kRequired));
+                         ParseVersionRef(s.args().target, RefRule::kRequired));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref));
   if (s.json()) {
@@ -802,7 +803,8 @@ absl::Status CmdPolicy(Session& s) {
 
 absl::Status CmdGc(Session& s) {
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPTD_ASSIGN_OR_RETURN(v1::CollectGarbageResponse r, client->CollectGarbage());
+  CKPTD_ASSIGN_OR_RETURN(v1::CollectGarbageResponse r,
+                         client->CollectGarbage());
   if (s.json()) {
     s.PrintJson({{"blobs_deleted", r.blobs_deleted()},
                  {"bytes_freed", r.bytes_freed()}});
@@ -846,7 +848,7 @@ absl::Status CmdHistory(Session& s) {
   }
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(std::vector<AliasEvent> events,
-                        client->GetAliasHistory(a.run, a.name));
+                         client->GetAliasHistory(a.run, a.name));
   if (s.json()) {
     Json j = Json::array();
     for (const AliasEvent& e : events) {
@@ -878,7 +880,7 @@ absl::Status CmdHistory(Session& s) {
 
 absl::Status CmdVerify(Session& s) {
   CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
-                        ParseVersionRef(s.args().target, RefRule::kOptional));
+                         ParseVersionRef(s.args().target, RefRule::kOptional));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(v1::VerifyResponse r, client->Verify(vr.run, vr.ref));
   const std::string what = vr.ref.empty()

@@ -119,7 +119,7 @@ absl::Status AtomicFileWriter::Commit() {
   }
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     return ErrnoToStatus(errno,
-                       absl::StrCat("rename ", temp_path_, " to ", path_));
+                         absl::StrCat("rename ", temp_path_, " to ", path_));
   }
   committed_ = true;
   const std::string dir = DirName(path_);

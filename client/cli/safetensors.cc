@@ -12,8 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/cli/format.h"
-#include "proto/base/dtype.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/dtype.h"
 
 namespace ckptd::cli {
 namespace {
@@ -84,8 +84,9 @@ absl::StatusOr<SafetensorsTensor> ParseTensor(const std::string& name,
   t.dtype = dtype_it->get<std::string>();
   const DTypeInfo* dtype = FindSafetensorsDType(t.dtype);
   if (dtype == nullptr) {
-    return TensorError(name, absl::StrCat("unknown dtype '", t.dtype,
-                                          "'; accepted: ", SafetensorsDTypeNames()));
+    return TensorError(name,
+                       absl::StrCat("unknown dtype '", t.dtype,
+                                    "'; accepted: ", SafetensorsDTypeNames()));
   }
   t.proto_dtype = dtype->dtype;
 

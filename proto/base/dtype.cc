@@ -52,7 +52,8 @@ uint64_t DTypeByteSize(v1::DType dtype) {
 
 std::string TorchDTypeName(v1::DType dtype) {
   const DTypeInfo* row = FindDType(dtype);
-  if (row == nullptr) return absl::StrCat("dtype(", static_cast<int>(dtype), ")");
+  if (row == nullptr)
+    return absl::StrCat("dtype(", static_cast<int>(dtype), ")");
   return row->torch;
 }
 

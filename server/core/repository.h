@@ -359,7 +359,8 @@ class Repository {
   // Phase two of GC: deletes `garbage` from the blob store, then marks the
   // deletions finished; returns the first failure (the others are logged).
   absl::Status PurgeBlobs(const std::vector<BlobIndex::Garbage>& garbage,
-                  v1::CollectGarbageResponse* out) ABSL_LOCKS_EXCLUDED(mu_);
+                          v1::CollectGarbageResponse* out)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Takes the garbage the last changes made and purges it.
   void CollectNewGarbage(absl::string_view why) ABSL_LOCKS_EXCLUDED(mu_);
   void ReleaseRead(const absl::flat_hash_set<Digest>& digests)

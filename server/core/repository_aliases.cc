@@ -23,7 +23,8 @@ using internal::VersionName;
 absl::StatusOr<v1::RunInfo> Repository::LoadRun(const std::string& run) {
   CKPTD_RETURN_IF_ERROR(ValidateRunName(run));
   v1::RunInfo info;
-  CKPTD_ASSIGN_OR_RETURN(bool found, meta_->GetProto(storage::keys::Run(run), &info));
+  CKPTD_ASSIGN_OR_RETURN(bool found,
+                         meta_->GetProto(storage::keys::Run(run), &info));
   if (!found) {
     return absl::NotFoundError(absl::StrCat("no run named '", run, "'"));
   }
@@ -48,8 +49,8 @@ absl::StatusOr<uint64_t> Repository::Resolve(const std::string& run,
   if (const uint64_t* v = std::get_if<uint64_t>(&parsed.value)) return *v;
   const std::string& alias = std::get<std::string>(parsed.value);
   v1::AliasInfo info;
-  CKPTD_ASSIGN_OR_RETURN(bool found,
-                   meta_->GetProto(storage::keys::Alias(run, alias), &info));
+  CKPTD_ASSIGN_OR_RETURN(
+      bool found, meta_->GetProto(storage::keys::Alias(run, alias), &info));
   if (!found) {
     std::string hint;
     if (alias == kBest) {
@@ -123,7 +124,7 @@ absl::StatusOr<std::vector<v1::VersionInfo>> Repository::LoadVersions(
 
 absl::StatusOr<uint64_t> Repository::NextEventSeq(const std::string& run) {
   CKPTD_ASSIGN_OR_RETURN(auto last,
-                   meta_->Last(storage::keys::AliasEventPrefix(run)));
+                         meta_->Last(storage::keys::AliasEventPrefix(run)));
   if (!last.has_value()) return 1;
   auto seq = storage::keys::VersionFromKey(last->first);
   if (!seq.has_value()) {
@@ -138,8 +139,8 @@ absl::Status Repository::MoveAlias(storage::MetadataBatch& batch,
                                    const std::string& alias, uint64_t to,
                                    const Actor& actor, uint64_t* event_seq) {
   v1::AliasInfo current;
-  CKPTD_ASSIGN_OR_RETURN(bool found,
-                   meta_->GetProto(storage::keys::Alias(run, alias), &current));
+  CKPTD_ASSIGN_OR_RETURN(
+      bool found, meta_->GetProto(storage::keys::Alias(run, alias), &current));
   const uint64_t from = found ? current.version() : 0;
   if (from == to) return absl::OkStatus();
   if (to == 0) {
@@ -195,8 +196,8 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
   {
     absl::MutexLock lock(&mu_);
     v1::RunInfo run;
-    CKPTD_ASSIGN_OR_RETURN(bool found,
-                     meta_->GetProto(storage::keys::Run(req.run()), &run));
+    CKPTD_ASSIGN_OR_RETURN(
+        bool found, meta_->GetProto(storage::keys::Run(req.run()), &run));
     if (!found) {
       run.set_name(req.run());
       run.set_created_at(NowNanos());
@@ -212,12 +213,13 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
       CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
       const uint64_t best = SelectBest(versions, run.policy());
       CKPTD_ASSIGN_OR_RETURN(uint64_t current,
-                       AliasTargetOrZero(req.run(), std::string(kBest)));
+                             AliasTargetOrZero(req.run(), std::string(kBest)));
       CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
       CKPTD_RETURN_IF_ERROR(
           MoveAlias(batch, req.run(), std::string(kBest), best, actor, &seq));
       if (best != 0 && best != current) {
-        CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo target, LoadVersion(req.run(), best));
+        CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo target,
+                               LoadVersion(req.run(), best));
         moves.push_back({std::string(kBest), target});
       }
     }
@@ -276,22 +278,24 @@ absl::Status Repository::DeleteAlias(const v1::DeleteAliasRequest& req,
   CKPTD_RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
   absl::MutexLock lock(&mu_);
   CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-  CKPTD_ASSIGN_OR_RETURN(auto existing,
-                   meta_->Get(storage::keys::Alias(req.run(), req.name())));
+  CKPTD_ASSIGN_OR_RETURN(
+      auto existing, meta_->Get(storage::keys::Alias(req.run(), req.name())));
   if (!existing.has_value()) {
     return absl::NotFoundError(
         absl::StrCat("run '", req.run(), "' has no alias '", req.name(), "'"));
   }
   storage::MetadataBatch batch;
   CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
-  CKPTD_RETURN_IF_ERROR(MoveAlias(batch, req.run(), req.name(), 0, actor, &seq));
+  CKPTD_RETURN_IF_ERROR(
+      MoveAlias(batch, req.run(), req.name(), 0, actor, &seq));
   return meta_->Commit(batch);
 }
 
 absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
                                                       bool pinned) {
   absl::MutexLock lock(&mu_);
-  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadCommitted(req.run(), req.ref()));
+  CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
+                         LoadCommitted(req.run(), req.ref()));
   if (info.pinned() != pinned) {
     info.set_pinned(pinned);
     storage::MetadataBatch batch;

@@ -110,8 +110,10 @@ absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage() {
   if (!st.ok()) {
     return absl::Status(
         st.code(), absl::StrCat("GC deleted ", resp.blobs_deleted(), " of ",
-                                garbage.size(), " unreferenced blobs; first "
-                                "failure: ", st.message()));
+                                garbage.size(),
+                                " unreferenced blobs; first "
+                                "failure: ",
+                                st.message()));
   }
   return resp;
 }

@@ -26,8 +26,9 @@ Repository::~Repository() { uploads_.Clear(); }
 absl::StatusOr<std::unique_ptr<Repository>> Repository::Open(
     const RepositoryOptions& options,
     std::shared_ptr<storage::BlobStore> blobs) {
-  CKPTD_ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
-                                  options.metadata_dir, options.metadata_env));
+  CKPTD_ASSIGN_OR_RETURN(
+      auto meta,
+      storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   CKPTD_RETURN_IF_ERROR(repo->Recover());
@@ -44,10 +45,11 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
   // Open RocksDB first: its LOCK keeps a second ckptd off the blobs too.
-  CKPTD_ASSIGN_OR_RETURN(auto meta, storage::MetadataStore::Open(
-                                  options.metadata_dir, options.metadata_env));
+  CKPTD_ASSIGN_OR_RETURN(
+      auto meta,
+      storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
-                   storage::OpenFileBlobStore(data_dir));
+                         storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   CKPTD_RETURN_IF_ERROR(repo->Recover());

@@ -149,7 +149,8 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
     if (!absl::SimpleAtoi(*pending, &version)) {
       return absl::DataLossError(absl::StrCat("malformed ", pend_key));
     }
-    CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info, LoadVersion(req.run(), version));
+    CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
+                           LoadVersion(req.run(), version));
     if (info.state() == v1::PENDING) {
       if (info.world_size() != world_size) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -166,8 +167,9 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
   }
   storage::MetadataBatch batch;
   v1::RunInfo run_info;
-  CKPTD_ASSIGN_OR_RETURN(bool run_found,
-                   meta_->GetProto(storage::keys::Run(req.run()), &run_info));
+  CKPTD_ASSIGN_OR_RETURN(
+      bool run_found,
+      meta_->GetProto(storage::keys::Run(req.run()), &run_info));
   if (!run_found) {
     run_info.set_name(req.run());
     run_info.set_created_at(NowNanos());
@@ -212,10 +214,10 @@ absl::Status Repository::CheckPending(const std::string& run,
                           info.abort_reason(), "); begin a new version")),
                       v1::VERSION_NOT_PENDING);
   }
-  return WithReason(absl::FailedPreconditionError(
-                        absl::StrCat(VersionName(run, version),
-                                     " is already committed and immutable")),
-                    v1::VERSION_NOT_PENDING);
+  return WithReason(
+      absl::FailedPreconditionError(absl::StrCat(
+          VersionName(run, version), " is already committed and immutable")),
+      v1::VERSION_NOT_PENDING);
 }
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
@@ -245,10 +247,11 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
     absl::MutexLock lock(&mu_);
     auto it = leases_.find({req.run(), req.version()});
     if (it == leases_.end()) {
-      return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                            VersionName(req.run(), req.version()),
-                            " is not pending (committed or aborted meanwhile)")),
-                        v1::VERSION_NOT_PENDING);
+      return WithReason(
+          absl::FailedPreconditionError(
+              absl::StrCat(VersionName(req.run(), req.version()),
+                           " is not pending (committed or aborted meanwhile)")),
+          v1::VERSION_NOT_PENDING);
     }
     it->second.last_activity = NowNanos();
     for (size_t i = begin; i < end; ++i) {
@@ -277,10 +280,11 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     absl::MutexLock lock(&mu_);
     auto it = leases_.find({run, version});
     if (it == leases_.end()) {
-      return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                            VersionName(run, version),
-                            " is not pending (committed or aborted meanwhile)")),
-                        v1::VERSION_NOT_PENDING);
+      return WithReason(
+          absl::FailedPreconditionError(
+              absl::StrCat(VersionName(run, version),
+                           " is not pending (committed or aborted meanwhile)")),
+          v1::VERSION_NOT_PENDING);
     }
     LeaseTo(it->second, digest);
     it->second.last_activity = NowNanos();
@@ -429,7 +433,8 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   for (const auto& [name, value] : req.metrics()) {
     CKPTD_RETURN_IF_ERROR(ValidateMetricName(name));
   }
-  CKPTD_ASSIGN_OR_RETURN(ManifestSummary summary, ValidateManifest(req.manifest()));
+  CKPTD_ASSIGN_OR_RETURN(ManifestSummary summary,
+                         ValidateManifest(req.manifest()));
   v1::ShardManifest manifest = req.manifest();
   manifest.set_rank(req.rank());
 
@@ -530,10 +535,10 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
       // `last` is the newest version: one begun earlier that completes
       // later (a slow rank) publishes without moving `last` back.
       CKPTD_ASSIGN_OR_RETURN(uint64_t current_last,
-                       AliasTargetOrZero(req.run(), std::string(kLast)));
+                             AliasTargetOrZero(req.run(), std::string(kLast)));
       if (req.version() > current_last) {
         CKPTD_RETURN_IF_ERROR(MoveAlias(batch, req.run(), std::string(kLast),
-                                  req.version(), actor, &seq));
+                                        req.version(), actor, &seq));
         moves.push_back({std::string(kLast), info});
       }
       const v1::Policy& policy = run_info.policy();
@@ -639,10 +644,10 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
       v1::AbortVersionRequest req;
       req.set_run(run);
       req.set_version(version);
-      req.set_reason(absl::StrCat(
-          "no rank made progress for ",
-          absl::FormatDuration(options_.pending_timeout),
-          " (--pending_timeout)"));
+      req.set_reason(
+          absl::StrCat("no rank made progress for ",
+                       absl::FormatDuration(options_.pending_timeout),
+                       " (--pending_timeout)"));
       absl::StatusOr<bool> done = AbortLocked(req);
       if (!done.ok()) {
         spdlog::warn("pending timeout of {}@{}: {}", run, version,

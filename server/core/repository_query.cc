@@ -20,7 +20,8 @@ absl::StatusOr<v1::GetVersionResponse> Repository::GetVersion(
     const v1::GetVersionRequest& req) {
   absl::ReaderMutexLock lock(&mu_);
   v1::GetVersionResponse resp;
-  CKPTD_ASSIGN_OR_RETURN(*resp.mutable_info(), LoadCommitted(req.run(), req.ref()));
+  CKPTD_ASSIGN_OR_RETURN(*resp.mutable_info(),
+                         LoadCommitted(req.run(), req.ref()));
   CKPTD_RETURN_IF_ERROR(FillAliases(resp.mutable_info()));
   if (!req.include_manifest()) return resp;
   const v1::VersionInfo& info = resp.info();
@@ -187,7 +188,8 @@ absl::StatusOr<v1::VerifyResponse> Repository::Verify(
     absl::ReaderMutexLock lock(&mu_);
     CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
     if (!req.ref().empty()) {
-      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v, LoadCommitted(req.run(), req.ref()));
+      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v,
+                             LoadCommitted(req.run(), req.ref()));
       versions.push_back(v.version());
     } else {
       CKPTD_ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));

@@ -29,7 +29,8 @@ namespace ckptd::core {
 
 class UploadTracker {
  public:
-  explicit UploadTracker(size_t max_suspended) : max_suspended_(max_suspended) {}
+  explicit UploadTracker(size_t max_suspended)
+      : max_suspended_(max_suspended) {}
 
   // A stream starts receiving `digest` from byte 0.
   void BeginFresh(const Digest& digest);

@@ -100,8 +100,8 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
             digest.Hex(), " began; send each blob's chunks contiguously"));
       }
       CKPTD_ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
-                                    run_, version_, digest, chunk_.blob_size(),
-                                    chunk_.offset()));
+                                          run_, version_, digest,
+                                          chunk_.blob_size(), chunk_.offset()));
     }
     CKPTD_RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
     resp_->set_bytes_received(resp_->bytes_received() + data.size());
@@ -224,8 +224,8 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
 
  private:
   absl::Status Prepare() override {
-    CKPTD_ASSIGN_OR_RETURN(lease_, service_->repo()->LeaseForRead(
-                                       req_->run(), req_->version()));
+    CKPTD_ASSIGN_OR_RETURN(
+        lease_, service_->repo()->LeaseForRead(req_->run(), req_->version()));
     std::vector<core::BlobSlice> slices;
     for (const v1::BlobRange& r : req_->ranges()) {
       CKPTD_ASSIGN_OR_RETURN(Digest d, DigestFromBytes(r.digest()));
@@ -272,7 +272,7 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
     get.set_include_manifest(true);
     get.add_ranks(req_->rank());
     CKPTD_ASSIGN_OR_RETURN(v1::GetVersionResponse version,
-                     service_->repo()->GetVersion(get));
+                           service_->repo()->GetVersion(get));
     if (version.shards_size() != 1) {
       return absl::NotFoundError(
           absl::StrCat(req_->run(), "@", version.info().version(),
@@ -473,7 +473,8 @@ grpc::ServerUnaryReactor* CheckpointService::CommitShard(
     v1::CommitShardResponse* resp) {
   core::Actor actor = ActorOf(ctx);
   return Unary(ctx, [=, this]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(*resp->mutable_version(), repo_->CommitShard(*req, actor));
+    CKPTD_ASSIGN_OR_RETURN(*resp->mutable_version(),
+                           repo_->CommitShard(*req, actor));
     return absl::OkStatus();
   });
 }

@@ -9,8 +9,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "server/common/executor.h"
 #include "proto/base/status.h"
+#include "server/common/executor.h"
 #include "server/service/checkpoint_service.h"
 #include "spdlog/spdlog.h"
 
@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
-                                   options.data_dir, options.repository));
+                                         options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);
   impl->service = std::make_unique<CheckpointService>(impl->repo.get(),

@@ -497,7 +497,8 @@ absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
       WriteFull(fd_.get(), trailer.data(), trailer.size(), tmp_path_));
   CKPTD_RETURN_IF_ERROR(FdataSync(
       fd_.get(), absl::StrCat("fdatasync blob tmp file ", tmp_path_)));
-  CKPTD_RETURN_IF_ERROR(fd_.Close(absl::StrCat("close blob tmp file ", tmp_path_)));
+  CKPTD_RETURN_IF_ERROR(
+      fd_.Close(absl::StrCat("close blob tmp file ", tmp_path_)));
 
   const std::string target = BlobPath(blobs_dir_, expected);
   auto rename_error = [&] {
@@ -557,7 +558,7 @@ absl::Status FileBlobReader::ReadChunks(uint64_t first, uint64_t last,
   const uint64_t begin = first * chunk;
   const uint64_t end = std::min((last + 1) * chunk, footer_.data_size);
   CKPTD_ASSIGN_OR_RETURN(size_t n,
-                   PreadFull(fd_.get(), dst, end - begin, begin, path_));
+                         PreadFull(fd_.get(), dst, end - begin, begin, path_));
   if (n != end - begin) {
     return absl::DataLossError(absl::StrCat(
         "blob ", digest_.Hex(), " (file ", path_, ") ends at offset ",
@@ -614,7 +615,7 @@ absl::Status FileBlobReader::ReadAt(uint64_t offset, uint64_t length,
   }
   if (whole_begin < whole_end) {
     CKPTD_RETURN_IF_ERROR(ReadChunks(whole_begin, whole_end - 1,
-                               out + (whole_begin * chunk - offset)));
+                                     out + (whole_begin * chunk - offset)));
   }
   return absl::OkStatus();
 }
@@ -690,7 +691,7 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
   CKPTD_ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
   std::string raw(uint64_t{footer.chunk_count} * kChecksumSize, '\0');
   CKPTD_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), raw.data(), raw.size(),
-                                       footer.data_size, path));
+                                             footer.data_size, path));
   if (n != raw.size()) {
     return absl::DataLossError(absl::StrCat("blob ", digest.Hex(), " (file ",
                                             path, ") checksums cut short"));

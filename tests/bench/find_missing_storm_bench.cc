@@ -143,8 +143,8 @@ int main(int argc, char** argv) {
   std::vector<double> quiet;
   {
     std::thread t([&] { quiet = Probe(*probe_stub, stop, &failed); });
-    std::this_thread::sleep_for(std::chrono::duration<double>(
-        absl::GetFlag(FLAGS_probe_seconds)));
+    std::this_thread::sleep_for(
+        std::chrono::duration<double>(absl::GetFlag(FLAGS_probe_seconds)));
     stop = true;
     t.join();
   }
@@ -173,8 +173,8 @@ int main(int argc, char** argv) {
         ckptd::v1::FindMissingBlobsRequest req;
         req.set_run(kRun);
         req.set_version(begun.version());
-        const int64_t n = std::min<int64_t>(ckptd::kMaxFindMissingDigests,
-                                            per_client - done);
+        const int64_t n =
+            std::min<int64_t>(ckptd::kMaxFindMissingDigests, per_client - done);
         for (int64_t i = 0; i < n; ++i) {
           uint64_t words[2] = {rng(), rng()};
           req.add_digests(std::string(reinterpret_cast<char*>(words), 16));
@@ -206,11 +206,12 @@ int main(int argc, char** argv) {
   for (auto& s : storm) s.join();
   if (failed) return 1;
 
-  std::printf("FindMissingBlobs storm: %d clients, %lld digests in batches of "
-              "%zu, %.1f s (%.2f M digests/s)\n",
-              clients, static_cast<long long>(sent.load()),
-              ckptd::kMaxFindMissingDigests, storm_seconds,
-              sent.load() / storm_seconds / 1e6);
+  std::printf(
+      "FindMissingBlobs storm: %d clients, %lld digests in batches of "
+      "%zu, %.1f s (%.2f M digests/s)\n",
+      clients, static_cast<long long>(sent.load()),
+      ckptd::kMaxFindMissingDigests, storm_seconds,
+      sent.load() / storm_seconds / 1e6);
   Print("GetVersion without storm", Summarize(quiet));
   Print("GetVersion under storm", Summarize(stormy));
   const Percentiles p = Summarize(stormy);

@@ -1,5 +1,7 @@
 // The pure pieces of retention and `best`: RetentionPolicy and the best
 // selector, table-driven over version records (no storage).
+#include "server/core/retention_policy.h"
+
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -9,7 +11,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/best_selector.h"
-#include "server/core/retention_policy.h"
 
 namespace ckptd::core {
 namespace {
@@ -71,8 +72,8 @@ v1::Policy MakePolicy(const PolicySpec& p) {
 }
 
 TEST(RetentionPolicyTest, Table) {
-  const std::vector<V> five = {{1, 10, 0.9}, {2, 20, 0.5}, {3, 30, 0.7},
-                               {4, 40, 0.6}, {5, 50, 0.8}};
+  const std::vector<V> five = {
+      {1, 10, 0.9}, {2, 20, 0.5}, {3, 30, 0.7}, {4, 40, 0.6}, {5, 50, 0.8}};
   struct Case {
     const char* name;
     std::vector<V> versions;
@@ -95,8 +96,11 @@ TEST(RetentionPolicyTest, Table) {
        {.keep_last = 1, .keep_best = 1},
        {},
        {1, 3, 4}},
-      {"keep_every_n_steps", five, {.keep_last = 1, .keep_every_n_steps = 20},
-       {}, {1, 3}},
+      {"keep_every_n_steps",
+       five,
+       {.keep_last = 1, .keep_every_n_steps = 20},
+       {},
+       {1, 3}},
       {"aliases are kept", five, {.keep_last = 1}, {1, 3}, {2, 4}},
       {"pinned versions are kept",
        {{1, 1, 0.1, v1::COMMITTED, true}, {2, 2, 0.2}, {3, 3, 0.3}},
@@ -140,9 +144,9 @@ TEST(RetentionPolicyTest, Table) {
   };
   for (const Case& c : cases) {
     const RetentionPolicy policy(MakePolicy(c.policy));
-    EXPECT_THAT(policy.VersionsToDrop(Records(c.versions),
-                                      Aliases(c.alias_targets)),
-                ElementsAreArray(c.drop))
+    EXPECT_THAT(
+        policy.VersionsToDrop(Records(c.versions), Aliases(c.alias_targets)),
+        ElementsAreArray(c.drop))
         << c.name;
   }
 }
@@ -153,8 +157,8 @@ TEST(RetentionPolicyTest, KeepsEverythingOnlyWithoutRules) {
       RetentionPolicy(MakePolicy({.monitor = false})).KeepsEverything());
   EXPECT_FALSE(RetentionPolicy(MakePolicy({.keep_last = 3})).KeepsEverything());
   EXPECT_FALSE(RetentionPolicy(MakePolicy({.keep_best = 1})).KeepsEverything());
-  EXPECT_FALSE(RetentionPolicy(MakePolicy({.keep_every_n_steps = 5}))
-                   .KeepsEverything());
+  EXPECT_FALSE(
+      RetentionPolicy(MakePolicy({.keep_every_n_steps = 5})).KeepsEverything());
 }
 
 TEST(BestSelectorTest, SelectBestTable) {
