@@ -6,6 +6,10 @@ namespace ckptd {
 
 absl::Status WithReason(absl::Status status, v1::ErrorReason reason) {
   if (status.ok()) return status;
+  if (reason == v1::ERROR_REASON_UNSPECIFIED) {
+    status.ErasePayload(kErrorInfoTypeUrl);
+    return status;
+  }
   v1::ErrorInfo info;
   info.set_reason(v1::ErrorReason_Name(reason));
   info.set_domain(std::string(kErrorDomain));
@@ -27,8 +31,8 @@ v1::ErrorReason ReasonOf(const absl::Status& status) {
 }
 
 std::string EncodeStatusDetails(const absl::Status& status) {
+  if (ReasonOf(status) == v1::ERROR_REASON_UNSPECIFIED) return "";
   auto payload = status.GetPayload(kErrorInfoTypeUrl);
-  if (!payload.has_value()) return "";
   v1::RpcStatus rpc;
   rpc.set_code(static_cast<int32_t>(status.code()));
   rpc.set_message(std::string(status.message()));

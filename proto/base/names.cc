@@ -1,5 +1,6 @@
 #include "proto/base/names.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -79,7 +80,7 @@ absl::Status ValidateMetricName(absl::string_view name) {
                      kMaxMetricNameLength, " characters"));
   }
   for (char c : name) {
-    if (static_cast<unsigned char>(c) < 0x20) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       return absl::InvalidArgumentError(absl::StrCat(
           "metric name ", Quote(name), " contains a control character"));
     }

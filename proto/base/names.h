@@ -10,6 +10,7 @@
 #define CKPTD_PROTO_BASE_NAMES_H_
 
 #include <cstdint>
+#include <string>
 #include <variant>
 
 #include "absl/status/status.h"

@@ -6,7 +6,7 @@
 //   CKPTD_KILL_AT=upload.chunk_appended:40   die at the 40th hit
 //
 // The variable is read once, at the first kill point reached. Without it a
-// kill point costs one relaxed atomic load. Thread-safe.
+// kill point costs a check of a function-local static. Thread-safe.
 #ifndef CKPTD_SERVER_COMMON_KILL_POINT_H_
 #define CKPTD_SERVER_COMMON_KILL_POINT_H_
 

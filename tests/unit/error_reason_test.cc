@@ -93,6 +93,18 @@ TEST(ErrorReasonTest, EveryReasonRoundTripsThroughTheStatusDetails) {
   }
 }
 
+TEST(ErrorReasonTest, NoDetailsWithoutAReason) {
+  EXPECT_EQ(EncodeStatusDetails(WithReason(absl::InternalError("x"),
+                                           v1::ERROR_REASON_UNSPECIFIED)),
+            "");
+  absl::Status foreign = absl::InternalError("x");
+  foreign.SetPayload(kErrorInfoTypeUrl, absl::Cord("not an ErrorInfo"));
+  EXPECT_EQ(EncodeStatusDetails(foreign), "");
+  EXPECT_NE(EncodeStatusDetails(
+                WithReason(absl::InternalError("x"), v1::BLOB_MISSING)),
+            "");
+}
+
 TEST(ErrorReasonTest, WithReasonAndReasonOf) {
   struct Case {
     const char* case_name;
@@ -111,6 +123,10 @@ TEST(ErrorReasonTest, WithReasonAndReasonOf) {
        WithReason(WithReason(absl::UnavailableError("x"), v1::SERVER_BUSY),
                   v1::SERVER_DRAINING),
        v1::SERVER_DRAINING, false},
+      {"an unspecified reason removes the earlier",
+       WithReason(WithReason(absl::UnavailableError("x"), v1::SERVER_BUSY),
+                  v1::ERROR_REASON_UNSPECIFIED),
+       v1::ERROR_REASON_UNSPECIFIED, false},
   };
   for (const Case& c : cases) {
     EXPECT_EQ(c.status.ok(), c.ok) << c.case_name;

@@ -140,6 +140,7 @@ TEST(NamesTest, MetricNames) {
       {"newline", "loss\n", false, "control character"},
       {"NUL", std::string("lo\0ss", 5), false, "control character"},
       {"escape", "\x1b[31mloss", false, "control character"},
+      {"DEL", "lo\x7fss", false, "control character"},
   };
   for (const Case& c : cases) {
     const absl::Status st = ValidateMetricName(c.input);
