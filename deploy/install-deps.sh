@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev librocksdb-dev libxxhash-dev
-  libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
   pybind11-dev python3-dev python3-torch python3-numpy python3-pytest
   # The `clang` preset (lock annotations checked by -Wthread-safety), the
   # format check (.ci/check-format) and clang's sanitizer runtimes.

@@ -48,6 +48,24 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM/SIGINT, how long in-flight calls may run before they "
           "are cancelled.");
 ABSL_FLAG(int, io_threads, 16, "Threads for blocking disk and RocksDB work.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM file of the server's TLS certificate chain; with --tls_key, "
+          "ckptd serves TLS only.");
+ABSL_FLAG(std::string, tls_key, "", "PEM file of the TLS certificate's key.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM file of the CA that signs client certificates: clients must "
+          "present one (mTLS), and its subject CN may be a `cert:CN` "
+          "credential in --auth_file.");
+ABSL_FLAG(std::string, auth_file, "",
+          "Credential table, one line per credential: IDENTITY ROLE "
+          "RUN_PATTERNS CREDENTIAL (README, Security). ROLE is reader, "
+          "writer or admin; RUN_PATTERNS a comma list of globs; CREDENTIAL "
+          "sha256:HEX (of a token from `ckpt token new`) or cert:CN. "
+          "Re-read on SIGHUP. Empty: no authentication, loopback only.");
+ABSL_FLAG(bool, insecure_no_auth, false,
+          "Allow a non-loopback --listen without --auth_file: every caller "
+          "can read, overwrite and delete everything. For isolated networks "
+          "only.");
 
 namespace {
 
@@ -186,12 +204,18 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   ckptd::service::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.auth_file = absl::GetFlag(FLAGS_auth_file);
+  options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(
@@ -214,10 +238,21 @@ int main(int argc, char** argv) {
     }
   }
   std::thread signal_thread([&signals, raw, grace] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    spdlog::info("received signal {}", sig);
-    raw->Shutdown(grace);
+    for (;;) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (sig == SIGHUP) {
+        // A file that does not parse keeps the table in force.
+        if (absl::Status st = raw->ReloadAuth(); !st.ok()) {
+          spdlog::error("SIGHUP: kept the previous credentials: {}",
+                        std::string(st.message()));
+        }
+        continue;
+      }
+      spdlog::info("received signal {}", sig);
+      raw->Shutdown(grace);
+      return;
+    }
   });
   (*server)->Wait();
   signal_thread.join();

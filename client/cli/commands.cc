@@ -3,10 +3,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string_view>
 
 #include "CLI/CLI.hpp"
@@ -15,12 +19,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/cli/format.h"
 #include "client/cli/mapped_file.h"
 #include "client/cli/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "proto/base/names.h"
+#include "proto/base/secret.h"
 #include "proto/base/status.h"
 
 namespace ckptd::cli {
@@ -32,6 +38,9 @@ constexpr char kUsagePayload[] = "type.googleapis.com/ckpt.UsageError";
 constexpr char kRefExample[] =
     "expected RUN@REF such as llama@best or llama@12";
 constexpr char kTokenEnv[] = "CKPTD_TOKEN";
+constexpr char kTlsCaEnv[] = "CKPTD_TLS_CA";
+constexpr char kTlsCertEnv[] = "CKPTD_TLS_CERT";
+constexpr char kTlsKeyEnv[] = "CKPTD_TLS_KEY";
 
 // ---------------------------------------------------------------------------
 // Parsed arguments of every command (CLI11 binds into these).
@@ -39,6 +48,15 @@ constexpr char kTokenEnv[] = "CKPTD_TOKEN";
 struct Args {
   std::string server;
   bool json = false;
+  std::string token;     // --token (else $CKPTD_TOKEN)
+  std::string tls_ca;    // --tls_ca FILE (else $CKPTD_TLS_CA)
+  std::string tls_cert;  // --tls_cert FILE (else $CKPTD_TLS_CERT)
+  std::string tls_key;   // --tls_key FILE (else $CKPTD_TLS_KEY)
+  // token new IDENTITY ROLE PATTERNS
+  std::string identity;
+  std::string role;
+  std::string patterns;
+  uint32_t limit = 0;  // audit --limit
 
   std::string run;     // RUN positional
   std::string target;  // RUN[@REF] positional
@@ -81,8 +99,17 @@ class Session {
     ClientOptions options;
     options.address =
         args_.server.empty() ? DefaultServerAddress() : args_.server;
-    if (const char* token = std::getenv(kTokenEnv); token != nullptr) {
-      options.token = token;
+    options.token = FlagOrEnv(args_.token, kTokenEnv);
+    CKPTD_ASSIGN_OR_RETURN(options.root_certificates,
+                           ReadPem("--tls_ca", kTlsCaEnv, args_.tls_ca));
+    CKPTD_ASSIGN_OR_RETURN(options.client_certificate,
+                           ReadPem("--tls_cert", kTlsCertEnv, args_.tls_cert));
+    CKPTD_ASSIGN_OR_RETURN(options.client_key,
+                           ReadPem("--tls_key", kTlsKeyEnv, args_.tls_key));
+    if (options.client_certificate.empty() != options.client_key.empty()) {
+      return UsageError(
+          "a client certificate needs its key: give both --tls_cert and "
+          "--tls_key (or $CKPTD_TLS_CERT and $CKPTD_TLS_KEY)");
     }
     absl::StatusOr<std::unique_ptr<Client>> client =
         context_.connect ? context_.connect(options) : Client::Connect(options);
@@ -96,6 +123,34 @@ class Session {
   }
 
  private:
+  static std::string FlagOrEnv(const std::string& flag, const char* env) {
+    if (!flag.empty()) return flag;
+    const char* value = std::getenv(env);
+    return value == nullptr ? "" : value;
+  }
+  // The PEM text of the file named by `flag` (else $env); "" when neither.
+  static absl::StatusOr<std::string> ReadPem(absl::string_view flag_name,
+                                             const char* env,
+                                             const std::string& flag) {
+    const std::string path = FlagOrEnv(flag, env);
+    if (path.empty()) return std::string();
+    const std::string source =
+        flag.empty() ? absl::StrCat("$", env) : std::string(flag_name);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return UsageError(absl::StrCat(source, " ", path,
+                                     ": cannot read the file (",
+                                     std::strerror(errno), ")"));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (text.str().find("-----BEGIN ") == std::string::npos) {
+      return UsageError(absl::StrCat(
+          source, " ", path, " is not a PEM file (no -----BEGIN line)"));
+    }
+    return text.str();
+  }
+
   const CliContext& context_;
   const Args& args_;
   std::unique_ptr<Client> client_;
@@ -840,6 +895,78 @@ absl::Status CmdWatch(Session& s) {
   });
 }
 
+// ckpt token new IDENTITY ROLE PATTERNS: a fresh bearer token and the
+// --auth_file line that admits it. Needs no server.
+absl::Status CmdTokenNew(Session& s) {
+  const Args& a = s.args();
+  // The line must parse as ckptd parses it (server/service/auth.h).
+  if (a.identity.empty() || a.identity.size() > 128 ||
+      a.identity.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+                                   "qrstuvwxyz0123456789._-@+") !=
+          std::string::npos) {
+    return UsageError(absl::StrCat(
+        "identity '", a.identity.substr(0, 64),
+        "' must be 1-128 characters of letters, digits and . _ - @ +"));
+  }
+  if (a.role != "reader" && a.role != "writer" && a.role != "admin") {
+    return UsageError(absl::StrCat("role '", a.role.substr(0, 32),
+                                   "' is not reader, writer or admin"));
+  }
+  for (absl::string_view p : absl::StrSplit(a.patterns, ',')) {
+    if (p.empty() ||
+        p.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
+                            "yz0123456789._-*?") != absl::string_view::npos) {
+      return UsageError(absl::StrCat(
+          "run pattern '", p.substr(0, 64),
+          "' must be run-name characters [A-Za-z0-9._-] and the wildcards * "
+          "and ?, e.g. 'llama-*' or '*'"));
+    }
+  }
+  CKPTD_ASSIGN_OR_RETURN(std::string token, NewBearerToken());
+  const std::string line = absl::StrCat(
+      a.identity, " ", a.role, " ", a.patterns, " sha256:", Sha256Hex(token));
+  if (s.json()) {
+    s.PrintJson({{"token", token}, {"auth_file_line", line}});
+    return absl::OkStatus();
+  }
+  s.out() << "token:  " << token << "\n"
+          << "line:   " << line << "\n\n"
+          << "Append the line to ckptd's --auth_file and send it SIGHUP. Give "
+             "the token to its user (ckpt --token, $CKPTD_TOKEN, or "
+             "ckptd.Client(token=...)); it is not stored anywhere and cannot "
+             "be shown again.\n";
+  return absl::OkStatus();
+}
+
+absl::Status CmdAudit(Session& s) {
+  const Args& a = s.args();
+  if (!a.run.empty()) CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<AuditEvent> events,
+                         client->GetAuditLog(a.run, a.limit));
+  if (s.json()) {
+    Json j = Json::array();
+    for (const AuditEvent& e : events) {
+      j.push_back(
+          {{"at", TimeJson(e.at())},
+           {"identity", e.identity()},
+           {"run", e.run()},
+           {"action", e.action()},
+           {"version", e.version() == 0 ? Json(nullptr) : Json(e.version())},
+           {"detail", e.detail()}});
+    }
+    s.PrintJson(j);
+    return absl::OkStatus();
+  }
+  Table table({"TIME", "IDENTITY", "RUN", "ACTION", "VERSION", "DETAIL"});
+  for (const AuditEvent& e : events) {
+    table.AddRow({FormatTime(e.at()), e.identity(), OrDash(e.run()), e.action(),
+                  VersionOrDash(e.version()), OrDash(e.detail())});
+  }
+  s.out() << table.Render();
+  return absl::OkStatus();
+}
+
 absl::Status CmdHistory(Session& s) {
   const Args& a = s.args();
   CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
@@ -930,13 +1057,52 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                  "ckptd address (default: $CKPTD_SERVER, else "
                  "127.0.0.1:50051)");
   app.add_flag("--json", args.json, "Print JSON for scripts");
+  app.add_option("--token", args.token,
+                 "Bearer token for a server with --auth_file (default: "
+                 "$CKPTD_TOKEN)");
+  app.add_option("--tls_ca", args.tls_ca,
+                 "PEM file of the CA that signed the server's certificate; "
+                 "switches to TLS (default: $CKPTD_TLS_CA)");
+  app.add_option("--tls_cert", args.tls_cert,
+                 "PEM file of this client's certificate, for mTLS (default: "
+                 "$CKPTD_TLS_CERT)");
+  app.add_option("--tls_key", args.tls_key,
+                 "PEM file of the client certificate's key (default: "
+                 "$CKPTD_TLS_KEY)");
   app.footer(
       "REF is a version number, last, best or an alias; RUN alone means "
       "RUN@last where that makes sense.\nEnvironment: CKPTD_SERVER (address), "
-      "CKPTD_TOKEN (bearer token).\nExample:\n  ckpt --server "
+      "CKPTD_TOKEN (bearer token), CKPTD_TLS_CA, CKPTD_TLS_CERT, "
+      "CKPTD_TLS_KEY (PEM files).\nExample:\n  ckpt --server "
       "ckptd:50051 show llama@best\n");
 
   AddCommand(app, h, "runs", "List runs", "ckpt runs", CmdRuns);
+
+  CLI::App* token =
+      AddCommand(app, h, "token", "Make credentials for ckptd's --auth_file",
+                 "ckpt token new alice writer 'llama-*'", CmdTokenNew);
+  token->require_subcommand(1);
+  CLI::App* token_new = token->add_subcommand(
+      "new",
+      "Print a fresh random bearer token (256 bits) and the --auth_file line "
+      "that admits it");
+  token_new->add_option("IDENTITY", args.identity, "Who the token is for")
+      ->required();
+  token_new->add_option("ROLE", args.role, "reader, writer or admin")
+      ->required();
+  token_new
+      ->add_option("PATTERNS", args.patterns,
+                   "Comma list of run-name globs, e.g. 'llama-*,bert' "
+                   "or '*'")
+      ->required();
+
+  CLI::App* audit = AddCommand(
+      app, h, "audit",
+      "Who moved aliases, changed policies and deleted versions, and when",
+      "ckpt audit llama", CmdAudit);
+  audit->add_option("RUN", args.run, "Run name (default: every run; admin)");
+  audit->add_option("--limit", args.limit,
+                    "Newest events to show (default 1000)");
 
   CLI::App* c = AddCommand(app, h, "ls", "List the versions of a run",
                            "ckpt ls llama", CmdLs);

@@ -314,6 +314,17 @@ class ClientImpl final : public Client {
                                    resp->events().end());
   }
 
+  absl::StatusOr<std::vector<AuditEvent>> GetAuditLog(const std::string& run,
+                                                      uint32_t limit) override {
+    v1::GetAuditLogRequest req;
+    req.set_run(run);
+    req.set_limit(limit);
+    auto resp = Unary(&v1::Checkpoint::Stub::GetAuditLog, req, kReadAttempts);
+    if (!resp.ok()) return resp.status();
+    return std::vector<AuditEvent>(resp->events().begin(),
+                                   resp->events().end());
+  }
+
   absl::StatusOr<VersionInfo> Pin(const std::string& run,
                                   const std::string& ref) override {
     v1::PinRequest req;

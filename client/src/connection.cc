@@ -64,12 +64,20 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
         absl::StrCat("ClientOptions::rpc_timeout_seconds is ",
                      options.rpc_timeout_seconds, "; it must be positive"));
   }
+  if (options.client_certificate.empty() != options.client_key.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its key and the key its certificate: "
+        "give both (client_certificate= and client_key=, or --tls_cert and "
+        "--tls_key)");
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (options.root_certificates.empty()) {
+  if (options.root_certificates.empty() && options.client_certificate.empty()) {
     creds = grpc::InsecureChannelCredentials();
   } else {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = options.root_certificates;
+    ssl.pem_cert_chain = options.client_certificate;
+    ssl.pem_private_key = options.client_key;
     creds = grpc::SslCredentials(ssl);
   }
   std::vector<std::shared_ptr<grpc::Channel>> channels;

@@ -54,6 +54,7 @@
 #ifndef CKPTD_SERVER_CORE_REPOSITORY_H_
 #define CKPTD_SERVER_CORE_REPOSITORY_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -159,8 +160,12 @@ class ReadLease {
 };
 
 // Who makes a call, for the alias audit history.
+// Who makes a change: recorded in alias and audit history. `admin` may
+// make changes that delete versions (a SetPolicy that retention would
+// apply by deleting versions that exist now).
 struct Actor {
   std::string name = "anonymous";
+  bool admin = true;
 };
 
 class Repository {
@@ -191,7 +196,8 @@ class Repository {
       const v1::QueryUploadRequest& req);
   absl::StatusOr<v1::VersionInfo> CommitShard(const v1::CommitShardRequest& req,
                                               const Actor& actor);
-  absl::Status AbortVersion(const v1::AbortVersionRequest& req);
+  absl::Status AbortVersion(const v1::AbortVersionRequest& req,
+                            const Actor& actor = Actor());
   // Aborts pending versions on which nothing happened (no rank began,
   // uploaded or committed) for options.pending_timeout; returns how many.
   absl::StatusOr<int> AbortExpiredPending();
@@ -224,9 +230,15 @@ class Repository {
   absl::StatusOr<v1::GetAliasHistoryResponse> GetAliasHistory(
       const v1::GetAliasHistoryRequest& req);
   absl::StatusOr<v1::VersionInfo> SetPinned(const v1::PinRequest& req,
-                                            bool pinned);
+                                            bool pinned,
+                                            const Actor& actor = Actor());
   // Deletes the version's records, then the blobs only it referenced.
-  absl::Status DeleteVersion(const v1::DeleteVersionRequest& req);
+  absl::Status DeleteVersion(const v1::DeleteVersionRequest& req,
+                             const Actor& actor = Actor());
+  // The run's alias moves and audit records (or every run's, for an empty
+  // run), oldest first, at most req.limit() (default 1000) newest.
+  absl::StatusOr<v1::GetAuditLogResponse> GetAuditLog(
+      const v1::GetAuditLogRequest& req);
 
   // ---- Retention and GC (repository_gc.cc) ----
   // Deletes versions the run's retention policy no longer keeps, then the
@@ -234,7 +246,8 @@ class Repository {
   // after each publish.
   absl::StatusOr<std::vector<uint64_t>> ApplyRetention(const std::string& run);
   // Deletes every stored blob that nothing references or pins.
-  absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage();
+  absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage(
+      const Actor& actor = Actor());
   absl::StatusOr<v1::VerifyResponse> Verify(const v1::VerifyRequest& req);
 
   // Calls `fn` after each committed move of `alias` in `run`, with the new
@@ -271,6 +284,15 @@ class Repository {
       const std::vector<std::pair<Digest, uint64_t>>& stored)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t NowNanos() const;
+  // Adds an audit record of `action` by `actor` to `batch`.
+  void AddAudit(storage::MetadataBatch& batch, const Actor& actor,
+                const std::string& run, absl::string_view action,
+                uint64_t version, std::string detail);
+  // The same, committed on its own (after an operation that commits its
+  // records elsewhere); a failure is logged, not returned.
+  void RecordAudit(const Actor& actor, const std::string& run,
+                   absl::string_view action, uint64_t version,
+                   std::string detail);
 
   // ---- Record helpers (repository_aliases.cc) ----
   absl::StatusOr<v1::RunInfo> LoadRun(const std::string& run)
@@ -375,6 +397,7 @@ class Repository {
   absl::Mutex mu_;
   absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
   BlobIndex index_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> audit_seq_{0};  // orders same-nanosecond records
 };
 
 }  // namespace ckptd::core

@@ -12,6 +12,7 @@
 #include "server/core/manifest.h"
 #include "server/core/repository.h"
 #include "server/core/repository_internal.h"
+#include "server/core/retention_policy.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::core {
@@ -207,8 +208,35 @@ absl::StatusOr<v1::Policy> Repository::SetPolicy(
     *run.mutable_policy() = p;
     if (p.monitor().empty())
       run.mutable_policy()->set_mode(v1::MODE_UNSPECIFIED);
+    if (!actor.admin && found) {
+      // Retention applies a policy by deleting versions: a change that
+      // would delete versions that exist now is an admin's decision.
+      const RetentionPolicy retention(run.policy());
+      if (!retention.KeepsEverything()) {
+        CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
+        CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
+        const std::vector<uint64_t> drop =
+            retention.VersionsToDrop(versions, aliases);
+        if (!drop.empty()) {
+          constexpr size_t kShown = 20;
+          std::string shown = absl::StrJoin(
+              drop.begin(), drop.begin() + std::min(drop.size(), kShown), ", ");
+          if (drop.size() > kShown) {
+            absl::StrAppend(&shown, " and ", drop.size() - kShown, " more");
+          }
+          return absl::PermissionDeniedError(absl::StrCat(
+              "this policy for run '", req.run(),
+              "' would make retention delete versions ", shown, "; identity '",
+              actor.name,
+              "' may not delete versions: that needs role admin (or pin "
+              "the versions to keep first)"));
+        }
+      }
+    }
     storage::MetadataBatch batch;
     batch.Put(storage::keys::Run(req.run()), run);
+    AddAudit(batch, actor, req.run(), "set_policy", 0,
+             run.policy().ShortDebugString());
     if (best_changes && found) {
       CKPTD_ASSIGN_OR_RETURN(auto versions, LoadVersions(req.run()));
       const uint64_t best = SelectBest(versions, run.policy());
@@ -292,7 +320,8 @@ absl::Status Repository::DeleteAlias(const v1::DeleteAliasRequest& req,
 }
 
 absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
-                                                      bool pinned) {
+                                                      bool pinned,
+                                                      const Actor& actor) {
   absl::MutexLock lock(&mu_);
   CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
                          LoadCommitted(req.run(), req.ref()));
@@ -300,13 +329,16 @@ absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
     info.set_pinned(pinned);
     storage::MetadataBatch batch;
     batch.Put(storage::keys::Version(info.run(), info.version()), info);
+    AddAudit(batch, actor, info.run(), pinned ? "pin" : "unpin", info.version(),
+             "");
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
   }
   CKPTD_RETURN_IF_ERROR(FillAliases(&info));
   return info;
 }
 
-absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req) {
+absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req,
+                                       const Actor& actor) {
   {
     absl::MutexLock lock(&mu_);
     CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
@@ -331,6 +363,8 @@ absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req) {
     storage::MetadataBatch batch;
     CKPTD_ASSIGN_OR_RETURN(std::vector<Digest> unreferenced,
                            DeleteVersionRecords(batch, info));
+    AddAudit(batch, actor, req.run(), "delete_version", version,
+             absl::StrCat("step ", info.step()));
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
     DropRefs(unreferenced);
   }
@@ -364,6 +398,35 @@ absl::StatusOr<std::vector<Digest>> Repository::DeleteVersionRecords(
         storage::keys::Manifest(info.run(), info.version(), shard.rank()));
   }
   return unreferenced;
+}
+
+}  // namespace ckptd::core
+
+namespace ckptd::core {
+
+void Repository::AddAudit(storage::MetadataBatch& batch, const Actor& actor,
+                          const std::string& run, absl::string_view action,
+                          uint64_t version, std::string detail) {
+  v1::AuditEvent event;
+  event.set_at(NowNanos());
+  event.set_identity(actor.name);
+  event.set_run(run);
+  event.set_action(std::string(action));
+  event.set_version(version);
+  event.set_detail(std::move(detail));
+  batch.Put(storage::keys::Audit(run, event.at(), audit_seq_.fetch_add(1)),
+            event);
+}
+
+void Repository::RecordAudit(const Actor& actor, const std::string& run,
+                             absl::string_view action, uint64_t version,
+                             std::string detail) {
+  storage::MetadataBatch batch;
+  AddAudit(batch, actor, run, action, version, std::move(detail));
+  if (absl::Status st = meta_->Commit(batch); !st.ok()) {
+    spdlog::error("audit record of {} by {} on run '{}' not written: {}",
+                  std::string(action), actor.name, run, st.ToString());
+  }
 }
 
 }  // namespace ckptd::core

@@ -99,7 +99,8 @@ void Repository::CollectNewGarbage(absl::string_view why) {
                freed.blobs_deleted(), freed.bytes_freed());
 }
 
-absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage() {
+absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage(
+    const Actor& actor) {
   std::vector<BlobIndex::Garbage> garbage;
   {
     absl::MutexLock lock(&mu_);
@@ -107,6 +108,9 @@ absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage() {
   }
   v1::CollectGarbageResponse resp;
   absl::Status st = PurgeBlobs(garbage, &resp);
+  RecordAudit(actor, "", "collect_garbage", 0,
+              absl::StrCat(resp.blobs_deleted(), " blobs, ", resp.bytes_freed(),
+                           " bytes freed"));
   if (!st.ok()) {
     return absl::Status(
         st.code(), absl::StrCat("GC deleted ", resp.blobs_deleted(), " of ",

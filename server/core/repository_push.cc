@@ -581,13 +581,18 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   return info;
 }
 
-absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req) {
+absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req,
+                                      const Actor& actor) {
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   bool aborted = false;
   {
     absl::MutexLock lock(&mu_);
     CKPTD_ASSIGN_OR_RETURN(aborted, AbortLocked(req));
+  }
+  if (aborted) {
+    RecordAudit(actor, req.run(), "abort_version", req.version(),
+                req.reason().substr(0, 200));
   }
   // Free what only the aborted version held (its leases are gone).
   if (aborted) CollectNewGarbage("an abort");

@@ -181,6 +181,62 @@ absl::StatusOr<v1::GetAliasHistoryResponse> Repository::GetAliasHistory(
   return resp;
 }
 
+absl::StatusOr<v1::GetAuditLogResponse> Repository::GetAuditLog(
+    const v1::GetAuditLogRequest& req) {
+  constexpr uint32_t kDefaultLimit = 1000;
+  const size_t limit = req.limit() == 0 ? kDefaultLimit : req.limit();
+  std::vector<v1::AuditEvent> events;
+  absl::ReaderMutexLock lock(&mu_);
+  if (!req.run().empty()) {
+    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
+  }
+  const std::string alias_prefix =
+      req.run().empty() ? "ahist/" : storage::keys::AliasEventPrefix(req.run());
+  CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::AliasEvent>(
+      alias_prefix, "", [&](absl::string_view, v1::AliasEvent&& e) {
+        v1::AuditEvent a;
+        a.set_at(e.at());
+        a.set_identity(e.actor());
+        a.set_run(e.run());
+        a.set_action("alias_move");
+        a.set_version(e.to_version());
+        a.set_detail(e.to_version() == 0
+                         ? absl::StrCat(e.alias(), ": deleted (was ",
+                                        e.from_version(), ")")
+                         : absl::StrCat(e.alias(), ": ",
+                                        e.from_version() == 0
+                                            ? std::string("new")
+                                            : absl::StrCat(e.from_version()),
+                                        " -> ", e.to_version()));
+        events.push_back(std::move(a));
+        return true;
+      }));
+  // Every run's records, or this run's and the server-wide ones.
+  std::vector<std::string> prefixes;
+  if (req.run().empty()) {
+    prefixes.push_back("audit/");
+  } else {
+    prefixes.push_back(storage::keys::AuditPrefix(req.run()));
+  }
+  for (const std::string& prefix : prefixes) {
+    CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::AuditEvent>(
+        prefix, "", [&](absl::string_view, v1::AuditEvent&& e) {
+          events.push_back(std::move(e));
+          return true;
+        }));
+  }
+  std::stable_sort(events.begin(), events.end(),
+                   [](const v1::AuditEvent& a, const v1::AuditEvent& b) {
+                     return a.at() < b.at();
+                   });
+  v1::GetAuditLogResponse resp;
+  const size_t first = events.size() > limit ? events.size() - limit : 0;
+  for (size_t i = first; i < events.size(); ++i) {
+    *resp.add_events() = std::move(events[i]);
+  }
+  return resp;
+}
+
 absl::StatusOr<v1::VerifyResponse> Repository::Verify(
     const v1::VerifyRequest& req) {
   std::vector<uint64_t> versions;

@@ -37,8 +37,9 @@ absl::Status DrainingError() {
 // memory per stream; the write happens on the executor before the next read.
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
  public:
-  UploadReactor(CheckpointService* service, v1::UploadBlobsResponse* resp)
-      : service_(service), resp_(resp) {
+  UploadReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
+                v1::UploadBlobsResponse* resp)
+      : service_(service), ctx_(ctx), resp_(resp) {
     StartRead(&chunk_);
   }
 
@@ -69,6 +70,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
       }
       run_ = chunk_.run();
       version_ = chunk_.version();
+      CKPTD_RETURN_IF_ERROR(service_->access()
+                                .Authorize(*ctx_, Method::kUploadBlobs, run_)
+                                .status());
       CKPTD_RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
       started_ = true;
     } else if ((!chunk_.run().empty() && chunk_.run() != run_) ||
@@ -130,6 +134,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   }
 
   CheckpointService* service_;
+  grpc::CallbackServerContext* ctx_;
   v1::UploadBlobsResponse* resp_;
   v1::UploadChunk chunk_;
   bool started_ = false;
@@ -145,8 +150,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
 template <typename Message>
 class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
  public:
-  explicit StreamingReadReactor(CheckpointService* service)
-      : service_(service) {}
+  StreamingReadReactor(CheckpointService* service,
+                       grpc::CallbackServerContext* ctx)
+      : service_(service), ctx_(ctx) {}
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -185,6 +191,7 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
   virtual void Fill(const BlobCursor::Chunk& chunk, std::string bytes) = 0;
 
   CheckpointService* service_;
+  grpc::CallbackServerContext* ctx_;
   // The version's blobs stay pinned against GC until the call is done.
   std::unique_ptr<core::ReadLease> lease_;
   std::unique_ptr<BlobCursor> cursor_;
@@ -217,13 +224,17 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
 // ReadBlobs: ranges of blobs that a committed version references.
 class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
  public:
-  ReadReactor(CheckpointService* service, const v1::ReadBlobsRequest* req)
-      : StreamingReadReactor(service), req_(req) {
+  ReadReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
+              const v1::ReadBlobsRequest* req)
+      : StreamingReadReactor(service, ctx), req_(req) {
     Begin();
   }
 
  private:
   absl::Status Prepare() override {
+    CKPTD_RETURN_IF_ERROR(service_->access()
+                              .Authorize(*ctx_, Method::kReadBlobs, req_->run())
+                              .status());
     CKPTD_ASSIGN_OR_RETURN(
         lease_, service_->repo()->LeaseForRead(req_->run(), req_->version()));
     std::vector<core::BlobSlice> slices;
@@ -258,14 +269,18 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
 // ExportSafetensors: the header, then every selected tensor's bytes.
 class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
  public:
-  ExportReactor(CheckpointService* service,
+  ExportReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
                 const v1::ExportSafetensorsRequest* req)
-      : StreamingReadReactor(service), req_(req) {
+      : StreamingReadReactor(service, ctx), req_(req) {
     Begin();
   }
 
  private:
   absl::Status Prepare() override {
+    CKPTD_RETURN_IF_ERROR(
+        service_->access()
+            .Authorize(*ctx_, Method::kExportSafetensors, req_->run())
+            .status());
     v1::GetVersionRequest get;
     get.set_run(req_->run());
     get.set_ref(req_->ref());
@@ -303,8 +318,9 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
 // WatchRef: the current target first, then one event per move.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
  public:
-  WatchReactor(CheckpointService* service, const v1::WatchRefRequest* req)
-      : service_(service), req_(req) {
+  WatchReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
+               const v1::WatchRefRequest* req)
+      : service_(service), ctx_(ctx), req_(req) {
     service_->executor()->Submit([this] { Begin(); });
   }
 
@@ -336,7 +352,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
  private:
   void Begin() {
     auto ref = ParseRef(req_->ref());
-    absl::Status st = ValidateRunName(req_->run());
+    absl::Status st = service_->access()
+                          .Authorize(*ctx_, Method::kWatchRef, req_->run())
+                          .status();
+    if (st.ok()) st = ValidateRunName(req_->run());
     if (st.ok() && !ref.ok()) st = ref.status();
     if (st.ok() && std::holds_alternative<uint64_t>(ref->value)) {
       st = absl::InvalidArgumentError(
@@ -397,6 +416,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
   }
 
   CheckpointService* service_;
+  grpc::CallbackServerContext* ctx_;
   const v1::WatchRefRequest* req_;
   absl::Mutex mu_;
   std::deque<v1::WatchRefEvent> queue_ ABSL_GUARDED_BY(mu_);
@@ -410,35 +430,47 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
 
 }  // namespace
 
-CheckpointService::CheckpointService(core::Repository* repo, Executor* executor)
-    : repo_(repo), executor_(executor) {}
+CheckpointService::CheckpointService(core::Repository* repo, Executor* executor,
+                                     const AccessPolicy* access)
+    : repo_(repo), executor_(executor), access_(access) {}
 
-core::Actor CheckpointService::ActorOf(grpc::CallbackServerContext* ctx) const {
+core::Actor CheckpointService::ActorOf(const Principal& caller) {
   core::Actor actor;
-  actor.name = ctx->peer();
+  actor.name = caller.identity;
+  actor.admin = caller.role == Role::kAdmin;
   return actor;
 }
 
 template <typename Fn>
 grpc::ServerUnaryReactor* CheckpointService::Unary(
-    grpc::CallbackServerContext* ctx, Fn fn) {
+    grpc::CallbackServerContext* ctx, Method method, absl::string_view run,
+    Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (!executor_->TrySubmit([reactor, fn = std::move(fn)]() mutable {
-        reactor->Finish(ToGrpcStatus(fn()));
-      })) {
+  absl::StatusOr<Principal> caller = access_->Authorize(*ctx, method, run);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  if (!executor_->TrySubmit(
+          [reactor, caller = *std::move(caller), fn = std::move(fn)]() mutable {
+            reactor->Finish(ToGrpcStatus(fn(caller)));
+          })) {
     reactor->Finish(ToGrpcStatus(BusyError()));
   }
   return reactor;
 }
 
 // Runs `expr` (a StatusOr) and stores its value in *resp.
-#define CKPTD_UNARY(expr)                     \
-  Unary(ctx, [=, this]() -> absl::Status {    \
-    auto result = (expr);                     \
-    if (!result.ok()) return result.status(); \
-    *resp = std::move(*result);               \
-    return absl::OkStatus();                  \
-  })
+// `caller` (the authorized Principal) is in scope in `expr`.
+#define CKPTD_UNARY(method, run, expr)                       \
+  Unary(ctx, Method::method, run,                            \
+        [=, this](const Principal& caller) -> absl::Status { \
+          (void)caller;                                      \
+          auto result = (expr);                              \
+          if (!result.ok()) return result.status();          \
+          *resp = std::move(*result);                        \
+          return absl::OkStatus();                           \
+        })
 
 grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
@@ -448,143 +480,175 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     reactor->Finish(ToGrpcStatus(DrainingError()));
     return reactor;
   }
-  return CKPTD_UNARY(repo_->BeginVersion(*req));
+  return CKPTD_UNARY(kBeginVersion, req->run(), repo_->BeginVersion(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(
     grpc::CallbackServerContext* ctx, const v1::FindMissingBlobsRequest* req,
     v1::FindMissingBlobsResponse* resp) {
-  return CKPTD_UNARY(repo_->FindMissingBlobs(*req));
+  return CKPTD_UNARY(kFindMissingBlobs, req->run(),
+                     repo_->FindMissingBlobs(*req));
 }
 
 grpc::ServerReadReactor<v1::UploadChunk>* CheckpointService::UploadBlobs(
     grpc::CallbackServerContext* ctx, v1::UploadBlobsResponse* resp) {
-  return new UploadReactor(this, resp);
+  return new UploadReactor(this, ctx, resp);
 }
 
 grpc::ServerUnaryReactor* CheckpointService::QueryUpload(
     grpc::CallbackServerContext* ctx, const v1::QueryUploadRequest* req,
     v1::QueryUploadResponse* resp) {
-  return CKPTD_UNARY(repo_->QueryUpload(*req));
+  return CKPTD_UNARY(kQueryUpload, req->run(), repo_->QueryUpload(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::CommitShard(
     grpc::CallbackServerContext* ctx, const v1::CommitShardRequest* req,
     v1::CommitShardResponse* resp) {
-  core::Actor actor = ActorOf(ctx);
-  return Unary(ctx, [=, this]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(*resp->mutable_version(),
-                           repo_->CommitShard(*req, actor));
-    return absl::OkStatus();
-  });
+  return Unary(ctx, Method::kCommitShard, req->run(),
+               [=, this](const Principal& caller) -> absl::Status {
+                 CKPTD_ASSIGN_OR_RETURN(
+                     *resp->mutable_version(),
+                     repo_->CommitShard(*req, ActorOf(caller)));
+                 return absl::OkStatus();
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::AbortVersion(
     grpc::CallbackServerContext* ctx, const v1::AbortVersionRequest* req,
     v1::AbortVersionResponse* resp) {
-  return Unary(ctx, [=, this] { return repo_->AbortVersion(*req); });
+  return Unary(ctx, Method::kAbortVersion, req->run(),
+               [=, this](const Principal& caller) {
+                 return repo_->AbortVersion(*req, ActorOf(caller));
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetVersion(
     grpc::CallbackServerContext* ctx, const v1::GetVersionRequest* req,
     v1::GetVersionResponse* resp) {
-  return CKPTD_UNARY(repo_->GetVersion(*req));
+  return CKPTD_UNARY(kGetVersion, req->run(), repo_->GetVersion(*req));
 }
 
 grpc::ServerWriteReactor<v1::ReadChunk>* CheckpointService::ReadBlobs(
     grpc::CallbackServerContext* ctx, const v1::ReadBlobsRequest* req) {
-  return new ReadReactor(this, req);
+  return new ReadReactor(this, ctx, req);
 }
 
 grpc::ServerWriteReactor<v1::ExportChunk>* CheckpointService::ExportSafetensors(
     grpc::CallbackServerContext* ctx, const v1::ExportSafetensorsRequest* req) {
-  return new ExportReactor(this, req);
+  return new ExportReactor(this, ctx, req);
 }
 
 grpc::ServerWriteReactor<v1::WatchRefEvent>* CheckpointService::WatchRef(
     grpc::CallbackServerContext* ctx, const v1::WatchRefRequest* req) {
-  return new WatchReactor(this, req);
+  return new WatchReactor(this, ctx, req);
 }
 
 grpc::ServerUnaryReactor* CheckpointService::ListRuns(
     grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
     v1::ListRunsResponse* resp) {
-  return CKPTD_UNARY(repo_->ListRuns());
+  return Unary(ctx, Method::kListRuns, "",
+               [=, this](const Principal& caller) -> absl::Status {
+                 CKPTD_ASSIGN_OR_RETURN(v1::ListRunsResponse all,
+                                        repo_->ListRuns());
+                 // Only the runs the caller may read.
+                 for (v1::RunInfo& run : *all.mutable_runs()) {
+                   if (caller.MayTouchRun(run.name())) {
+                     *resp->add_runs() = std::move(run);
+                   }
+                 }
+                 return absl::OkStatus();
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::ListVersions(
     grpc::CallbackServerContext* ctx, const v1::ListVersionsRequest* req,
     v1::ListVersionsResponse* resp) {
-  return CKPTD_UNARY(repo_->ListVersions(*req));
+  return CKPTD_UNARY(kListVersions, req->run(), repo_->ListVersions(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetMetricHistory(
     grpc::CallbackServerContext* ctx, const v1::GetMetricHistoryRequest* req,
     v1::GetMetricHistoryResponse* resp) {
-  return CKPTD_UNARY(repo_->GetMetricHistory(*req));
+  return CKPTD_UNARY(kGetMetricHistory, req->run(),
+                     repo_->GetMetricHistory(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetAlias(
     grpc::CallbackServerContext* ctx, const v1::SetAliasRequest* req,
     v1::AliasInfo* resp) {
-  core::Actor actor = ActorOf(ctx);
-  return CKPTD_UNARY(repo_->SetAlias(*req, actor));
+  return CKPTD_UNARY(kSetAlias, req->run(),
+                     repo_->SetAlias(*req, ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::DeleteAlias(
     grpc::CallbackServerContext* ctx, const v1::DeleteAliasRequest* req,
     v1::DeleteAliasResponse* resp) {
-  core::Actor actor = ActorOf(ctx);
-  return Unary(ctx, [=, this] { return repo_->DeleteAlias(*req, actor); });
+  return Unary(ctx, Method::kDeleteAlias, req->run(),
+               [=, this](const Principal& caller) {
+                 return repo_->DeleteAlias(*req, ActorOf(caller));
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetAliasHistory(
     grpc::CallbackServerContext* ctx, const v1::GetAliasHistoryRequest* req,
     v1::GetAliasHistoryResponse* resp) {
-  return CKPTD_UNARY(repo_->GetAliasHistory(*req));
+  return CKPTD_UNARY(kGetAliasHistory, req->run(),
+                     repo_->GetAliasHistory(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::Pin(
     grpc::CallbackServerContext* ctx, const v1::PinRequest* req,
     v1::VersionInfo* resp) {
-  return CKPTD_UNARY(repo_->SetPinned(*req, true));
+  return CKPTD_UNARY(kPin, req->run(),
+                     repo_->SetPinned(*req, true, ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::Unpin(
     grpc::CallbackServerContext* ctx, const v1::PinRequest* req,
     v1::VersionInfo* resp) {
-  return CKPTD_UNARY(repo_->SetPinned(*req, false));
+  return CKPTD_UNARY(kUnpin, req->run(),
+                     repo_->SetPinned(*req, false, ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
     grpc::CallbackServerContext* ctx, const v1::DeleteVersionRequest* req,
     v1::DeleteVersionResponse* resp) {
-  return Unary(ctx, [=, this] { return repo_->DeleteVersion(*req); });
+  return Unary(ctx, Method::kDeleteVersion, req->run(),
+               [=, this](const Principal& caller) {
+                 return repo_->DeleteVersion(*req, ActorOf(caller));
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::SetPolicy(
     grpc::CallbackServerContext* ctx, const v1::SetPolicyRequest* req,
     v1::Policy* resp) {
-  core::Actor actor = ActorOf(ctx);
-  return CKPTD_UNARY(repo_->SetPolicy(*req, actor));
+  return CKPTD_UNARY(kSetPolicy, req->run(),
+                     repo_->SetPolicy(*req, ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::GetPolicy(
     grpc::CallbackServerContext* ctx, const v1::GetPolicyRequest* req,
     v1::Policy* resp) {
-  return CKPTD_UNARY(repo_->GetPolicy(*req));
+  return CKPTD_UNARY(kGetPolicy, req->run(), repo_->GetPolicy(*req));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::CollectGarbage(
     grpc::CallbackServerContext* ctx, const v1::CollectGarbageRequest* req,
     v1::CollectGarbageResponse* resp) {
-  return CKPTD_UNARY(repo_->CollectGarbage());
+  return CKPTD_UNARY(kCollectGarbage, "",
+                     repo_->CollectGarbage(ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::Verify(
     grpc::CallbackServerContext* ctx, const v1::VerifyRequest* req,
     v1::VerifyResponse* resp) {
-  return CKPTD_UNARY(repo_->Verify(*req));
+  return CKPTD_UNARY(kVerify, req->run(), repo_->Verify(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::GetAuditLog(
+    grpc::CallbackServerContext* ctx, const v1::GetAuditLogRequest* req,
+    v1::GetAuditLogResponse* resp) {
+  return CKPTD_UNARY(kGetAuditLog, req->run(), repo_->GetAuditLog(*req));
 }
 
 #undef CKPTD_UNARY

@@ -1,6 +1,7 @@
 // CheckpointService: the gRPC adapter of ckptd.v1.Checkpoint over a
 // core::Repository, on the callback API. No business rules live here: each
-// handler validates nothing beyond the wire shape, hands the request to the
+// handler validates nothing beyond the wire shape, asks the access table
+// (access.h) whether the caller may make the call, hands the request to the
 // repository on the blocking-work Executor, and maps the result with
 // ToGrpcStatus. Streaming RPCs are one final reactor class each; reactions
 // never block (disk and RocksDB work runs on the Executor, which resumes the
@@ -16,6 +17,7 @@
 #include "ckptd/v1/checkpoint.grpc.pb.h"
 #include "server/common/executor.h"
 #include "server/core/repository.h"
+#include "server/service/access.h"
 
 namespace ckptd::service {
 
@@ -24,12 +26,16 @@ inline constexpr uint32_t kDefaultReadChunk = 4 << 20;
 
 class CheckpointService final : public v1::Checkpoint::CallbackService {
  public:
-  CheckpointService(core::Repository* repo, Executor* executor);
+  // `access` (not owned) decides who may call what; it must outlive the
+  // service.
+  CheckpointService(core::Repository* repo, Executor* executor,
+                    const AccessPolicy* access);
 
   void SetDraining(bool draining) { draining_.store(draining); }
   bool draining() const { return draining_.load(); }
   core::Repository* repo() { return repo_; }
   Executor* executor() { return executor_; }
+  const AccessPolicy& access() const { return *access_; }
 
   grpc::ServerUnaryReactor* BeginVersion(
       grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
@@ -99,15 +105,22 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   grpc::ServerUnaryReactor* Verify(grpc::CallbackServerContext* ctx,
                                    const v1::VerifyRequest* req,
                                    v1::VerifyResponse* resp) override;
+  grpc::ServerUnaryReactor* GetAuditLog(grpc::CallbackServerContext* ctx,
+                                        const v1::GetAuditLogRequest* req,
+                                        v1::GetAuditLogResponse* resp) override;
 
  private:
-  // Runs `fn` on the executor and finishes the call with its status.
+  // Authorizes the caller for `method` on `run` (access.h), then runs
+  // fn(const Principal&) -> absl::Status on the executor and finishes the
+  // call with its status.
   template <typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, Fn fn);
-  core::Actor ActorOf(grpc::CallbackServerContext* ctx) const;
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx,
+                                  Method method, absl::string_view run, Fn fn);
+  static core::Actor ActorOf(const Principal& caller);
 
   core::Repository* repo_;
   Executor* executor_;
+  const AccessPolicy* access_;
   std::atomic<bool> draining_{false};
 };
 

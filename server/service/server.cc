@@ -1,16 +1,24 @@
 #include "server/service/server.h"
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 #include "proto/base/status.h"
 #include "server/common/executor.h"
+#include "server/service/access.h"
+#include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
 #include "spdlog/spdlog.h"
 
@@ -20,12 +28,50 @@ namespace {
 // Manifests of large states (100k+ entries) exceed gRPC's 4 MiB default.
 constexpr int kMaxMessageBytes = 256 << 20;
 
+absl::StatusOr<std::string> ReadPemFile(absl::string_view flag,
+                                        const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " ", path, ": cannot read: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string pem = text.str();
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " ", path, " is not a PEM file (no -----BEGIN line)"));
+  }
+  return pem;
+}
+
 }  // namespace
+
+bool IsLoopbackListenAddress(absl::string_view listen) {
+  const size_t colon = listen.rfind(':');
+  absl::string_view host =
+      colon == absl::string_view::npos ? listen : listen.substr(0, colon);
+  if (absl::ConsumePrefix(&host, "[")) absl::ConsumeSuffix(&host, "]");
+  if (host == "localhost" || host == "::1") return true;
+  // 127.0.0.0/8, written as a dotted quad.
+  if (!absl::ConsumePrefix(&host, "127.")) return false;
+  int dots = 0;
+  for (char c : host) {
+    if (c == '.') {
+      ++dots;
+    } else if (c < '0' || c > '9') {
+      return false;
+    }
+  }
+  return dots == 2;
+}
 
 struct Server::Impl {
   ServerOptions options;
   std::unique_ptr<core::Repository> repo;
   std::unique_ptr<Executor> executor;
+  std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
+  std::unique_ptr<AccessPolicy> access;
   std::unique_ptr<CheckpointService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
@@ -62,18 +108,87 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   CKPTD_RETURN_IF_ERROR(ValidateListenAddress(options.listen));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+
+  // Transport and identity, checked before anything is opened.
+  const bool loopback = IsLoopbackListenAddress(options.listen);
+  const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
+  if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
+    return absl::InvalidArgumentError(
+        "TLS needs both --tls_cert and --tls_key (PEM files)");
+  }
+  if (!options.tls_client_ca.empty() && !tls) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca (mTLS) needs TLS: give --tls_cert and --tls_key too");
+  }
+  if (!options.auth_file.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(AuthTable table, AuthTable::Load(options.auth_file));
+    impl->authenticator =
+        std::make_shared<Authenticator>(options.auth_file, std::move(table));
+    if (!tls && !loopback) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--listen '", options.listen, "'",
+          " is not a loopback address: bearer tokens would cross the "
+          "network in clear text; give --tls_cert and --tls_key"));
+    }
+  } else if (!loopback && !options.insecure_no_auth) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen '", options.listen,
+        "' is not a loopback address and there is no --auth_file: anyone who "
+        "reaches the port could read and delete every checkpoint. Give "
+        "--auth_file (see README, Security), or --insecure_no_auth to serve "
+        "without authentication anyway"));
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (tls) {
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    CKPTD_ASSIGN_OR_RETURN(pair.cert_chain,
+                           ReadPemFile("tls_cert", options.tls_cert));
+    CKPTD_ASSIGN_OR_RETURN(pair.private_key,
+                           ReadPemFile("tls_key", options.tls_key));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    if (!options.tls_client_ca.empty()) {
+      CKPTD_ASSIGN_OR_RETURN(
+          ssl.pem_root_certs,
+          ReadPemFile("tls_client_ca", options.tls_client_ca));
+      ssl.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  } else if (impl->authenticator != nullptr) {
+    // Plaintext on loopback. Local credentials are wire-compatible with a
+    // plaintext client and, unlike insecure ones, run the auth processor.
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+  if (impl->authenticator != nullptr) {
+    creds->SetAuthMetadataProcessor(impl->authenticator);
+  }
+  spdlog::info(
+      "security: {}, {}{}", tls ? "TLS" : "plaintext",
+      impl->authenticator != nullptr
+          ? absl::StrCat("authentication on (", impl->authenticator->size(),
+                         " credentials from ", options.auth_file, ")")
+          : std::string(loopback ? "authentication off: serving loopback "
+                                   "only (give --auth_file to serve others)"
+                                 : "authentication OFF "
+                                   "(--insecure_no_auth): every caller is "
+                                   "admin"),
+      options.tls_client_ca.empty() ? "" : ", client certificates required");
+  impl->access = std::make_unique<AccessPolicy>(impl->authenticator.get());
+
   CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
                                          options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);
-  impl->service = std::make_unique<CheckpointService>(impl->repo.get(),
-                                                      impl->executor.get());
+  impl->service = std::make_unique<CheckpointService>(
+      impl->repo.get(), impl->executor.get(), impl->access.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &impl->port);
+  builder.AddListeningPort(options.listen, creds, &impl->port);
   builder.RegisterService(impl->service.get());
   // gRPC sets SO_REUSEPORT by default: a second ckptd could then share a
   // port in use, splitting clients between two data dirs.
@@ -116,6 +231,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 }
 
 int Server::port() const { return impl_->port; }
+
+absl::Status Server::ReloadAuth() {
+  if (impl_->authenticator == nullptr) return absl::OkStatus();
+  CKPTD_RETURN_IF_ERROR(impl_->authenticator->Reload());
+  spdlog::info("reloaded {}: {} credentials", impl_->options.auth_file,
+               impl_->authenticator->size());
+  return absl::OkStatus();
+}
 
 void Server::Wait() { impl_->shutdown_done.WaitForNotification(); }
 

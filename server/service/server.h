@@ -1,5 +1,6 @@
 // Server: the ckptd gRPC server — the Checkpoint service, the standard
-// health service and reflection — over a core::Repository.
+// health service and reflection — over a core::Repository, optionally over
+// TLS, with authentication (auth.h) and authorization (access.h).
 //
 // Shape: Start(Options) -> StatusOr<unique_ptr<Server>>, port(), Wait(),
 // Shutdown(). Binding port 0 picks a free port (tests). Shutdown() marks
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/core/repository.h"
 
@@ -20,6 +22,16 @@ namespace ckptd::service {
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";
+  // TLS: PEM files of the server's certificate chain and key (both or
+  // neither). With tls_client_ca, clients must present a certificate signed
+  // by that CA (mTLS); its subject CN can be a credential in the auth file.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // The credential table (auth.h). Empty: no authentication, and the server
+  // refuses to listen on a non-loopback address unless insecure_no_auth.
+  std::string auth_file;
+  bool insecure_no_auth = false;
   std::string data_dir = "./ckptd-data";
   // Threads for disk and RocksDB work.
   int io_threads = 16;
@@ -29,6 +41,9 @@ struct ServerOptions {
   absl::Duration maintenance_interval = absl::Seconds(10);
   core::RepositoryOptions repository;
 };
+
+// True for HOST:PORT whose host is 127.0.0.0/8, ::1 or localhost.
+bool IsLoopbackListenAddress(absl::string_view listen);
 
 class Server {
  public:
@@ -41,6 +56,9 @@ class Server {
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);
+  // Re-reads --auth_file (SIGHUP). On error the old table stays in force and
+  // the error names the file, line and reason. OK without an auth file.
+  absl::Status ReloadAuth();
 
   struct Impl;
 

@@ -41,6 +41,13 @@ std::string AliasEvent(absl::string_view run, uint64_t seq) {
 std::string AliasEventPrefix(absl::string_view run) {
   return absl::StrCat("ahist/", run, "/");
 }
+std::string Audit(absl::string_view run, int64_t at, uint64_t n) {
+  return absl::StrCat("audit/", run, "/", Hex16(static_cast<uint64_t>(at)),
+                      Hex16(n));
+}
+std::string AuditPrefix(absl::string_view run) {
+  return absl::StrCat("audit/", run, "/");
+}
 std::string Lease(absl::string_view run, uint64_t version,
                   absl::string_view digest_hex) {
   return absl::StrCat("lease/", run, "/", Hex16(version), "/", digest_hex);

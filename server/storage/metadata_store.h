@@ -63,6 +63,9 @@ std::string Alias(absl::string_view run, absl::string_view name);
 std::string AliasPrefix(absl::string_view run);
 std::string AliasEvent(absl::string_view run, uint64_t seq);
 std::string AliasEventPrefix(absl::string_view run);
+// Audit records of a run ("" for server-wide ones), in time order.
+std::string Audit(absl::string_view run, int64_t at, uint64_t n);
+std::string AuditPrefix(absl::string_view run);
 std::string Lease(absl::string_view run, uint64_t version,
                   absl::string_view digest_hex);
 std::string LeasePrefix(absl::string_view run, uint64_t version);

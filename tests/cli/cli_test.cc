@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/secret.h"
 #include "tests/cli/cli_test_util.h"
 #include "tests/integration/support/server_process.h"
 
@@ -53,8 +55,9 @@ using ::testing::StartsWith;
 using Json = nlohmann::json;
 
 const char* const kCommands[] = {
-    "runs", "ls",    "show", "metrics", "pull", "push",  "alias",   "unalias",
-    "pin",  "unpin", "rm",   "policy",  "gc",   "watch", "history", "verify"};
+    "runs",  "ls",      "show",    "metrics", "pull",  "push",
+    "alias", "unalias", "pin",     "unpin",   "rm",    "policy",
+    "gc",    "watch",   "history", "verify",  "token", "audit"};
 
 std::vector<TestTensor> SampleTensors(uint32_t seed) {
   return {
@@ -528,6 +531,51 @@ TEST_F(CkptCliTest, ServerDownExitsOne) {
       *scratch_);
   EXPECT_EQ(r.exit_code, 1) << r;
   EXPECT_THAT(r.err, StartsWith("ckpt: UNAVAILABLE: ")) << r;
+}
+
+TEST_F(CkptCliTest, TokenNewPrintsATokenAndTheLineThatAdmitsIt) {
+  CkptResult r = Ckpt({"token", "new", "alice", "writer", "llama-*,bert"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const std::regex shape(
+      "token:  (ckptd_[A-Za-z0-9_-]{43})\nline:   alice writer llama-\\*,bert "
+      "sha256:([0-9a-f]{64})\n");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, shape)) << r.out;
+  EXPECT_EQ(Sha256Hex(m[1].str()), m[2].str());
+  CkptResult again = Ckpt({"token", "new", "alice", "writer", "llama-*,bert"});
+  EXPECT_THAT(again.out, Not(HasSubstr(m[1].str()))) << "tokens are fresh";
+  r = Ckpt({"--json", "token", "new", "ci", "reader", "*"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr("\"auth_file_line\": \"ci reader * sha256:"));
+  for (const auto& bad : std::vector<std::vector<std::string>>{
+           {"token", "new", "alice", "owner", "*"},
+           {"token", "new", "al ice", "reader", "*"},
+           {"token", "new", "alice", "reader", "a/b"},
+           {"token", "new", "alice", "reader", "a,,b"}}) {
+    r = Ckpt(bad);
+    EXPECT_EQ(r.exit_code, 2) << r;
+    EXPECT_THAT(r.err, StartsWith("ckpt: ")) << r;
+    EXPECT_EQ(r.out, "") << r;
+  }
+}
+
+TEST_F(CkptCliTest, AuditListsAliasMovesAndDestructiveOperations) {
+  const std::string run = Run();
+  PushSample(run, 100, 1, {});
+  PushSample(run, 200, 2, {});
+  ASSERT_EQ(Ckpt({"alias", run, "prod", "1"}).exit_code, 0);
+  ASSERT_EQ(Ckpt({"pin", absl::StrCat(run, "@2")}).exit_code, 0);
+  CkptResult r = Ckpt({"audit", run});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, StartsWith("TIME"));
+  EXPECT_THAT(r.out, HasSubstr("alias_move"));
+  EXPECT_THAT(r.out, HasSubstr("prod: new -> 1"));
+  EXPECT_THAT(r.out, HasSubstr("pin"));
+  EXPECT_THAT(r.out, HasSubstr("local")) << "the identity without auth";
+  r = Ckpt({"--json", "audit", run, "--limit", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr("\"action\": \"pin\""));
+  EXPECT_THAT(r.out, Not(HasSubstr("alias_move")));
 }
 
 TEST_F(CkptCliTest, PushThenRunsLsShow) {

@@ -35,6 +35,7 @@ using RunInfo = ::ckptd::v1::RunInfo;
 using Policy = ::ckptd::v1::Policy;
 using AliasInfo = ::ckptd::v1::AliasInfo;
 using AliasEvent = ::ckptd::v1::AliasEvent;
+using AuditEvent = ::ckptd::v1::AuditEvent;
 using MetricPoint = ::ckptd::v1::MetricPoint;
 using Environment = ::ckptd::v1::Environment;
 using ManifestEntry = ::ckptd::v1::ManifestEntry;
@@ -151,7 +152,13 @@ struct OwnedTensor {
 struct ClientOptions {
   std::string address;  // empty: DefaultServerAddress()
   std::string token;    // bearer token, sent as "authorization: Bearer ..."
-  std::string root_certificates;  // PEM; non-empty switches to TLS
+  // TLS: any of these non-empty switches to TLS. root_certificates: PEM of
+  // the CA(s) that signed the server's certificate (empty: the system's).
+  // client_certificate and client_key: PEM of this client's certificate
+  // chain and key, for servers that require mTLS (both or neither).
+  std::string root_certificates;
+  std::string client_certificate;
+  std::string client_key;
   // Channels opened to the server (streams are spread over them).
   int channels = 4;
   // Deadline for unary calls, in seconds.
@@ -228,6 +235,11 @@ class Client {
   CollectGarbage() = 0;
   virtual absl::StatusOr<::ckptd::v1::VerifyResponse> Verify(
       const std::string& run, const std::string& ref) = 0;
+  // Alias moves and destructive or policy operations with the identity that
+  // made them, oldest first; `run` empty: every run (admin only). `limit`
+  // newest events (0: the server's default, 1000).
+  virtual absl::StatusOr<std::vector<AuditEvent>> GetAuditLog(
+      const std::string& run, uint32_t limit) = 0;
 };
 
 // True when this build has CUDA support and a CUDA device is present.

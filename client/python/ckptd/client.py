@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import numbers
 import operator
 import platform
@@ -228,6 +229,28 @@ class _Reader:
         return tensor if move_to is None else tensor.to(move_to)
 
 
+def _pem(name: str, value: Union[str, bytes, None], env: str) -> str:
+    """PEM text given directly, else read from the file ``$env`` names."""
+    if value is None:
+        path = os.environ.get(env)
+        if not path:
+            return ""
+        try:
+            with open(path, "rb") as f:
+                value = f.read()
+        except OSError as e:
+            raise InvalidArgumentError(f"${env}={path!r}: cannot read the file: {e.strerror}") from None
+        name = f"${env} ({path})"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidArgumentError(f"{name} is not PEM text (not ASCII)") from None
+    if value and "-----BEGIN " not in value:
+        raise InvalidArgumentError(f"{name} is not PEM text (no -----BEGIN line); pass the file's contents")
+    return value
+
+
 class Client:
     """A connection to a ckptd server.
 
@@ -235,8 +258,16 @@ class Client:
 
     Args:
         address: ``host:port``; None: ``$CKPTD_SERVER``, else ``127.0.0.1:50051``.
-        token: bearer token for servers with authentication.
-        root_certificates: PEM root certificates (str or bytes); switches to TLS.
+        token: bearer token for servers with ``--auth_file``; None:
+            ``$CKPTD_TOKEN`` if set.
+        root_certificates: PEM of the CA(s) that signed the server's
+            certificate (str or bytes); switches to TLS. None: the file named
+            by ``$CKPTD_TLS_CA`` if set.
+        client_certificate: PEM of this client's certificate chain, for
+            servers that require mTLS (with ``client_key``). None: the file
+            named by ``$CKPTD_TLS_CERT`` if set.
+        client_key: PEM of the client certificate's private key. None: the
+            file named by ``$CKPTD_TLS_KEY`` if set.
         timeout: deadline in seconds for each unary call (a dead server is
             reported as UnavailableError or DeadlineExceededError within it).
         channels: TCP connections to open to the server.
@@ -259,14 +290,24 @@ class Client:
         *,
         token: Optional[str] = None,
         root_certificates: Union[str, bytes, None] = None,
+        client_certificate: Union[str, bytes, None] = None,
+        client_key: Union[str, bytes, None] = None,
         timeout: float = 60.0,
         channels: int = 4,
         streams: int = 4,
         max_attempts: int = 10,
         max_pending_saves: int = DEFAULT_MAX_PENDING_SAVES,
     ) -> None:
-        if isinstance(root_certificates, bytes):
-            root_certificates = root_certificates.decode("ascii")
+        if token is None:
+            token = os.environ.get("CKPTD_TOKEN")
+        root_certificates = _pem("root_certificates", root_certificates, "CKPTD_TLS_CA")
+        client_certificate = _pem("client_certificate", client_certificate, "CKPTD_TLS_CERT")
+        client_key = _pem("client_key", client_key, "CKPTD_TLS_KEY")
+        if bool(client_certificate) != bool(client_key):
+            raise InvalidArgumentError(
+                "client_certificate and client_key go together: give both (or set both "
+                "$CKPTD_TLS_CERT and $CKPTD_TLS_KEY)"
+            )
         if not timeout or timeout <= 0:
             raise InvalidArgumentError(f"timeout must be positive seconds, got {timeout!r}")
         self.address: str = address or _native.default_server_address()
@@ -278,6 +319,8 @@ class Client:
             float(timeout),
             _int(streams, "streams", 1),
             _int(max_attempts, "max_attempts", 1),
+            client_certificate or "",
+            client_key or "",
         )
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()

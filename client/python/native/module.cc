@@ -49,11 +49,15 @@ class NativeClient {
  public:
   NativeClient(const std::string& address, const std::string& token,
                const std::string& root_certificates, int channels,
-               double rpc_timeout_seconds, int streams, int max_attempts) {
+               double rpc_timeout_seconds, int streams, int max_attempts,
+               const std::string& client_certificate,
+               const std::string& client_key) {
     ClientOptions options;
     options.address = address;
     options.token = token;
     options.root_certificates = root_certificates;
+    options.client_certificate = client_certificate;
+    options.client_key = client_key;
     options.channels = channels;
     options.rpc_timeout_seconds = rpc_timeout_seconds;
     push_options_.streams = streams;
@@ -392,10 +396,12 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<NativeClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, const std::string&,
-                    int, double, int, int>(),
+                    int, double, int, int, const std::string&,
+                    const std::string&>(),
            py::arg("address"), py::arg("token"), py::arg("root_certificates"),
            py::arg("channels"), py::arg("rpc_timeout_seconds"),
-           py::arg("streams"), py::arg("max_attempts"))
+           py::arg("streams"), py::arg("max_attempts"),
+           py::arg("client_certificate") = "", py::arg("client_key") = "")
       .def("push", &NativeClient::Push, py::arg("run"), py::arg("step"),
            py::arg("epoch"), py::arg("rank"), py::arg("world_size"),
            py::arg("metrics"), py::arg("env"), py::arg("labels"),

@@ -33,9 +33,10 @@ constexpr double kStartTimeoutSeconds = 30;
 constexpr auto kPollInterval = std::chrono::milliseconds(5);
 
 // A channel that reaches READY proves the server accepts connections.
-bool ChannelReady(const std::string& address, double seconds) {
-  auto channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+bool ChannelReady(const std::string& address, double seconds,
+                  std::shared_ptr<grpc::ChannelCredentials> creds) {
+  auto channel = grpc::CreateChannel(
+      address, creds != nullptr ? creds : grpc::InsecureChannelCredentials());
   return channel->WaitForConnected(
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int>(seconds * 1000)));
@@ -209,7 +210,7 @@ absl::Status ServerProcess::WaitUntilServing(double timeout_seconds) {
       const double left = std::chrono::duration<double>(
                               deadline - std::chrono::steady_clock::now())
                               .count();
-      if (ChannelReady(address_, std::max(left, 0.1))) {
+      if (ChannelReady(address_, std::max(left, 0.1), ready_credentials_)) {
         return absl::OkStatus();
       }
       break;

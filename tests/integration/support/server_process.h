@@ -16,11 +16,13 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "grpcpp/security/credentials.h"
 
 namespace ckptd::testing {
 
@@ -37,6 +39,11 @@ class ServerProcess {
   // bare "NAME" removes it; {} goes back to the inherited environment.
   void set_extra_env(std::vector<std::string> env) {
     extra_env_ = std::move(env);
+  }
+  // Credentials Start() connects with to see that the server serves (for a
+  // TLS server); default: plaintext.
+  void set_ready_credentials(std::shared_ptr<grpc::ChannelCredentials> creds) {
+    ready_credentials_ = std::move(creds);
   }
 
   absl::Status Start();
@@ -72,6 +79,7 @@ class ServerProcess {
 
   std::vector<std::string> extra_flags_;
   std::vector<std::string> extra_env_;
+  std::shared_ptr<grpc::ChannelCredentials> ready_credentials_;
   std::string data_dir_;
   std::string address_;
   std::string log_path_;
