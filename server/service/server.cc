@@ -12,6 +12,7 @@
 #include "proto/base/status.h"
 #include "server/common/executor.h"
 #include "server/service/checkpoint_service.h"
+#include "server/service/reflection_v1_service.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
@@ -27,6 +28,7 @@ struct Server::Impl {
   std::unique_ptr<core::Repository> repo;
   std::unique_ptr<Executor> executor;
   std::unique_ptr<CheckpointService> service;
+  ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
   absl::Notification shutdown_started;
@@ -75,6 +77,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &impl->port);
   builder.RegisterService(impl->service.get());
+  builder.RegisterService(&impl->reflection_v1);
   // gRPC sets SO_REUSEPORT by default: a second ckptd could then share a
   // port in use, splitting clients between two data dirs.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
