@@ -40,6 +40,17 @@ def test_callable_sees_bytes_up_to_the_total(client, run_name):
     assert loaded[-1] == (nbytes, nbytes)
 
 
+def test_load_into_reports_progress(client, run_name):
+    model = torch.nn.Linear(512, 256)
+    client.save(run_name, {"model": model.state_dict()}, step=1)
+    calls = []
+    fresh = torch.nn.Linear(512, 256)
+    client.load_into(fresh, run_name, key="model", progress=lambda d, t: calls.append((d, t)))
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert calls[-1] == (nbytes, nbytes)
+    assert torch.equal(fresh.weight, model.weight)
+
+
 def test_unchanged_resave_reports_nothing_to_send(client, run_name, monkeypatch):
     state = _state(1)
     client.save(run_name, state, step=1)

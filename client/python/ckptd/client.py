@@ -640,6 +640,7 @@ class Client:
         strip_prefix: Optional[str] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
+        progress: Progress = None,
     ) -> LoadResult:
         """Loads a saved state dict into ``model``.
 
@@ -665,6 +666,8 @@ class Client:
             rank: the shard, for multi-shard versions.
             world_size: as for :meth:`load`: checked against the version's
                 world_size when given.
+            progress: as for :meth:`load` (the bytes that travel: only the
+                tensors that fit).
 
         Returns:
             :class:`LoadResult` with missing_keys, unexpected_keys,
@@ -680,6 +683,7 @@ class Client:
             >>> res.missing_keys, res.unexpected_keys
             ([], [])
         """
+        report = _progress.reporter(progress, f"load {run}@{ref}")
         manifest = self._get_manifest(run, ref, rank, world_size)
         info = VersionInfo._from_native(manifest.info())
         shards = self._shard_indices(manifest, rank)
@@ -752,7 +756,7 @@ class Client:
                 for i in subtree:
                     if entries[i][1] == _tree.ENTRY_TENSOR:
                         reader.add(shard, i, entries[i], torch.device("cpu"))
-        reader.read(self._native)
+        reader.read(self._native, report)
         new_state = collections.OrderedDict()
         for name in load_names:
             index, subtree = stored[name]
