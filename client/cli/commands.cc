@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -70,6 +71,13 @@ struct Args {
   int64_t epoch = 0;
   std::vector<std::string> metrics;
   std::vector<std::string> labels;
+
+  // ls filters (--metric NAME, --label K=V reuse `labels`)
+  std::string metric_present;
+  int64_t min_step_value = 0;
+  int64_t max_step_value = 0;
+  std::optional<int64_t> min_step;  // filled after parsing, when given
+  std::optional<int64_t> max_step;
 
   std::string monitor;
   std::string mode;
@@ -382,9 +390,28 @@ absl::Status CmdRuns(Session& s) {
 absl::Status CmdLs(Session& s) {
   const std::string& run = s.args().run;
   CKPTD_RETURN_IF_ERROR(CheckRunArgument(run));
-  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  const Args& a = s.args();
   ListVersionsRequest request;
   request.set_run(run);
+  if (a.min_step && a.max_step && *a.min_step > *a.max_step) {
+    return UsageError(absl::StrCat("--min-step ", *a.min_step,
+                                   " is above --max-step ", *a.max_step,
+                                   "; no version could match"));
+  }
+  if (a.min_step) request.set_min_step(*a.min_step);
+  if (a.max_step) request.set_max_step(*a.max_step);
+  request.set_metric_present(a.metric_present);
+  for (const std::string& l : a.labels) {
+    CKPTD_ASSIGN_OR_RETURN(auto kv, ParseKeyValue(l, "--label"));
+    auto [it, inserted] =
+        request.mutable_label_equals()->insert({kv.first, kv.second});
+    if (!inserted && it->second != kv.second) {
+      return UsageError(absl::StrCat(
+          "--label ", kv.first, " is given twice with different values ('",
+          it->second, "' and '", kv.second, "'); no version could match"));
+    }
+  }
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(std::vector<VersionInfo> versions,
                          client->ListVersions(request));
   if (s.json()) {
@@ -725,34 +752,71 @@ absl::Status CmdPush(Session& s) {
   }
   request.entries = *std::move(entries);
 
+  uint64_t file_bytes = 0;
+  for (const PushEntry& e : request.entries) {
+    file_bytes += e.tensor.byte_length;
+  }
+
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
-  ProgressBar bar(s.err(), absl::StrCat("push ", a.run), s.progress());
+  const std::string label = absl::StrCat("push ", a.run);
+  ProgressBar bar(s.err(), label, s.progress());
   PushOptions options;
-  options.progress = [&bar](uint64_t done, uint64_t total) {
+  // `total` is what the server is missing; 0 (everything already stored)
+  // is said in words after the push instead of a bar of "0 B / 0 B".
+  std::atomic<bool> anything_to_send{false};
+  options.progress = [&bar, &anything_to_send](uint64_t done, uint64_t total) {
+    if (total == 0) return;
+    anything_to_send.store(true, std::memory_order_relaxed);
     bar.Update(done, total);
   };
   CKPTD_ASSIGN_OR_RETURN(VersionInfo v, client->Push(request, options));
   bar.Finish();
+  if (s.progress() && !anything_to_send.load(std::memory_order_relaxed)) {
+    s.err() << label << ": 0 B to send, " << HumanBytes(file_bytes)
+            << " already stored\n";
+  }
   if (s.json()) {
     s.PrintJson(VersionJson(v));
   } else {
+    const std::string uploaded =
+        v.uploaded_bytes() == 0 && v.total_bytes() > 0
+            ? absl::StrCat("0 B to send, ", HumanBytes(v.total_bytes()),
+                           " already stored")
+            : absl::StrCat("uploaded ", HumanBytes(v.uploaded_bytes()));
     s.out() << "pushed " << v.run() << "@" << v.version() << ": step "
             << v.step() << ", " << Count(file->tensors.size(), "tensor") << ", "
-            << HumanBytes(v.total_bytes()) << " (uploaded "
-            << HumanBytes(v.uploaded_bytes()) << "), " << StateName(v.state())
-            << "\n";
+            << HumanBytes(v.total_bytes()) << " (" << uploaded << "), "
+            << StateName(v.state()) << "\n";
   }
   return absl::OkStatus();
 }
 
+// `ckpt alias RUN@REF NAME`, or the older `ckpt alias RUN NAME REF`.
 absl::Status CmdAlias(Session& s) {
   const Args& a = s.args();
-  CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+  VersionRef target;
+  if (a.run.find('@') != std::string::npos) {
+    CKPTD_ASSIGN_OR_RETURN(target, ParseVersionRef(a.run, RefRule::kRequired));
+    if (!a.ref.empty()) {
+      return UsageError(
+          absl::StrCat("the version is given twice ('", a.run, "' and '", a.ref,
+                       "'); use ckpt alias RUN@REF NAME, e.g. ckpt alias ",
+                       target.run, "@", target.ref, " ", a.name));
+    }
+  } else {
+    CKPTD_RETURN_IF_ERROR(CheckRunArgument(a.run));
+    if (a.ref.empty()) {
+      return UsageError(absl::StrCat(
+          "which version should '", a.name, "' name? use ckpt alias RUN@REF ",
+          "NAME, e.g. ckpt alias ", a.run, "@best ", a.name));
+    }
+    CKPTD_RETURN_IF_ERROR(CheckRef(a.ref));
+    target = VersionRef{a.run, a.ref};
+  }
   CKPTD_RETURN_IF_ERROR(CheckAliasName(a.name));
-  CKPTD_RETURN_IF_ERROR(CheckRef(a.ref));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
   CKPTD_ASSIGN_OR_RETURN(AliasInfo info,
-                         client->SetAlias(a.run, a.name, a.ref));
+                         client->SetAlias(target.run, a.name, target.ref));
   if (s.json()) {
     s.PrintJson({{"run", info.run()},
                  {"name", info.name()},
@@ -1104,9 +1168,23 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
   audit->add_option("--limit", args.limit,
                     "Newest events to show (default 1000)");
 
-  CLI::App* c = AddCommand(app, h, "ls", "List the versions of a run",
-                           "ckpt ls llama", CmdLs);
+  CLI::App* c = AddCommand(
+      app, h, "ls", "List the versions of a run (filters combine with AND)",
+      "ckpt ls llama --metric val_loss --min-step 1000 --label git_sha=abc123",
+      CmdLs);
   c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("--metric", args.metric_present,
+                "Only versions that report this metric");
+  CLI::Option* min_step = c->add_option("--min-step", args.min_step_value,
+                                        "Only versions with step >= N");
+  CLI::Option* max_step = c->add_option("--max-step", args.max_step_value,
+                                        "Only versions with step <= N");
+  c->add_option("--label", args.labels,
+                "Only versions with label K=V (repeatable)");
+  c->callback([&args, min_step, max_step] {
+    if (min_step->count() > 0) args.min_step = args.min_step_value;
+    if (max_step->count() > 0) args.max_step = args.max_step_value;
+  });
 
   c = AddCommand(app, h, "show",
                  "Show a version: metadata, env, metrics, aliases, shards, "
@@ -1144,12 +1222,14 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
   c->add_option("--metric", args.metrics, "Metric k=v (repeatable)");
   c->add_option("--label", args.labels, "Label k=v (repeatable)");
 
-  c = AddCommand(app, h, "alias", "Point an alias at a version",
-                 "ckpt alias llama prod 12", CmdAlias);
-  c->add_option("RUN", args.run, "Run name")->required();
-  c->add_option("NAME", args.name, "Alias name")->required();
-  c->add_option("REF", args.ref, "Version: N, last, best or an alias")
+  c = AddCommand(app, h, "alias",
+                 "Point an alias at a version (also: ckpt alias RUN NAME REF)",
+                 "ckpt alias llama@12 prod", CmdAlias);
+  c->add_option("RUN@REF", args.run, "Version: N, last, best or an alias")
       ->required();
+  c->add_option("NAME", args.name, "Alias name")->required();
+  c->add_option("REF", args.ref,
+                "Version, when the first argument is a plain RUN (old order)");
 
   c = AddCommand(app, h, "unalias", "Remove an alias",
                  "ckpt unalias llama prod", CmdUnalias);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -173,19 +174,37 @@ absl::Status ParseMetadata(const Json& value,
   return absl::OkStatus();
 }
 
-// One node of the tensor-name tree BuildPushEntries walks.
-struct NameNode {
-  std::string segment;
-  const SafetensorsTensor* tensor = nullptr;        // null: a container
-  std::vector<std::unique_ptr<NameNode>> children;  // insertion order
-  absl::flat_hash_map<std::string, NameNode*> by_segment;
+// One segment of a key path: a string key or an int key.
+struct Segment {
+  bool is_int = false;
+  std::string key;
+  int64_t int_key = 0;
+
+  std::string Text() const { return is_int ? absl::StrCat(int_key) : key; }
+  // Distinguishes int key 0 from string key "0".
+  std::string MapKey() const {
+    return is_int ? absl::StrCat("i", int_key) : absl::StrCat("s", key);
+  }
 };
 
-void EmitPreOrder(const NameNode& node, std::vector<std::string>& path,
+// One node of the key-path tree BuildPushEntries walks.
+struct PathNode {
+  Segment segment;
+  const SafetensorsTensor* tensor = nullptr;        // null: a container
+  std::vector<std::unique_ptr<PathNode>> children;  // insertion order
+  absl::flat_hash_map<std::string, PathNode*> by_segment;
+};
+
+void EmitPreOrder(const PathNode& node, std::vector<Segment>& path,
                   const SafetensorsFile& file, std::vector<PushEntry>& out) {
   PushEntry entry;
-  for (const std::string& seg : path) {
-    entry.entry.add_path()->set_key(seg);
+  for (const Segment& seg : path) {
+    v1::PathSegment* p = entry.entry.add_path();
+    if (seg.is_int) {
+      p->set_int_key(seg.int_key);
+    } else {
+      p->set_key(seg.key);
+    }
   }
   if (node.tensor == nullptr) {
     entry.entry.mutable_container()->set_kind(v1::ContainerInfo::DICT);
@@ -205,6 +224,44 @@ void EmitPreOrder(const NameNode& node, std::vector<std::string>& path,
   entry.tensor.data = bytes.data();
   entry.tensor.byte_length = bytes.size();
   out.push_back(std::move(entry));
+}
+
+// The key paths recorded in __metadata__[kKeyPathsMetadata] (see the
+// header), one per tensor in header order; nullopt when the entry is absent,
+// malformed, or does not describe every tensor of the file exactly (a
+// renamed or added tensor): the names are the truth then.
+std::optional<std::vector<std::vector<Segment>>> RecordedKeyPaths(
+    const SafetensorsFile& file) {
+  auto found = file.metadata.find(kKeyPathsMetadata);
+  if (found == file.metadata.end()) return std::nullopt;
+  const Json recorded =
+      Json::parse(found->second, nullptr, /*allow_exceptions=*/false);
+  if (!recorded.is_object()) return std::nullopt;
+  std::vector<std::vector<Segment>> out;
+  for (const SafetensorsTensor& t : file.tensors) {
+    auto it = recorded.find(t.name);
+    if (it == recorded.end() || !it->is_array() || it->empty()) {
+      return std::nullopt;
+    }
+    std::vector<Segment> path;
+    std::vector<std::string> texts;
+    for (const Json& seg : *it) {
+      Segment s;
+      if (seg.is_string()) {
+        s.key = seg.get<std::string>();
+      } else if (seg.is_number_integer()) {
+        s.is_int = true;
+        s.int_key = seg.get<int64_t>();
+      } else {
+        return std::nullopt;
+      }
+      texts.push_back(s.Text());
+      path.push_back(std::move(s));
+    }
+    if (absl::StrJoin(texts, ".") != t.name) return std::nullopt;
+    out.push_back(std::move(path));
+  }
+  return out;
 }
 
 }  // namespace
@@ -297,55 +354,60 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes) {
 
 absl::StatusOr<std::vector<PushEntry>> BuildPushEntries(
     const SafetensorsFile& file) {
-  NameNode root;
-  for (const SafetensorsTensor& t : file.tensors) {
-    const std::vector<std::string> segments = absl::StrSplit(t.name, '.');
-    for (const std::string& seg : segments) {
-      if (seg.empty()) {
-        return TensorError(t.name,
-                           "name has an empty segment between dots; names "
-                           "look like \"model.layers.0.weight\"");
-      }
+  std::optional<std::vector<std::vector<Segment>>> paths =
+      RecordedKeyPaths(file);
+  if (!paths.has_value()) {
+    // A flat state dict: each name is one key of the root dict, dots and
+    // all, as torch's state_dict() and the file have it.
+    paths.emplace();
+    for (const SafetensorsTensor& t : file.tensors) {
+      if (t.name.empty()) return TensorError(t.name, "name is empty");
+      paths->push_back({Segment{false, t.name, 0}});
     }
-    NameNode* node = &root;
+  }
+  PathNode root;
+  for (size_t ti = 0; ti < file.tensors.size(); ++ti) {
+    const SafetensorsTensor& t = file.tensors[ti];
+    const std::vector<Segment>& segments = (*paths)[ti];
+    PathNode* node = &root;
     std::string prefix;
     for (size_t i = 0; i < segments.size(); ++i) {
-      const std::string& seg = segments[i];
-      absl::StrAppend(&prefix, prefix.empty() ? "" : ".", seg);
+      const Segment& seg = segments[i];
+      absl::StrAppend(&prefix, prefix.empty() ? "" : ".", seg.Text());
       const bool leaf = i + 1 == segments.size();
-      auto found = node->by_segment.find(seg);
+      auto found = node->by_segment.find(seg.MapKey());
       if (found != node->by_segment.end()) {
-        NameNode* child = found->second;
+        PathNode* child = found->second;
         if (leaf) {
           return TensorError(
               t.name,
               child->tensor != nullptr
-                  ? std::string("name appears twice")
-                  : absl::StrCat("name is also the prefix of other tensors "
-                                 "(e.g. '",
-                                 prefix, ".", child->children[0]->segment,
-                                 "...')"));
+                  ? std::string("key path appears twice")
+                  : absl::StrCat("key path is also the prefix of other "
+                                 "tensors (e.g. '",
+                                 prefix, ".",
+                                 child->children[0]->segment.Text(), "...')"));
         }
         if (child->tensor != nullptr) {
           return TensorError(t.name,
-                             absl::StrCat("name extends tensor '", prefix,
+                             absl::StrCat("key path extends tensor '", prefix,
                                           "'; a tensor cannot also be a "
                                           "container"));
         }
         node = child;
         continue;
       }
-      auto child = std::make_unique<NameNode>();
+      auto child = std::make_unique<PathNode>();
       child->segment = seg;
       if (leaf) child->tensor = &t;
-      NameNode* raw = child.get();
-      node->by_segment.emplace(seg, raw);
+      PathNode* raw = child.get();
+      node->by_segment.emplace(seg.MapKey(), raw);
       node->children.push_back(std::move(child));
       node = raw;
     }
   }
   std::vector<PushEntry> entries;
-  std::vector<std::string> path;
+  std::vector<Segment> path;
   EmitPreOrder(root, path, file, entries);
   return entries;
 }

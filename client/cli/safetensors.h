@@ -66,12 +66,25 @@ struct SafetensorsFile {
 // Validates `bytes` as a whole .safetensors file (see the file comment).
 absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes);
 
-// The push entries of a parsed file: a root DICT container, then for each
-// tensor its dotted name split on '.' into nested DICT containers (created
-// in pre-order, numeric segments kept as string keys) and the tensor leaf,
-// whose data points into `file.data`. Tensors keep header order within each
-// container. INVALID_ARGUMENT for an empty name segment ("a..b") or a name
-// that is both a tensor and a prefix of another ("a" and "a.b").
+// The __metadata__ entry in which `ckpt pull` (the server's export) records
+// each tensor's key path: a JSON object mapping the tensor name to its path
+// segments, strings for string keys and numbers for int keys, e.g.
+// {"model.0.weight": ["model", "0.weight"], "opt.state.0.m": ["opt",
+// "state", 0, "m"]}. The dotted name alone cannot tell {"model": {"0.weight":
+// t}} from {"model": {"0": {"weight": t}}}.
+inline constexpr char kKeyPathsMetadata[] = "ckptd_key_paths";
+
+// The push entries of a parsed file: a root DICT container, then the tensor
+// leaves (data pointing into `file.data`), in header order.
+//   - With __metadata__[kKeyPathsMetadata] describing every tensor (a file
+//     made by `ckpt pull`), each tensor goes back to its recorded key path,
+//     in nested DICT containers created in pre-order: the version's key set
+//     round-trips exactly.
+//   - Otherwise (any other writer, or an edited file) each name is one key
+//     of the root dict, dots included: {"model.layers.0.weight": t}, as
+//     state_dict() has it.
+// INVALID_ARGUMENT for recorded paths that collide (a path that is both a
+// tensor and a prefix of another).
 absl::StatusOr<std::vector<PushEntry>> BuildPushEntries(
     const SafetensorsFile& file);
 

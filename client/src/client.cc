@@ -23,6 +23,7 @@
 #include "client/src/cuda_staging.h"
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
+#include "client/src/ref_watch.h"
 #include "client/src/tensor_read.h"
 #include "grpcpp/support/sync_stream.h"
 #include "proto/base/dtype.h"
@@ -242,6 +243,11 @@ class ClientImpl final : public Client {
     }
     absl::Status st = FromGrpcStatus(reader->Finish());
     return stopped ? absl::OkStatus() : st;
+  }
+
+  absl::StatusOr<std::unique_ptr<RefWatch>> OpenWatch(
+      const std::string& run, const std::string& ref) override {
+    return internal::StartRefWatch(*connection_, run, ref);
   }
 
   // ---- History ----

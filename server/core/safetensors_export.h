@@ -2,12 +2,18 @@
 //
 // Format (https://github.com/huggingface/safetensors): 8-byte little-endian
 // header length N, N bytes of JSON header (padded with spaces to a multiple
-// of 8), then the tensor bytes back to back. The header maps each tensor name
-// to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to
-// the data section) and carries "__metadata__": a string->string map with
-// run, version, step, epoch, torch_version and metrics (a JSON object).
-// Tensor names are the dotted key paths ("model.layers.0.weight"); value
-// leaves are not exported.
+// of 8), then the tensor bytes back to back (no holes: the reference reader
+// rejects them), ordered for alignment: first every tensor whose size is a
+// multiple of 8 (so each starts at a multiple of 8 in the file), then the
+// others by element size, largest first (so each starts at a multiple of its
+// element size); manifest order within each group. The header maps each
+// tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
+// relative to the data section) and carries "__metadata__": a string->string
+// map with run, version, step, epoch, torch_version, metrics (a JSON object)
+// and ckptd_key_paths (a JSON object: tensor name -> its key path segments,
+// strings and ints, so that `ckpt push` of the file restores the exact
+// paths; see client/cli/safetensors.h). Tensor names are the dotted key paths
+// ("model.layers.0.weight"); value leaves are not exported.
 #ifndef CKPTD_SERVER_CORE_SAFETENSORS_EXPORT_H_
 #define CKPTD_SERVER_CORE_SAFETENSORS_EXPORT_H_
 

@@ -20,6 +20,7 @@
 #include "server/service/access.h"
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
+#include "server/service/reflection_v1_service.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
@@ -73,6 +74,7 @@ struct Server::Impl {
   std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
   std::unique_ptr<AccessPolicy> access;
   std::unique_ptr<CheckpointService> service;
+  ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
   absl::Notification shutdown_started;
@@ -190,6 +192,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, creds, &impl->port);
   builder.RegisterService(impl->service.get());
+  builder.RegisterService(&impl->reflection_v1);
   // gRPC sets SO_REUSEPORT by default: a second ckptd could then share a
   // port in use, splitting clients between two data dirs.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

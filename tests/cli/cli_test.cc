@@ -18,6 +18,7 @@
 #include <optional>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ckptd/client.h"
+#include "client/cli/commands.h"
+#include "client/cli/format.h"
 #include "client/cli/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -88,6 +91,7 @@ struct SpecTensor {
   std::string dtype;
   std::vector<int64_t> shape;
   std::string bytes;
+  uint64_t file_offset = 0;  // where its bytes start in the whole file
 };
 
 struct SpecFile {
@@ -204,6 +208,7 @@ SpecFile ReadSpecSafetensors(const std::string& bytes) {
           << "tensor '" << name << "': bytes != product(shape) x dtype size";
     }
     t.bytes = buffer.substr(begin, end - begin);
+    t.file_offset = 8 + n + begin;
     ranges.push_back({begin, end, name});
     out.tensors[name] = std::move(t);
   }
@@ -789,8 +794,11 @@ TEST_F(CkptCliTest, PushRejectsInvalidFileBeforeSending) {
   EXPECT_THAT(r.err, HasSubstr("tensor 'w'"));
   EXPECT_THAT(r.err, HasSubstr("needs 16 bytes"));
 
-  WriteFile(
-      bad, EncodeSafetensors({{"a", "U8", {1}, "x"}, {"a.b", "U8", {1}, "y"}}));
+  // Flat names never collide ("a" and "a.b" are two keys), but recorded key
+  // paths can.
+  WriteFile(bad, EncodeSafetensors(
+                     {{"a", "U8", {1}, "x"}, {"a.b", "U8", {1}, "y"}},
+                     {{kKeyPathsMetadata, R"({"a":["a"],"a.b":["a","b"]})"}}));
   r = Ckpt({"push", run, bad, "--step", "1"});
   EXPECT_EQ(r.exit_code, 1) << r;
   EXPECT_THAT(r.err, HasSubstr("tensor 'a'"));
@@ -1100,19 +1108,27 @@ TEST_F(CkptCliTest, PulledSafetensorsFollowTheSpecAndRoundTrip) {
   EXPECT_THAT(r.out, HasSubstr("8 tensors"));
   const SpecFile file = ReadSpecSafetensors(ReadFile(pulled));
   ExpectTensors(file, tensors, "pulled @1");
-  // The data buffer follows the manifest's (pre-)order.
-  std::vector<std::string> manifest_order;
-  for (const ClientTensor& t : tensors) manifest_order.push_back(t.name);
-  // Zero-size tensors share their offset with the next one; order by name
-  // among equal offsets is not specified, so compare the non-empty ones.
-  std::vector<std::string> nonempty_order, nonempty_manifest;
+  // Aligned without holes (the reader above checks there are none): every
+  // tensor whose size is a multiple of 8 starts at a multiple of 8 in the
+  // file, every other one at a multiple of its element size; so those come
+  // first, then the rest by element size, largest first, each group in
+  // manifest order. Zero-size tensors share their offset with the next one,
+  // so compare the order of the non-empty ones.
+  for (const auto& [name, t] : file.tensors) {
+    const uint64_t element = SpecDTypeSize(t.dtype).value_or(1);
+    if (t.bytes.size() % 8 == 0) {
+      EXPECT_EQ(t.file_offset % 8, 0u) << name << " at " << t.file_offset;
+    }
+    EXPECT_EQ(t.file_offset % element, 0u) << name << " at " << t.file_offset;
+  }
+  std::vector<std::string> nonempty_order;
   for (const std::string& name : file.order) {
     if (!file.tensors.at(name).bytes.empty()) nonempty_order.push_back(name);
   }
-  for (const ClientTensor& t : tensors) {
-    if (!t.bytes.empty()) nonempty_manifest.push_back(t.name);
-  }
-  EXPECT_EQ(nonempty_order, nonempty_manifest);
+  EXPECT_EQ(nonempty_order,
+            (std::vector<std::string>{"model.encoder.weight", "model.big",
+                                      "optimizer.step", "model.encoder.bias",
+                                      "model.embed", "mask", "pixels"}));
 
   ASSERT_TRUE(file.has_metadata);
   EXPECT_EQ(file.metadata.count("run") ? file.metadata.at("run") : "", run);
@@ -1178,6 +1194,129 @@ TEST_F(CkptCliTest, PulledSafetensorsFollowTheSpecAndRoundTrip) {
   EXPECT_THAT(r.err, StartsWith("ckpt: NOT_FOUND: ")) << r;
   EXPECT_THAT(r.err, HasSubstr("nosuch")) << r;
   EXPECT_TRUE(ReadFile(model) == before);
+}
+
+// `ckpt alias RUN@REF NAME`, and the old `ckpt alias RUN NAME REF`.
+TEST_F(CkptCliTest, AliasTakesRunAtRefThenName) {
+  const std::string run = Run();
+  PushSample(run, 1, 1);
+  PushSample(run, 2, 2);
+  CkptResult r = Ckpt({"alias", absl::StrCat(run, "@1"), "prod"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.out, absl::StrCat(run, "@prod -> 1\n"));
+  r = Ckpt({"alias", absl::StrCat(run, "@last"), "prod"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.out, absl::StrCat(run, "@prod -> 2\n"));
+  r = Ckpt({"alias", run, "canary", "1"});  // old order
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.out, absl::StrCat(run, "@canary -> 1\n"));
+
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> usage = {
+      {{"alias", run, "prod"}, "ckpt alias RUN@REF NAME"},
+      {{"alias", absl::StrCat(run, "@1"), "prod", "2"}, "given twice"},
+      {{"alias", absl::StrCat(run, "@"), "prod"}, "bad version reference"},
+      {{"alias", absl::StrCat(run, "@1"), "last"}, "last"},
+      {{"alias", absl::StrCat(run, "@0"), "prod"}, ""},
+  };
+  for (const Case& c : usage) {
+    r = Ckpt(c.args);
+    EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(c.args, " ") << "\n" << r;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << absl::StrJoin(c.args, " ");
+  }
+  Json j = ParseJson(Ckpt({"--json", "show", absl::StrCat(run, "@prod")}));
+  EXPECT_EQ(j["version"], 2) << "usage errors changed nothing";
+}
+
+TEST_F(CkptCliTest, LsFilters) {
+  const std::string run = Run();
+  PushSample(run, 100, 1, {"--metric", "loss=0.5", "--label", "data=a"});
+  PushSample(run, 200, 2, {"--label", "data=b"});
+  PushSample(run, 300, 3, {"--metric", "loss=0.25", "--label", "data=b"});
+  const auto versions = [&](std::vector<std::string> flags) {
+    std::vector<std::string> args = {"--json", "ls", run};
+    args.insert(args.end(), flags.begin(), flags.end());
+    Json j = ParseJson(Ckpt(args));
+    std::vector<int> out;
+    for (const Json& v : j) out.push_back(v["version"].get<int>());
+    return out;
+  };
+  EXPECT_EQ(versions({}), (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(versions({"--metric", "loss"}), (std::vector<int>{1, 3}));
+  EXPECT_EQ(versions({"--min-step", "200"}), (std::vector<int>{2, 3}));
+  EXPECT_EQ(versions({"--max-step", "200"}), (std::vector<int>{1, 2}));
+  EXPECT_EQ(versions({"--min-step", "150", "--max-step", "250"}),
+            (std::vector<int>{2}));
+  EXPECT_EQ(versions({"--label", "data=b"}), (std::vector<int>{2, 3}));
+  EXPECT_EQ(versions({"--label", "data=b", "--metric", "loss"}),
+            (std::vector<int>{3}));
+  EXPECT_EQ(versions({"--label", "data=c"}), (std::vector<int>{}));
+  CkptResult r = Ckpt({"ls", run, "--metric", "acc"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, StartsWith("VERSION")) << "a table, if empty";
+
+  struct Case {
+    std::vector<std::string> flags;
+    std::string message;
+  };
+  const std::vector<Case> usage = {
+      {{"--label", "data"}, "bad --label 'data': expected KEY=VALUE"},
+      {{"--label", "=b"}, "bad --label '=b'"},
+      {{"--min-step", "300", "--max-step", "200"},
+       "--min-step 300 is above --max-step 200"},
+      {{"--label", "data=a", "--label", "data=b"}, "given twice"},
+      {{"--min-step", "ten"}, "--min-step"},
+  };
+  for (const Case& c : usage) {
+    std::vector<std::string> args = {"ls", run};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    r = Ckpt(args);
+    EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(c.flags, " ") << "\n" << r;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << absl::StrJoin(c.flags, " ");
+  }
+}
+
+// A push the server already has every byte of says so, instead of drawing
+// a bar of "0 B / 0 B". RunCli in-process with progress on (as for a
+// terminal).
+TEST_F(CkptCliTest, PushOfStoredBytesSaysNothingToSend) {
+  const std::string run = Run();
+  const std::string file = PushSample(run, 1, 7);
+  uint64_t bytes = 0;
+  for (const TestTensor& t : SampleTensors(7)) bytes += t.bytes.size();
+  const std::string size = cli::HumanBytes(bytes);
+  std::ostringstream out, err;
+  cli::CliContext context;
+  context.out = &out;
+  context.err = &err;
+  context.progress = true;
+  const int code = cli::RunCli({"ckpt", "--server", server_->address(), "push",
+                                run, file, "--step", "2"},
+                               context);
+  ASSERT_EQ(code, 0) << err.str();
+  EXPECT_EQ(err.str(), absl::StrCat("push ", run, ": 0 B to send, ", size,
+                                    " already stored\n"));
+  EXPECT_THAT(err.str(), Not(HasSubstr("0 B / 0 B")));
+  EXPECT_THAT(out.str(), HasSubstr(absl::StrCat("(0 B to send, ", size,
+                                                " already stored)")));
+
+  // New bytes: a bar that ends at 100%.
+  const std::string fresh = Path("fresh.safetensors");
+  WriteFile(fresh, EncodeSafetensors(SampleTensors(8)));
+  std::ostringstream out2, err2;
+  context.out = &out2;
+  context.err = &err2;
+  ASSERT_EQ(cli::RunCli({"ckpt", "--server", server_->address(), "push", run,
+                         fresh, "--step", "3"},
+                        context),
+            0)
+      << err2.str();
+  EXPECT_THAT(err2.str(), HasSubstr("100%"));
+  EXPECT_THAT(err2.str(), Not(HasSubstr("already stored")));
+  EXPECT_THAT(out2.str(), HasSubstr("(uploaded "));
 }
 
 }  // namespace

@@ -185,50 +185,27 @@ TEST(SafetensorsTest, DTypeTable) {
   EXPECT_EQ(FindSafetensorsDType("f32"), nullptr);
 }
 
+// "/model/0.weight"; an int key shows as "#3".
 std::string PathText(const ManifestEntry& e) {
   std::vector<std::string> parts;
   for (const auto& seg : e.path()) {
-    EXPECT_EQ(seg.kind_case(), v1::PathSegment::kKey)
-        << "segments stay string keys";
-    parts.push_back(seg.key());
+    parts.push_back(seg.kind_case() == v1::PathSegment::kIntKey
+                        ? absl::StrCat("#", seg.int_key())
+                        : seg.key());
   }
   return absl::StrCat("/", absl::StrJoin(parts, "/"));
 }
 
-TEST(SafetensorsTest, BuildPushEntriesNestsDottedNamesInPreOrder) {
-  const std::vector<TestTensor> tensors = {
-      {"model.layers.0.weight", "F32", {2}, PatternBytes(8, 1)},
-      {"opt.step", "I64", {}, PatternBytes(8, 2)},
-      {"model.layers.0.bias", "F32", {1}, PatternBytes(4, 3)},
-      {"model.layers.10.weight", "F32", {1}, PatternBytes(4, 4)},
-      {"model.embed", "F16", {2}, PatternBytes(4, 5)},
-  };
-  const std::string bytes = EncodeSafetensors(tensors);
-  absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes);
-  ASSERT_TRUE(file.ok()) << file.status();
-  absl::StatusOr<std::vector<PushEntry>> entries = BuildPushEntries(*file);
-  ASSERT_TRUE(entries.ok()) << entries.status();
+struct WantEntry {
+  std::string path;
+  bool container;
+};
 
-  struct Want {
-    std::string path;
-    bool container;
-  };
-  const std::vector<Want> want = {
-      {"/", true},
-      {"/model", true},
-      {"/model/layers", true},
-      {"/model/layers/0", true},
-      {"/model/layers/0/weight", false},
-      {"/model/layers/0/bias", false},
-      {"/model/layers/10", true},
-      {"/model/layers/10/weight", false},
-      {"/model/embed", false},
-      {"/opt", true},
-      {"/opt/step", false},
-  };
-  ASSERT_EQ(entries->size(), want.size());
+void ExpectEntries(const std::vector<PushEntry>& entries,
+                   const std::vector<WantEntry>& want) {
+  ASSERT_EQ(entries.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
-    const PushEntry& e = (*entries)[i];
+    const PushEntry& e = entries[i];
     EXPECT_EQ(PathText(e.entry), want[i].path) << i;
     if (want[i].container) {
       ASSERT_TRUE(e.entry.has_container()) << want[i].path;
@@ -238,8 +215,31 @@ TEST(SafetensorsTest, BuildPushEntriesNestsDottedNamesInPreOrder) {
       ASSERT_TRUE(e.entry.has_tensor()) << want[i].path;
     }
   }
+}
+
+// A file from any other writer is a flat state dict: dotted names stay one
+// key each (as state_dict() has them), in header order.
+TEST(SafetensorsTest, BuildPushEntriesKeepsFlatDottedNames) {
+  const std::vector<TestTensor> tensors = {
+      {"model.layers.0.weight", "F32", {2}, PatternBytes(8, 1)},
+      {"opt.step", "I64", {}, PatternBytes(8, 2)},
+      {"model.layers.0.bias", "F32", {1}, PatternBytes(4, 3)},
+      {"a..b", "U8", {1}, "x"},
+      {"0", "F16", {2}, PatternBytes(4, 5)},
+  };
+  const std::string bytes = EncodeSafetensors(tensors);
+  absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  absl::StatusOr<std::vector<PushEntry>> entries = BuildPushEntries(*file);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ExpectEntries(*entries, {{"/", true},
+                           {"/model.layers.0.weight", false},
+                           {"/opt.step", false},
+                           {"/model.layers.0.bias", false},
+                           {"/a..b", false},
+                           {"/0", false}});
   // Data pointers point into the caller's bytes, not copies.
-  const PushEntry& weight = (*entries)[4];
+  const PushEntry& weight = (*entries)[1];
   EXPECT_EQ(weight.entry.tensor().dtype(), v1::FLOAT32);
   EXPECT_EQ(weight.entry.tensor().shape_size(), 1);
   EXPECT_EQ(weight.tensor.byte_length, 8u);
@@ -248,32 +248,86 @@ TEST(SafetensorsTest, BuildPushEntriesNestsDottedNamesInPreOrder) {
             bytes.data() + bytes.size());
   EXPECT_EQ(std::string(static_cast<const char*>(weight.tensor.data), 8),
             tensors[0].bytes);
-  const PushEntry& step = (*entries)[10];
+  const PushEntry& step = (*entries)[2];
   EXPECT_EQ(step.entry.tensor().dtype(), v1::INT64);
   EXPECT_EQ(step.entry.tensor().shape_size(), 0) << "a scalar";
 }
 
-TEST(SafetensorsTest, BuildPushEntriesRejectsConflictingNames) {
-  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"a", "a.b"}, "extends tensor 'a'"},
-      {{"a.b", "a"}, "also the prefix of other tensors"},
-      {{"a.b", "a.b.c"}, "extends tensor 'a.b'"},
-      {{"a..b"}, "empty segment"},
-      {{".a"}, "empty segment"},
-      {{"a."}, "empty segment"},
+// A file made by `ckpt pull` records each tensor's key path: the paths come
+// back exactly, nested in pre-order, int keys as int keys.
+TEST(SafetensorsTest, BuildPushEntriesRestoresRecordedKeyPaths) {
+  const std::vector<TestTensor> tensors = {
+      {"model.0.weight", "F32", {2}, PatternBytes(8, 1)},
+      {"opt.state.3.m", "F32", {1}, PatternBytes(4, 2)},
+      {"model.0.bias", "F32", {1}, PatternBytes(4, 3)},
   };
-  for (const auto& [names, message] : cases) {
-    std::vector<TestTensor> tensors;
-    for (const std::string& n : names) {
-      tensors.push_back({n, "U8", {1}, "x"});
-    }
-    const std::string bytes = EncodeSafetensors(tensors);
+  const std::string recorded =
+      R"({"model.0.weight":["model","0.weight"],"opt.state.3.m":["opt",)"
+      R"("state",3,"m"],"model.0.bias":["model","0.bias"]})";
+  const std::string bytes =
+      EncodeSafetensors(tensors, {{kKeyPathsMetadata, recorded}});
+  absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  absl::StatusOr<std::vector<PushEntry>> entries = BuildPushEntries(*file);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ExpectEntries(*entries, {{"/", true},
+                           {"/model", true},
+                           {"/model/0.weight", false},
+                           {"/model/0.bias", false},
+                           {"/opt", true},
+                           {"/opt/state", true},
+                           {"/opt/state/#3", true},
+                           {"/opt/state/#3/m", false}});
+}
+
+// Recorded paths that do not describe the file (a tensor renamed or added
+// after the pull, a path that does not spell its name, bad JSON): the
+// names are the truth, flat.
+TEST(SafetensorsTest, BuildPushEntriesIgnoresRecordedPathsThatDoNotFit) {
+  const std::vector<std::string> cases = {
+      R"({"a.b":["a","b"]})",                  // "c.d" has no path
+      R"({"a.b":["a","b"],"c.d":["c","x"]})",  // does not spell "c.d"
+      R"({"a.b":["a","b"],"c.d":["c",1.5]})",  // not a key
+      R"(["a","b"])",                          // not an object
+      R"({"a.b":)",                            // not JSON
+  };
+  for (const std::string& recorded : cases) {
+    const std::string bytes =
+        EncodeSafetensors({{"a.b", "U8", {1}, "x"}, {"c.d", "U8", {1}, "y"}},
+                          {{kKeyPathsMetadata, recorded}});
     absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes);
     ASSERT_TRUE(file.ok()) << file.status();
     absl::StatusOr<std::vector<PushEntry>> entries = BuildPushEntries(*file);
-    ASSERT_FALSE(entries.ok()) << absl::StrJoin(names, ",");
-    EXPECT_THAT(std::string(entries.status().message()), HasSubstr(message))
-        << absl::StrJoin(names, ",");
+    ASSERT_TRUE(entries.ok()) << recorded << ": " << entries.status();
+    ExpectEntries(*entries, {{"/", true}, {"/a.b", false}, {"/c.d", false}});
+  }
+}
+
+TEST(SafetensorsTest, BuildPushEntriesRejectsConflictingRecordedPaths) {
+  struct Case {
+    std::vector<std::string> names;
+    std::string recorded;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"a", "a.b"}, R"({"a":["a"],"a.b":["a","b"]})", "extends tensor 'a'"},
+      {{"a.b", "a"},
+       R"({"a.b":["a","b"],"a":["a"]})",
+       "also the prefix of other tensors"},
+  };
+  for (const Case& c : cases) {
+    std::vector<TestTensor> tensors;
+    for (const std::string& n : c.names) {
+      tensors.push_back({n, "U8", {1}, "x"});
+    }
+    const std::string bytes =
+        EncodeSafetensors(tensors, {{kKeyPathsMetadata, c.recorded}});
+    absl::StatusOr<SafetensorsFile> file = ParseSafetensors(bytes);
+    ASSERT_TRUE(file.ok()) << file.status();
+    absl::StatusOr<std::vector<PushEntry>> entries = BuildPushEntries(*file);
+    ASSERT_FALSE(entries.ok()) << c.recorded;
+    EXPECT_THAT(std::string(entries.status().message()), HasSubstr(c.message))
+        << c.recorded;
   }
 }
 

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "ckptd/v1/checkpoint.pb.h"
 
@@ -149,6 +150,31 @@ struct OwnedTensor {
   std::string bytes;
 };
 
+// What RefWatch::Next found.
+enum class WatchResult {
+  kMoved,     // the ref names a new version (the first result: its current)
+  kTimedOut,  // nothing within the timeout; the watch stays open
+  kEnded,     // the stream is over (Cancel(), or the server ended it)
+};
+
+// An open WatchRef stream (Client::OpenWatch). A background thread reads the
+// server's events into a queue; Next() takes them one at a time.
+//
+// Thread safety: Next() from one thread at a time; Cancel() from any thread,
+// also while Next() waits (it then returns kEnded).
+class RefWatch {
+ public:
+  // Cancels the stream and waits for the reader thread.
+  virtual ~RefWatch() = default;
+  // Waits at most `timeout` for the next move. On kMoved, `*version` is the
+  // ref's new target. A stream error (NOT_FOUND run, a version number as
+  // ref, UNAVAILABLE, ...) is returned once queued events are taken.
+  virtual absl::StatusOr<WatchResult> Next(absl::Duration timeout,
+                                           VersionInfo* version) = 0;
+  // Ends the stream; idempotent.
+  virtual void Cancel() = 0;
+};
+
 struct ClientOptions {
   std::string address;  // empty: DefaultServerAddress()
   std::string token;    // bearer token, sent as "authorization: Bearer ..."
@@ -207,6 +233,10 @@ class Client {
   virtual absl::Status WatchRef(
       const std::string& run, const std::string& ref,
       const std::function<bool(const VersionInfo&)>& on_move) = 0;
+  // Opens a WatchRef stream that the caller drains with RefWatch::Next
+  // and may cancel from another thread (e.g. a Python iterator's close()).
+  virtual absl::StatusOr<std::unique_ptr<RefWatch>> OpenWatch(
+      const std::string& run, const std::string& ref) = 0;
 
   // ---- History ----
   virtual absl::StatusOr<std::vector<RunInfo>> ListRuns() = 0;

@@ -16,7 +16,7 @@ See :class:`ckptd.Client` for the whole API.
 """
 
 from ._version import __version__
-from .client import Client
+from .client import AliasWatch, Client
 from .errors import (
     AbortedError,
     AlreadyExistsError,
@@ -38,7 +38,7 @@ from .errors import (
     UnimplementedError,
     UnknownError,
 )
-from .types import AliasInfo, LoadResult, MetricPoint, Policy, RunInfo, SaveHandle, ShardInfo, VersionInfo
+from .types import AliasEvent, AliasInfo, LoadResult, MetricPoint, Policy, RunInfo, SaveHandle, ShardInfo, VersionInfo
 
 __all__ = [
     "__version__",
@@ -49,6 +49,8 @@ __all__ = [
     "RunInfo",
     "Policy",
     "AliasInfo",
+    "AliasEvent",
+    "AliasWatch",
     "MetricPoint",
     "LoadResult",
     "SaveHandle",

@@ -19,11 +19,13 @@ import operator
 import platform
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _native, _tree
+from . import _native, _progress, _tree
+from ._progress import Progress
 from ._version import __version__
 from .errors import (
     DataLossError,
@@ -32,9 +34,9 @@ from .errors import (
     StateDictMismatchError,
     UnimplementedError,
 )
-from .types import AliasInfo, LoadResult, MetricPoint, Policy, RunInfo, SaveHandle, VersionInfo
+from .types import AliasEvent, AliasInfo, LoadResult, MetricPoint, Policy, RunInfo, SaveHandle, VersionInfo
 
-__all__ = ["Client"]
+__all__ = ["Client", "AliasWatch"]
 
 Ref = Union[int, str]
 MapLocation = Union[None, str, torch.device, Mapping[str, Union[str, torch.device]], Callable[..., Any]]
@@ -44,6 +46,10 @@ _MAX_KEYS_IN_MESSAGE = 20
 # save_async snapshots (each a full host copy of the state) that may exist at
 # once, uploading or queued; a further save_async waits for one to finish.
 DEFAULT_MAX_PENDING_SAVES = 2
+
+# How long one native wait of AliasWatch.__next__ lasts: between waits the
+# interpreter runs, so Ctrl-C stops a blocked watch within this time.
+_WATCH_POLL_SECONDS = 0.2
 
 _cuda_lock = threading.Lock()
 _cuda_native: Optional[bool] = None
@@ -219,10 +225,13 @@ class _Reader:
             self._dests.append((shard, index, tensor.data_ptr(), native_device))
             self._devices.append(native_device)
 
-    def read(self, client: Any) -> None:
+    def read(self, client: Any, progress: Optional[Callable[[int, int], Any]] = None) -> None:
         if self._dests:
             _sync_cuda(self._devices)
-            client.read_tensors(self._manifest, self._dests)
+            if progress is None:
+                client.read_tensors(self._manifest, self._dests)
+            else:
+                client.read_tensors(self._manifest, self._dests, progress=progress)
 
     def get(self, shard: int, index: int) -> torch.Tensor:
         tensor, move_to = self._tensors[(shard, index)]
@@ -358,6 +367,7 @@ class Client:
         labels: Optional[Mapping[str, Any]] = None,
         rank: int = 0,
         world_size: int = 1,
+        progress: Progress = None,
     ) -> VersionInfo:
         """Saves ``state`` as a new version of ``run`` and returns when it is durable.
 
@@ -401,6 +411,14 @@ class Client:
             labels: free-form ``{name: str}`` metadata (git sha, dataset, ...).
             rank: this process's shard.
             world_size: number of shards.
+            progress: ``True`` draws an upload bar on stderr when stderr is
+                a terminal (or says "0 B to send, ... already stored" when
+                the server has every tensor); a callable gets
+                ``(bytes_done, bytes_total)`` with the GIL held, at most every
+                100 ms and once at the end. ``bytes_total`` counts the bytes
+                the server is missing (after dedup). An exception from the
+                callable is raised once the save is done (it does stop the
+                reports, not the save).
 
         Returns:
             The new version's :class:`VersionInfo`.
@@ -419,8 +437,10 @@ class Client:
         """
         flat = _tree.flatten(state, native_cuda=self._native_cuda_enabled())
         args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
+        stored = sum(e[5] for e in flat.entries if e[1] == _tree.ENTRY_TENSOR)
+        report = _progress.reporter(progress, f"save {run}", stored_bytes=stored)
         _sync_cuda(leaf.device for leaf in flat.tensors)
-        return self._push(args, flat)
+        return self._push(args, flat, report)
 
     def save_async(
         self,
@@ -522,13 +542,15 @@ class Client:
             "labels": _labels(labels),
         }
 
-    def _push(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
+    def _push(
+        self, args: Dict[str, Any], flat: _tree.Flattened, progress: Optional[Callable[[int, int], Any]] = None
+    ) -> VersionInfo:
         # `flat` holds every tensor (and snapshot buffer) the entries point
         # into; they stay referenced until push returns, then are dropped
         # (the executor's work item still refers to `flat` itself a little
         # longer).
         try:
-            info = self._native.push(entries=flat.entries, **args)
+            info = self._native.push(entries=flat.entries, progress=progress, **args)
         finally:
             flat.release()
         return VersionInfo._from_native(info)
@@ -579,6 +601,7 @@ class Client:
         keys: Union[None, str, Tuple[Any, ...], Sequence[Union[str, Tuple[Any, ...]]]] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
+        progress: Progress = None,
     ) -> Any:
         """Loads a saved state.
 
@@ -607,6 +630,9 @@ class Client:
                 own ``torch.distributed`` world size when resuming); checked
                 against the version's world_size before any tensor bytes
                 travel. None: not checked.
+            progress: ``True`` draws a download bar on stderr when stderr is
+                a terminal; a callable gets ``(bytes_done, bytes_total)``
+                with the GIL held, at most every 100 ms and once at the end.
 
         Returns:
             The state, rebuilt with the types it was saved with.
@@ -623,6 +649,7 @@ class Client:
             >>> model.load_state_dict(state["model"])
         """
         placement = _Placement(map_location)
+        report = _progress.reporter(progress, f"load {run}@{ref}")
         manifest = self._get_manifest(run, ref, rank, world_size)
         if isinstance(keys, (str, tuple)):
             keys = [keys]
@@ -636,7 +663,7 @@ class Client:
                 if entries[i][1] == _tree.ENTRY_TENSOR:
                     reader.add(shard, i, entries[i], placement.device)
             plans.append((shard, entries, indices))
-        reader.read(self._native)
+        reader.read(self._native, report)
         states = {}
         for shard, entries, indices in plans:
             states[manifest.shard_rank(shard)] = _tree.unflatten(
@@ -656,6 +683,7 @@ class Client:
         strip_prefix: Optional[str] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
+        progress: Progress = None,
     ) -> LoadResult:
         """Loads a saved state dict into ``model``.
 
@@ -681,6 +709,8 @@ class Client:
             rank: the shard, for multi-shard versions.
             world_size: as for :meth:`load`: checked against the version's
                 world_size when given.
+            progress: as for :meth:`load` (the bytes that travel: only the
+                tensors that fit).
 
         Returns:
             :class:`LoadResult` with missing_keys, unexpected_keys,
@@ -696,6 +726,7 @@ class Client:
             >>> res.missing_keys, res.unexpected_keys
             ([], [])
         """
+        report = _progress.reporter(progress, f"load {run}@{ref}")
         manifest = self._get_manifest(run, ref, rank, world_size)
         info = VersionInfo._from_native(manifest.info())
         shards = self._shard_indices(manifest, rank)
@@ -768,7 +799,7 @@ class Client:
                 for i in subtree:
                     if entries[i][1] == _tree.ENTRY_TENSOR:
                         reader.add(shard, i, entries[i], torch.device("cpu"))
-        reader.read(self._native)
+        reader.read(self._native, report)
         new_state = collections.OrderedDict()
         for name in load_names:
             index, subtree = stored[name]
@@ -918,6 +949,68 @@ class Client:
         """Removes alias ``name``."""
         self._native.delete_alias(run, name)
 
+    def watch(self, run: str, ref: str = "last", *, timeout: Optional[float] = None) -> "AliasWatch":
+        """Follows an alias: yields a :class:`VersionInfo` each time ``ref`` moves.
+
+        The first item is the version ``ref`` names now (none while it names
+        nothing yet, e.g. ``best`` before any version has the metric), then
+        one per move, in commit order. For hot reload in a serving process.
+        Waiting releases the GIL (and wakes up regularly, so Ctrl-C works).
+
+        The stream stays open until the iterator is closed: ``close()``, the
+        end of a ``with`` block, or the iterator being dropped (breaking out
+        of ``for info in client.watch(...)`` drops it). ``close()`` may be
+        called from another thread to stop a blocked iteration.
+
+        Args:
+            run: run name.
+            ref: an alias: ``"last"``, ``"best"`` or a user alias (a version
+                number never moves: InvalidArgumentError).
+            timeout: seconds to wait for each move; when ``ref`` has not
+                moved for that long, the iteration ends (the stream is
+                closed). None: wait as long as it takes.
+
+        Returns:
+            An :class:`AliasWatch` iterator.
+
+        Raises:
+            (from the iterator) NotFoundError for an unknown run,
+            InvalidArgumentError for a version number, UnavailableError when
+            the server goes away.
+
+        Example:
+            >>> for info in client.watch("resnet-run", "prod"):
+            ...     model.load_state_dict(client.load("resnet-run", info.version)["model"])
+        """
+        if not isinstance(run, str):
+            raise InvalidArgumentError(f"run must be a str, got {type(run).__name__}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+                raise InvalidArgumentError(f"timeout must be positive seconds or None, got {timeout!r}")
+            timeout = float(timeout)
+        return AliasWatch(self._native.watch(run, _ref(ref)), run, str(ref), timeout)
+
+    def alias_history(self, run: str, alias: Optional[str] = None) -> List[AliasEvent]:
+        """The audit log of alias moves in ``run``, oldest first.
+
+        Args:
+            run: run name.
+            alias: only this alias (``"prod"``, ``"best"``, ...); None: all.
+
+        Returns:
+            A list of :class:`AliasEvent` (``from_version`` None: the alias
+            was created; ``to_version`` None: it was deleted).
+
+        Example:
+            >>> [(e.alias, e.from_version, e.to_version) for e in client.alias_history("resnet-run", "prod")]
+            [('prod', None, 3), ('prod', 3, 7)]
+        """
+        if not isinstance(run, str):
+            raise InvalidArgumentError(f"run must be a str, got {type(run).__name__}")
+        if alias is not None and not isinstance(alias, str):
+            raise InvalidArgumentError(f"alias must be a str or None, got {type(alias).__name__}")
+        return [AliasEvent._from_native(e) for e in self._native.alias_history(run, alias or "")]
+
     def pin(self, run: str, ref: Ref) -> VersionInfo:
         """Exempts a version from retention."""
         return VersionInfo._from_native(self._native.set_pinned(run, _ref(ref), True))
@@ -933,6 +1026,68 @@ class Client:
     def metric_history(self, run: str, metric: Optional[str] = None) -> List[MetricPoint]:
         """Metric values over the versions of ``run`` (every metric if None)."""
         return [MetricPoint._from_native(p) for p in self._native.metric_history(run, metric or "")]
+
+
+class AliasWatch:
+    """The iterator of :meth:`Client.watch`: one :class:`VersionInfo` per move.
+
+    Closing it (``close()``, ``with``, or dropping it) cancels the server
+    stream. Safe to ``close()`` from another thread while one thread
+    iterates; iterating from two threads at once is not supported.
+    """
+
+    def __init__(self, native: Any, run: str, ref: str, timeout: Optional[float]) -> None:
+        self._native = native
+        self.run = run
+        self.ref = ref
+        self.timeout = timeout
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream is closed (by ``close()``, a timeout or its end)."""
+        return self._closed
+
+    def __iter__(self) -> "AliasWatch":
+        return self
+
+    def __next__(self) -> VersionInfo:
+        if self._closed:
+            raise StopIteration
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            wait = _WATCH_POLL_SECONDS
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                kind, version = self._native.next(wait)
+            except BaseException:
+                self.close()
+                raise
+            if kind == "moved":
+                return VersionInfo._from_native(version)
+            if kind == "ended" or self._closed or (deadline is not None and time.monotonic() >= deadline):
+                self.close()
+                raise StopIteration
+
+    def close(self) -> None:
+        """Cancels the stream (idempotent); a blocked ``next()`` ends."""
+        self._closed = True
+        self._native.close()
+
+    def __enter__(self) -> "AliasWatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        native = getattr(self, "_native", None)
+        if native is not None:
+            native.cancel()
+
+    def __repr__(self) -> str:
+        return f"<AliasWatch {self.run}@{self.ref}{' closed' if self._closed else ''}>"
 
 
 def _check_world_size(info: VersionInfo, world_size: int) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "RunInfo",
     "Policy",
     "AliasInfo",
+    "AliasEvent",
     "MetricPoint",
     "LoadResult",
     "SaveHandle",
@@ -209,6 +210,34 @@ class AliasInfo:
     @classmethod
     def _from_native(cls, d: Mapping[str, Any]) -> "AliasInfo":
         return cls(d["run"], d["name"], d["version"], _time(d["updated_at"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasEvent:
+    """One move of an alias, from the run's alias audit log.
+
+    Attributes:
+        run: the run name.
+        alias: the alias that moved (``"last"``, ``"best"``, ``"prod"``, ...).
+        from_version: the version it named before; None when it was created.
+        to_version: the version it names since; None when it was deleted.
+        at: when (UTC-aware datetime).
+        actor: who moved it (the caller's identity; ``""`` when the server
+            has no authentication, the server for ``last`` / ``best``).
+    """
+
+    run: str
+    alias: str
+    from_version: Optional[int]
+    to_version: Optional[int]
+    at: Optional[datetime.datetime]
+    actor: str
+
+    @classmethod
+    def _from_native(cls, d: Mapping[str, Any]) -> "AliasEvent":
+        return cls(
+            d["run"], d["alias"], d["from_version"] or None, d["to_version"] or None, _time(d["at"]), d["actor"]
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -356,6 +356,17 @@ py::dict AliasInfoToPython(const AliasInfo& info) {
   return d;
 }
 
+py::dict AliasEventToPython(const AliasEvent& event) {
+  py::dict d;
+  d["run"] = DecodeUtf8(event.run());
+  d["alias"] = DecodeUtf8(event.alias());
+  d["from_version"] = event.from_version();
+  d["to_version"] = event.to_version();
+  d["at"] = event.at();
+  d["actor"] = DecodeUtf8(event.actor());
+  return d;
+}
+
 py::dict MetricPointToPython(const MetricPoint& point) {
   py::dict d;
   d["version"] = point.version();

@@ -82,6 +82,7 @@ py::dict VersionInfoToPython(const VersionInfo& info);
 py::dict RunInfoToPython(const RunInfo& info);
 py::dict PolicyToPython(const Policy& policy);
 py::dict AliasInfoToPython(const AliasInfo& info);
+py::dict AliasEventToPython(const AliasEvent& event);
 py::dict MetricPointToPython(const MetricPoint& point);
 
 }  // namespace ckptd::python

@@ -20,6 +20,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -30,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "ckptd/client.h"
 #include "client/python/native/conversions.h"
 
@@ -41,6 +43,112 @@ struct CopyJob {
   char* dst;
   const char* src;
   size_t n;
+};
+
+// Calls between two progress reports to Python, at most: the C++ client
+// reports every chunk, a Python callable (a redrawn bar) need not see them.
+constexpr std::chrono::milliseconds kProgressInterval{100};
+
+// Forwards the C++ client's (done, total) reports to a Python callable, with
+// the GIL held, at most every kProgressInterval (the first and the final
+// report always). The C++ client makes one call at a time. An exception
+// from the callable stops further calls and is raised by Rethrow() after
+// the transfer. Lives on the stack of the call it reports on; the
+// std::function the client copies holds only a pointer to it, so no
+// py::object is copied or destroyed without the GIL.
+class PythonProgress {
+ public:
+  explicit PythonProgress(py::object callback)
+      : callback_(std::move(callback)) {}
+
+  std::function<void(uint64_t, uint64_t)> Function() {
+    if (callback_.is_none()) return nullptr;
+    return [this](uint64_t done, uint64_t total) { Report(done, total); };
+  }
+
+  // REQUIRES: the GIL is held.
+  void Rethrow() {
+    if (error_) {
+      std::unique_ptr<py::error_already_set> error = std::move(error_);
+      throw std::move(*error);
+    }
+  }
+
+ private:
+  void Report(uint64_t done, uint64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool final = done == total;
+    if (final && reported_final_) return;
+    if (!final && reported_ && now - last_ < kProgressInterval) return;
+    reported_ = true;
+    reported_final_ = final;
+    last_ = now;
+    py::gil_scoped_acquire gil;
+    if (error_) return;
+    try {
+      callback_(done, total);
+    } catch (py::error_already_set& e) {
+      error_ = std::make_unique<py::error_already_set>(std::move(e));
+    }
+  }
+
+  py::object callback_;
+  std::chrono::steady_clock::time_point last_;
+  bool reported_ = false;
+  bool reported_final_ = false;
+  std::unique_ptr<py::error_already_set> error_;
+};
+
+// The Python side of Client::OpenWatch: next() waits with the GIL released.
+// close() may come from another Python thread while one waits in next():
+// each call holds its own reference to the RefWatch, so the last one to
+// finish destroys it (joining its reader thread, which never takes the GIL).
+class NativeWatch {
+ public:
+  explicit NativeWatch(std::unique_ptr<RefWatch> watch)
+      : watch_(std::move(watch)) {}
+
+  // ("moved", version dict), ("timeout", None) or ("ended", None).
+  py::tuple Next(double timeout_seconds) {
+    std::shared_ptr<RefWatch> watch = watch_;
+    if (watch == nullptr) return py::make_tuple("ended", py::none());
+    VersionInfo version;
+    absl::StatusOr<WatchResult> result;
+    {
+      py::gil_scoped_release release;
+      result = watch->Next(absl::Seconds(timeout_seconds), &version);
+    }
+    switch (ValueOrThrow(std::move(result))) {
+      case WatchResult::kMoved:
+        return py::make_tuple("moved", VersionInfoToPython(version));
+      case WatchResult::kTimedOut:
+        return py::make_tuple("timeout", py::none());
+      case WatchResult::kEnded:
+        break;
+    }
+    return py::make_tuple("ended", py::none());
+  }
+
+  // Cancels the stream; a waiting next() returns ("ended", None).
+  void Cancel() {
+    if (std::shared_ptr<RefWatch> watch = watch_; watch != nullptr) {
+      watch->Cancel();
+    }
+  }
+
+  // Cancels and drops this object's reference (the stream's resources go
+  // once no next() uses them).
+  void Close() {
+    std::shared_ptr<RefWatch> watch = std::move(watch_);
+    watch_ = nullptr;
+    if (watch == nullptr) return;
+    watch->Cancel();
+    py::gil_scoped_release release;
+    watch.reset();
+  }
+
+ private:
+  std::shared_ptr<RefWatch> watch_;
 };
 
 // The Python-facing client: a ckptd::Client plus the push/pull options every
@@ -76,7 +184,7 @@ class NativeClient {
                 const std::map<std::string, double>& metrics,
                 const std::map<std::string, std::string>& env,
                 const std::map<std::string, std::string>& labels,
-                const py::list& entries) {
+                const py::list& entries, py::object progress) {
     PushRequest request;
     request.run = run;
     request.step = step;
@@ -102,12 +210,17 @@ class NativeClient {
     }
     request.env.mutable_labels()->insert(labels.begin(), labels.end());
     request.entries = EntriesFromPython(entries);
+    PythonProgress reporter(std::move(progress));
+    PushOptions options = push_options_;
+    options.progress = reporter.Function();
     absl::StatusOr<VersionInfo> info;
     {
       py::gil_scoped_release release;
-      info = client_->Push(request, push_options_);
+      info = client_->Push(request, options);
     }
-    return VersionInfoToPython(ValueOrThrow(std::move(info)));
+    py::dict out = VersionInfoToPython(ValueOrThrow(std::move(info)));
+    reporter.Rethrow();
+    return out;
   }
 
   void AbortVersion(const std::string& run, uint64_t version,
@@ -136,7 +249,8 @@ class NativeClient {
   }
 
   // `dests`: (shard index, entry index, data_ptr, device) tuples.
-  void ReadTensors(const VersionManifest& version, const py::list& dests) {
+  void ReadTensors(const VersionManifest& version, const py::list& dests,
+                   py::object progress) {
     std::vector<TensorDestination> out;
     out.reserve(dests.size());
     for (const py::handle item : dests) {
@@ -156,12 +270,16 @@ class NativeClient {
       d.memory = MemoryFromDevice(std::get<3>(t));
       out.push_back(d);
     }
+    PythonProgress reporter(std::move(progress));
+    PullOptions options = pull_options_;
+    options.progress = reporter.Function();
     absl::Status st;
     {
       py::gil_scoped_release release;
-      st = client_->ReadTensors(version, out, pull_options_);
+      st = client_->ReadTensors(version, out, options);
     }
     ThrowIfError(st);
+    reporter.Rethrow();
   }
 
   py::list ListRuns() {
@@ -223,6 +341,29 @@ class NativeClient {
       alias = client_->SetAlias(run, name, ref);
     }
     return AliasInfoToPython(ValueOrThrow(std::move(alias)));
+  }
+
+  std::unique_ptr<NativeWatch> Watch(const std::string& run,
+                                     const std::string& ref) {
+    absl::StatusOr<std::unique_ptr<RefWatch>> watch;
+    {
+      py::gil_scoped_release release;
+      watch = client_->OpenWatch(run, ref);
+    }
+    return std::make_unique<NativeWatch>(ValueOrThrow(std::move(watch)));
+  }
+
+  py::list GetAliasHistory(const std::string& run, const std::string& alias) {
+    absl::StatusOr<std::vector<AliasEvent>> events;
+    {
+      py::gil_scoped_release release;
+      events = client_->GetAliasHistory(run, alias);
+    }
+    py::list out;
+    for (const auto& e : ValueOrThrow(std::move(events))) {
+      out.append(AliasEventToPython(e));
+    }
+    return out;
   }
 
   void DeleteAlias(const std::string& run, const std::string& name) {
@@ -394,6 +535,12 @@ PYBIND11_MODULE(_native, m) {
           py::arg("shard"),
           "The shard's manifest as entry tuples (pull format).");
 
+  py::class_<NativeWatch>(m, "Watch")
+      .def("next", &NativeWatch::Next, py::arg("timeout_seconds"),
+           "(\"moved\", version) | (\"timeout\", None) | (\"ended\", None)")
+      .def("cancel", &NativeWatch::Cancel)
+      .def("close", &NativeWatch::Close);
+
   py::class_<NativeClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, const std::string&,
                     int, double, int, int, const std::string&,
@@ -405,13 +552,13 @@ PYBIND11_MODULE(_native, m) {
       .def("push", &NativeClient::Push, py::arg("run"), py::arg("step"),
            py::arg("epoch"), py::arg("rank"), py::arg("world_size"),
            py::arg("metrics"), py::arg("env"), py::arg("labels"),
-           py::arg("entries"))
+           py::arg("entries"), py::arg("progress") = py::none())
       .def("abort_version", &NativeClient::AbortVersion, py::arg("run"),
            py::arg("version"), py::arg("reason"))
       .def("get_version", &NativeClient::GetVersion, py::arg("run"),
            py::arg("ref"), py::arg("include_manifest"), py::arg("ranks"))
       .def("read_tensors", &NativeClient::ReadTensors, py::arg("manifest"),
-           py::arg("dests"))
+           py::arg("dests"), py::arg("progress") = py::none())
       .def("list_runs", &NativeClient::ListRuns)
       .def("list_versions", &NativeClient::ListVersions, py::arg("run"),
            py::arg("min_step"), py::arg("max_step"), py::arg("metric_present"),
@@ -422,6 +569,9 @@ PYBIND11_MODULE(_native, m) {
            py::arg("name"), py::arg("ref"))
       .def("delete_alias", &NativeClient::DeleteAlias, py::arg("run"),
            py::arg("name"))
+      .def("watch", &NativeClient::Watch, py::arg("run"), py::arg("ref"))
+      .def("alias_history", &NativeClient::GetAliasHistory, py::arg("run"),
+           py::arg("alias"))
       .def("set_pinned", &NativeClient::SetPinned, py::arg("run"),
            py::arg("ref"), py::arg("pinned"))
       .def("delete_version", &NativeClient::DeleteVersion, py::arg("run"),
