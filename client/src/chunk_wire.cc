@@ -62,18 +62,26 @@ absl::Status ReadChunkDecoder::Parse() {
   if (!reader_->status().ok()) return Malformed("unreadable buffer");
   bool seen_data = false;
   while (uint32_t tag = input_->ReadTag()) {
+    const bool varint =
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_VARINT;
+    // A scalar field read as a varint whatever its wire type would take a
+    // length or fixed-width bytes for the value and misread the rest.
     switch (WireFormatLite::GetTagFieldNumber(tag)) {
       case kReadRangeIndexField: {
-        if (!input_->ReadVarint32(&range_index_)) {
+        if (!varint || !input_->ReadVarint32(&range_index_)) {
           return Malformed("range_index");
         }
         continue;
       }
       case kReadOffsetField:
-        if (!input_->ReadVarint64(&offset_)) return Malformed("offset");
+        if (!varint || !input_->ReadVarint64(&offset_)) {
+          return Malformed("offset");
+        }
         continue;
       case kReadChecksumField:
-        if (!input_->ReadVarint64(&checksum_)) return Malformed("checksum");
+        if (!varint || !input_->ReadVarint64(&checksum_)) {
+          return Malformed("checksum");
+        }
         continue;
       case kReadDataField: {
         if (WireFormatLite::GetTagWireType(tag) !=

@@ -270,6 +270,12 @@ TEST(ChunkWireTest, ReadChunkRefusesMalformedMessages) {
        "data length"},
       {"data field twice", data_field + data_field, "data field repeated"},
       {"data as a varint", VarintField(3, 5), "data wire type"},
+      // Found by tests/fuzz/chunk_wire_fuzzer: scalar fields were read as
+      // varints whatever their wire type.
+      {"range_index as bytes", BytesField(1, "\x05") + BytesField(3, "ab"),
+       "range_index"},
+      {"offset as fixed64", "\x11" + std::string(8, '\x01'), "offset"},
+      {"checksum as fixed32", "\x25" + std::string(4, '\x02'), "checksum"},
       {"a zero tag",
        VarintField(1, 1) + std::string(1, '\0') + VarintField(2, 2),
        "truncated"},
