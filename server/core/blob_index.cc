@@ -24,12 +24,50 @@ bool BlobIndex::Deleting(const Digest& digest) const {
   return it != entries_.end() && it->second.deleting;
 }
 
-void BlobIndex::AddRef(const Digest& digest) { ++entries_[digest].refs; }
+uint32_t BlobIndex::RunId(absl::string_view run) {
+  auto [it, inserted] =
+      run_ids_.emplace(run, static_cast<uint32_t>(run_names_.size()));
+  if (inserted) run_names_.emplace_back(run);
+  return it->second;
+}
 
-void BlobIndex::DropRef(const Digest& digest) {
+void BlobIndex::AddRef(const Digest& digest, absl::string_view run) {
+  Entry& e = entries_[digest];
+  ++e.refs;
+  const uint32_t id = RunId(run);
+  for (auto& [run_id, n] : e.run_refs) {
+    if (run_id == id) {
+      ++n;
+      return;
+    }
+  }
+  e.run_refs.push_back({id, 1});
+}
+
+bool BlobIndex::ReferencedBy(
+    const Digest& digest,
+    absl::FunctionRef<bool(absl::string_view run)> may_use) const {
+  auto it = entries_.find(digest);
+  if (it == entries_.end()) return false;
+  for (const auto& [run_id, n] : it->second.run_refs) {
+    if (n > 0 && may_use(run_names_[run_id])) return true;
+  }
+  return false;
+}
+
+void BlobIndex::DropRef(const Digest& digest, absl::string_view run) {
   auto it = entries_.find(digest);
   if (it == entries_.end() || it->second.refs == 0) return;
   --it->second.refs;
+  if (auto id = run_ids_.find(run); id != run_ids_.end()) {
+    auto& runs = it->second.run_refs;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      if (runs[i].first == id->second) {
+        if (--runs[i].second == 0) runs.erase(runs.begin() + i);
+        break;
+      }
+    }
+  }
   MaybeCandidate(digest, it->second);
   MaybeErase(digest);
 }

@@ -11,11 +11,12 @@
 //
 // Per digest it holds: whether the blob is stored (and its size); `refs`,
 // the number of shard manifests (of committed or pending versions) that
-// reference it; `pins`, the pending versions that lease it plus the reads in
-// progress. A stored blob with no refs and no pins is garbage. Taking
-// garbage marks it `deleting`: it no longer counts as stored (so a new push
-// uploads it again), and an upload that completes the same digest waits
-// (Repository) until the deletion has finished before it commits.
+// reference it, and which runs those manifests belong to; `pins`, the pending
+// versions that lease it plus the reads in progress. A stored blob with no refs
+// and no pins is garbage. Taking garbage marks it `deleting`: it no longer
+// counts as stored (so a new push uploads it again), and an upload that
+// completes the same digest waits (Repository) until the deletion has finished
+// before it commits.
 //
 // Thread safety: none of its own. The Repository guards it with its mutex.
 #ifndef CKPTD_SERVER_CORE_BLOB_INDEX_H_
@@ -23,9 +24,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
+#include "absl/strings/string_view.h"
 #include "proto/base/digest.h"
 
 namespace ckptd::core {
@@ -43,8 +49,14 @@ class BlobIndex {
   std::optional<uint64_t> StoredSize(const Digest& digest) const;
   bool Deleting(const Digest& digest) const;
 
-  void AddRef(const Digest& digest);
-  void DropRef(const Digest& digest);
+  // A shard manifest of `run` references the blob (or no longer does).
+  void AddRef(const Digest& digest, absl::string_view run);
+  void DropRef(const Digest& digest, absl::string_view run);
+  // True when a manifest of a run for which may_use(run) holds references
+  // the blob (tenancy: dedup only against runs the caller may write).
+  bool ReferencedBy(
+      const Digest& digest,
+      absl::FunctionRef<bool(absl::string_view run)> may_use) const;
   void Pin(const Digest& digest);
   void Unpin(const Digest& digest);
 
@@ -63,6 +75,8 @@ class BlobIndex {
   struct Entry {
     uint64_t size = 0;
     uint32_t refs = 0;
+    // (run id, refs from that run's manifests); refs is their sum.
+    absl::InlinedVector<std::pair<uint32_t, uint32_t>, 1> run_refs;
     uint32_t pins = 0;
     bool stored = false;
     bool deleting = false;
@@ -74,7 +88,12 @@ class BlobIndex {
   void MaybeErase(const Digest& digest);
   Garbage MarkDeleting(const Digest& digest, Entry& e);
 
+  uint32_t RunId(absl::string_view run);
+
   absl::flat_hash_map<Digest, Entry> entries_;
+  // Run names interned for run_refs (a few bytes per run, never dropped).
+  absl::flat_hash_map<std::string, uint32_t> run_ids_;
+  std::vector<std::string> run_names_;
   std::vector<Digest> candidates_;
   size_t stored_count_ = 0;
 };

@@ -182,9 +182,17 @@ class Repository {
   // ---- Push (repository_push.cc) ----
   absl::StatusOr<v1::BeginVersionResponse> BeginVersion(
       const v1::BeginVersionRequest& req);
-  // At most kMaxFindMissingDigests digests (proto/base/limits.h).
+  // Which runs a caller may deduplicate against (the runs it may write);
+  // null: every run.
+  using RunFilter = std::function<bool(absl::string_view run)>;
+  // At most kMaxFindMissingDigests digests (proto/base/limits.h). A digest
+  // is reported present only if it is already granted to this version or a
+  // manifest of a run `may_use` accepts references it (tenancy); reporting
+  // it present grants it to the version. CommitShard accepts only granted
+  // digests: uploaded into this version, or reported present to it.
   absl::StatusOr<v1::FindMissingBlobsResponse> FindMissingBlobs(
-      const v1::FindMissingBlobsRequest& req);
+      const v1::FindMissingBlobsRequest& req,
+      const RunFilter& may_use = nullptr);
   // Starts receiving blob `digest` for a pending version, at `offset` (0,
   // or a resume offset reported by QueryUpload).
   absl::StatusOr<std::unique_ptr<BlobUpload>> StartBlobUpload(
@@ -267,7 +275,11 @@ class Repository {
   // One per pending version (and only while it is pending).
   struct PendingLeases {
     absl::flat_hash_set<Digest> digests;  // each pinned once in index_
-    uint64_t uploaded_bytes = 0;          // not yet recorded in the version
+    // The blobs this version may reference (tenancy): uploaded into it and
+    // verified, or reported present to it. A subset of `digests` (an upload
+    // in progress is pinned, not granted).
+    absl::flat_hash_set<Digest> granted;
+    uint64_t uploaded_bytes = 0;  // not yet recorded in the version
     // Unix nanos of the last call that worked on the version; the pending
     // timeout counts from here.
     int64_t last_activity = 0;
@@ -376,7 +388,7 @@ class Repository {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops one ref of each digest (after the batch deleting the manifests
   // that held them is committed).
-  void DropRefs(const std::vector<Digest>& digests)
+  void DropRefs(const std::string& run, const std::vector<Digest>& digests)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Phase two of GC: deletes `garbage` from the blob store, then marks the
   // deletions finished; returns the first failure (the others are logged).

@@ -366,7 +366,7 @@ absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req,
     AddAudit(batch, actor, req.run(), "delete_version", version,
              absl::StrCat("step ", info.step()));
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
-    DropRefs(unreferenced);
+    DropRefs(req.run(), unreferenced);
   }
   CollectNewGarbage("deleting a version");
   return absl::OkStatus();

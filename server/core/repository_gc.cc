@@ -49,14 +49,15 @@ absl::StatusOr<std::vector<uint64_t>> Repository::RetainLocked(
     unreferenced.insert(unreferenced.end(), digests.begin(), digests.end());
   }
   CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
-  DropRefs(unreferenced);
+  DropRefs(run_name, unreferenced);
   spdlog::info("retention for run {} deleted versions {}", run_name,
                absl::StrJoin(drop, ","));
   return drop;
 }
 
-void Repository::DropRefs(const std::vector<Digest>& digests) {
-  for (const Digest& d : digests) index_.DropRef(d);
+void Repository::DropRefs(const std::string& run,
+                          const std::vector<Digest>& digests) {
+  for (const Digest& d : digests) index_.DropRef(d, run);
 }
 
 absl::Status Repository::PurgeBlobs(

@@ -83,13 +83,19 @@ absl::Status Repository::RecoverLocked(
   // Scan callbacks collect into locals; the guarded state is filled here
   // (where the lock analysis sees mu_ held).
   for (const auto& [d, size] : stored) index_.AddStored(d, size);
-  std::vector<Digest> referenced;
+  // (digest, run) of every manifest's blobs; the run is in the key,
+  // man/<run>/<version>/<rank>.
+  std::vector<std::pair<Digest, std::string>> referenced;
   CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::ShardManifest>(
-      storage::keys::kManifestPrefix, "", [&](absl::string_view, auto&& m) {
-        for (const Digest& d : ManifestDigests(m)) referenced.push_back(d);
+      storage::keys::kManifestPrefix, "", [&](absl::string_view key, auto&& m) {
+        absl::string_view rest =
+            key.substr(storage::keys::kManifestPrefix.size());
+        const std::string run(rest.substr(0, rest.find('/')));
+        for (const Digest& d : ManifestDigests(m))
+          referenced.push_back({d, run});
         return true;
       }));
-  for (const Digest& d : referenced) index_.AddRef(d);
+  for (const auto& [d, run] : referenced) index_.AddRef(d, run);
 
   // Every pending version (also one that leased nothing yet) is open for
   // its ranks; the pending timeout counts from now, giving ranks that were
@@ -135,6 +141,7 @@ absl::Status Repository::RecoverLocked(
     auto it = leases_.find(r.version);
     if (r.digest.ok() && it != leases_.end()) {
       LeaseTo(it->second, *r.digest);
+      it->second.granted.insert(*r.digest);  // persisted leases are grants
     } else {
       stale.Delete(r.key);
     }

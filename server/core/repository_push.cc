@@ -221,7 +221,7 @@ absl::Status Repository::CheckPending(const std::string& run,
 }
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
-    const v1::FindMissingBlobsRequest& req) {
+    const v1::FindMissingBlobsRequest& req, const RunFilter& may_use) {
   if (static_cast<size_t>(req.digests_size()) > kMaxFindMissingDigests) {
     return WithReason(
         absl::InvalidArgumentError(absl::StrCat(
@@ -256,7 +256,15 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
     it->second.last_activity = NowNanos();
     for (size_t i = begin; i < end; ++i) {
       const Digest& d = digests[i];
-      if (index_.StoredSize(d).has_value()) {
+      // Present only to a caller who may see it: already part of this
+      // version, or referenced by a run it may write (tenancy). Anything
+      // else is "missing", and the upload proves the caller has the bytes.
+      if (index_.StoredSize(d).has_value() &&
+          (it->second.granted.contains(d) ||
+           index_.ReferencedBy(d, [&](absl::string_view run) {
+             return may_use == nullptr || may_use(run);
+           }))) {
+        it->second.granted.insert(d);
         if (LeaseTo(it->second, d)) leased.push_back(d);
       } else {
         resp.add_missing(std::string(d.AsBytes()));
@@ -317,6 +325,7 @@ void Repository::RecordUpload(const std::string& run, uint64_t version,
     auto it = leases_.find({run, version});
     if (it != leases_.end()) {
       pending = true;
+      it->second.granted.insert(digest);  // verified: the caller had it
       it->second.uploaded_bytes += bytes;
       it->second.last_activity = NowNanos();
     }
@@ -411,11 +420,13 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     // The lookup and the lease in one hold of mu_ (as in FindMissingBlobs).
     absl::MutexLock lock(&mu_);
     std::optional<uint64_t> size = index_.StoredSize(digest);
-    if (size.has_value()) {
+    auto it = leases_.find({req.run(), req.version()});
+    // Complete only for a blob of this version (uploaded into it or
+    // reported present to it): QueryUpload is no existence oracle.
+    if (size.has_value() && it != leases_.end() &&
+        it->second.granted.contains(digest)) {
       resp.set_complete(true);
       resp.set_durable_offset(*size);
-      auto it = leases_.find({req.run(), req.version()});
-      if (it != leases_.end()) newly_leased = LeaseTo(it->second, digest);
     }
   }
   if (resp.complete()) {
@@ -479,8 +490,15 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     // Every referenced blob must be stored and long enough. Checked under
     // mu_, in the BlobIndex, so that GC cannot take one between this check
     // and the publish.
+    auto granted = leases_.find({req.run(), req.version()});
     for (const BlobUse& use : summary.blobs) {
-      const std::optional<uint64_t> size = index_.StoredSize(use.digest);
+      std::optional<uint64_t> size = index_.StoredSize(use.digest);
+      // Tenancy: only blobs uploaded into this version or reported present
+      // to it count; a digest stored for another run is "missing" here.
+      if (granted == leases_.end() ||
+          !granted->second.granted.contains(use.digest)) {
+        size.reset();
+      }
       if (!size.has_value()) {
         return WithReason(
             absl::FailedPreconditionError(absl::StrCat(
@@ -563,7 +581,9 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     CKPTD_KILL_POINT(publish ? "commit.after_publish" : "commit.after_shard");
     // The manifest holds its blobs now; then the version's leases go. Refs
     // are counted with the same function that drops them (ManifestDigests).
-    for (const Digest& d : ManifestDigests(manifest)) index_.AddRef(d);
+    for (const Digest& d : ManifestDigests(manifest)) {
+      index_.AddRef(d, req.run());
+    }
     if (publish) ForgetPending(req.run(), req.version());
     CKPTD_RETURN_IF_ERROR(FillAliases(&info));
     // Under mu_: watchers see moves in commit order.
@@ -627,7 +647,7 @@ absl::StatusOr<bool> Repository::AbortLocked(
   CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
   CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
   for (const auto& digests : shards) {
-    for (const Digest& d : digests) index_.DropRef(d);
+    for (const Digest& d : digests) index_.DropRef(d, req.run());
   }
   ForgetPending(req.run(), req.version());
   return true;

@@ -96,9 +96,9 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
                       (method == Method::kGetAuditLog && run.empty());
   if (!role_ok) {
     std::string on_run =
-        rule.run_scoped ? absl::StrCat(" on run '", run.substr(0, kShownRun),
-                                       "'")
-                        : "";
+        rule.run_scoped
+            ? absl::StrCat(" on run '", run.substr(0, kShownRun), "'")
+            : "";
     return absl::PermissionDeniedError(absl::StrCat(
         "identity '", p->identity, "' has role ", RoleName(p->role), "; ",
         rule.name, on_run, " needs role ", RoleName(needed)));

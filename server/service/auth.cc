@@ -92,10 +92,10 @@ absl::StatusOr<AuthTable::Entry> ParseLine(absl::string_view line) {
   }
   for (char c : identity) {
     if (!IsIdentityChar(c)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "identity '", identity.substr(0, 64), "' has '",
-          absl::CHexEscape({&c, 1}),
-          "'; identities hold letters, digits and . _ - @ +"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("identity '", identity.substr(0, 64), "' has '",
+                       absl::CHexEscape({&c, 1}),
+                       "'; identities hold letters, digits and . _ - @ +"));
     }
   }
   entry.principal.identity = std::string(identity);
@@ -118,8 +118,8 @@ absl::StatusOr<AuthTable::Entry> ParseLine(absl::string_view line) {
     entry.kind = AuthTable::Entry::Kind::kTokenSha256;
     entry.credential = std::move(hex);
   } else if (absl::StartsWith(cred, kCertPrefix)) {
-    const absl::string_view cn = absl::StripAsciiWhitespace(
-        cred.substr(kCertPrefix.size()));
+    const absl::string_view cn =
+        absl::StripAsciiWhitespace(cred.substr(kCertPrefix.size()));
     if (cn.empty() || cn.size() > kMaxCommonNameLength) {
       return absl::InvalidArgumentError(
           absl::StrCat("credential cert: needs a certificate subject CN of "
@@ -189,17 +189,17 @@ absl::StatusOr<AuthTable> AuthTable::Parse(absl::string_view text,
     if (stripped.empty() || stripped[0] == '#') continue;
     auto entry = ParseLine(stripped);
     if (!entry.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ":", line_no, ": ", entry.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ":", line_no, ": ", entry.status().message()));
     }
     entry->line = line_no;
     const std::string key = absl::StrCat(
         entry->kind == Entry::Kind::kTokenSha256 ? kTokenPrefix : kCertPrefix,
         entry->credential);
     if (auto [it, inserted] = seen.emplace(key, line_no); !inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ":", line_no, ": the same credential as line ", it->second,
-          "; one credential names one identity"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ":", line_no, ": the same credential as line ",
+                       it->second, "; one credential names one identity"));
     }
     table.entries_.push_back(*std::move(entry));
   }
@@ -215,9 +215,8 @@ absl::StatusOr<AuthTable> AuthTable::Parse(absl::string_view text,
 absl::StatusOr<AuthTable> AuthTable::Load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot read --auth_file ", path, ": ",
-                     std::strerror(errno)));
+    return absl::NotFoundError(absl::StrCat("cannot read --auth_file ", path,
+                                            ": ", std::strerror(errno)));
   }
   std::ostringstream text;
   text << in.rdbuf();

@@ -486,8 +486,12 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(
     grpc::CallbackServerContext* ctx, const v1::FindMissingBlobsRequest* req,
     v1::FindMissingBlobsResponse* resp) {
-  return CKPTD_UNARY(kFindMissingBlobs, req->run(),
-                     repo_->FindMissingBlobs(*req));
+  // Dedup only against the runs the caller may write.
+  return CKPTD_UNARY(
+      kFindMissingBlobs, req->run(),
+      repo_->FindMissingBlobs(*req, [caller](absl::string_view run) {
+        return caller.MayTouchRun(run);
+      }));
 }
 
 grpc::ServerReadReactor<v1::UploadChunk>* CheckpointService::UploadBlobs(

@@ -22,8 +22,8 @@
 #include "ckptd/v1/checkpoint.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/impl/codegen/client_unary_call.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
 #include "gtest/gtest.h"
 #include "proto/base/secret.h"
 #include "tests/integration/support/server_process.h"
@@ -52,13 +52,14 @@ void WriteFile(const std::string& path, const std::string& text) {
 struct Pki {
   std::string dir;
   std::string ca, server_cert, server_key;
-  std::string client_cert, client_key;      // CN=deployer, signed by ca
-  std::string rogue_cert, rogue_key;        // CN=deployer, another CA
+  std::string client_cert, client_key;  // CN=deployer, signed by ca
+  std::string rogue_cert, rogue_key;    // CN=deployer, another CA
   std::string Path(const std::string& name) const { return dir + "/" + name; }
 };
 
 bool Run(const std::string& command) {
-  const int rc = std::system(("bash -c '" + command + "' >/dev/null 2>&1").c_str());
+  const int rc =
+      std::system(("bash -c '" + command + "' >/dev/null 2>&1").c_str());
   return rc == 0;
 }
 
@@ -66,7 +67,8 @@ Pki MakePki() {
   Pki pki;
   pki.dir = ServerProcess::MakeTempDir("ckptd-pki");
   const std::string d = pki.dir;
-  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  const std::string key =
+      "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
   auto ca = [&](const std::string& name) {
     return Run(absl::StrCat("openssl req -x509 ", key, " -keyout ", d, "/",
                             name, ".key -out ", d, "/", name,
@@ -74,23 +76,22 @@ Pki MakePki() {
   };
   auto leaf = [&](const std::string& name, const std::string& cn,
                   const std::string& issuer, const std::string& ext) {
-    return Run(absl::StrCat(
-               "openssl req ", key, " -keyout ", d, "/", name, ".key -out ", d,
-               "/", name, ".csr -subj /CN=", cn)) &&
+    return Run(absl::StrCat("openssl req ", key, " -keyout ", d, "/", name,
+                            ".key -out ", d, "/", name,
+                            ".csr -subj /CN=", cn)) &&
            Run(absl::StrCat("printf \"", ext, "\" > ", d, "/", name,
                             ".ext && openssl x509 -req -in ", d, "/", name,
-                            ".csr -CA ", d, "/", issuer, ".pem -CAkey ", d,
-                            "/", issuer, ".key -CAcreateserial -days 2 -out ",
-                            d, "/", name, ".pem -extfile ", d, "/", name,
-                            ".ext"));
+                            ".csr -CA ", d, "/", issuer, ".pem -CAkey ", d, "/",
+                            issuer, ".key -CAcreateserial -days 2 -out ", d,
+                            "/", name, ".pem -extfile ", d, "/", name, ".ext"));
   };
   EXPECT_TRUE(ca("test-ca") && ca("rogue-ca"));
   EXPECT_TRUE(leaf("server", "localhost", "test-ca",
                    "subjectAltName=IP:127.0.0.1,DNS:localhost"));
-  EXPECT_TRUE(leaf("client", "deployer", "test-ca",
-                   "extendedKeyUsage=clientAuth"));
-  EXPECT_TRUE(leaf("rogue", "deployer", "rogue-ca",
-                   "extendedKeyUsage=clientAuth"));
+  EXPECT_TRUE(
+      leaf("client", "deployer", "test-ca", "extendedKeyUsage=clientAuth"));
+  EXPECT_TRUE(
+      leaf("rogue", "deployer", "rogue-ca", "extendedKeyUsage=clientAuth"));
   pki.ca = ReadFile(pki.Path("test-ca.pem"));
   pki.server_cert = ReadFile(pki.Path("server.pem"));
   pki.server_key = ReadFile(pki.Path("server.key"));
@@ -114,10 +115,11 @@ struct Tokens {
 // The auth file: identities over runs team-a and team-b.
 std::string AuthFile(const Tokens& t) {
   return absl::StrCat(
-      "# ckptd credentials for the auth test\n", "reader-a reader team-a sha256:",
-      Sha256Hex(t.reader), "\n", "writer-a   writer team-a,team-a-*  sha256:",
-      Sha256Hex(t.writer), "\n\n", "root admin * sha256:", Sha256Hex(t.admin),
-      "\n", "writer-b writer team-b sha256:", Sha256Hex(t.other_writer), "\n",
+      "# ckptd credentials for the auth test\n",
+      "reader-a reader team-a sha256:", Sha256Hex(t.reader), "\n",
+      "writer-a   writer team-a,team-a-*  sha256:", Sha256Hex(t.writer), "\n\n",
+      "root admin * sha256:", Sha256Hex(t.admin), "\n",
+      "writer-b writer team-b sha256:", Sha256Hex(t.other_writer), "\n",
       "deployer writer team-a cert:deployer\n");
 }
 
@@ -148,8 +150,9 @@ std::shared_ptr<grpc::ChannelCredentials> Tls(const Pki& pki,
 std::unique_ptr<grpc::ClientContext> Ctx(const Caller& c, double seconds = 10) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (!c.token.empty()) ctx->AddMetadata("authorization", "Bearer " + c.token);
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int>(seconds * 1000)));
+  ctx->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int>(seconds * 1000)));
   return ctx;
 }
 
@@ -160,8 +163,8 @@ grpc::ByteBuffer Bytes(const std::string& s) {
 
 // One call of every RPC, on run team-a, shaped so that an authorized call
 // changes nothing that matters (unknown versions, an empty policy).
-using Probe = std::function<grpc::Status(v1::Checkpoint::Stub&,
-                                         grpc::Channel&, const Caller&)>;
+using Probe = std::function<grpc::Status(v1::Checkpoint::Stub&, grpc::Channel&,
+                                         const Caller&)>;
 
 std::vector<std::pair<std::string, Probe>> Probes() {
   std::vector<std::pair<std::string, Probe>> p;
@@ -185,8 +188,8 @@ std::vector<std::pair<std::string, Probe>> Probes() {
     v1::FindMissingBlobsResponse out;
     return s.FindMissingBlobs(&ctx, r, &out);
   });
-  p.push_back({"UploadBlobs", [](v1::Checkpoint::Stub& s, grpc::Channel&,
-                                 const Caller& c) {
+  p.push_back({"UploadBlobs",
+               [](v1::Checkpoint::Stub& s, grpc::Channel&, const Caller& c) {
                  auto ctx = Ctx(c);
                  v1::UploadBlobsResponse out;
                  auto w = s.UploadBlobs(ctx.get(), &out);
@@ -227,8 +230,8 @@ std::vector<std::pair<std::string, Probe>> Probes() {
     v1::GetVersionResponse out;
     return s.GetVersion(&ctx, r, &out);
   });
-  p.push_back({"ReadBlobs", [](v1::Checkpoint::Stub& s, grpc::Channel&,
-                               const Caller& c) {
+  p.push_back({"ReadBlobs",
+               [](v1::Checkpoint::Stub& s, grpc::Channel&, const Caller& c) {
                  auto ctx = Ctx(c);
                  v1::ReadBlobsRequest r;
                  r.set_run("team-a");
@@ -239,8 +242,8 @@ std::vector<std::pair<std::string, Probe>> Probes() {
                  }
                  return reader->Finish();
                }});
-  p.push_back({"ExportSafetensors", [](v1::Checkpoint::Stub& s, grpc::Channel&,
-                                       const Caller& c) {
+  p.push_back({"ExportSafetensors",
+               [](v1::Checkpoint::Stub& s, grpc::Channel&, const Caller& c) {
                  auto ctx = Ctx(c);
                  v1::ExportSafetensorsRequest r;
                  r.set_run("team-a");
@@ -251,8 +254,8 @@ std::vector<std::pair<std::string, Probe>> Probes() {
                  }
                  return reader->Finish();
                }});
-  p.push_back({"WatchRef", [](v1::Checkpoint::Stub& s, grpc::Channel&,
-                              const Caller& c) {
+  p.push_back({"WatchRef",
+               [](v1::Checkpoint::Stub& s, grpc::Channel&, const Caller& c) {
                  auto ctx = Ctx(c);
                  v1::WatchRefRequest r;
                  r.set_run("team-a");
@@ -354,41 +357,42 @@ std::vector<std::pair<std::string, Probe>> Probes() {
     v1::GetAuditLogResponse out;
     return s.GetAuditLog(&ctx, r, &out);
   });
-  p.push_back({"Health", [](v1::Checkpoint::Stub&, grpc::Channel& channel,
-                            const Caller& c) {
-                 auto ctx = Ctx(c);
-                 grpc::ByteBuffer out;
-                 // grpc.health.v1.HealthCheckRequest{} is empty.
-                 return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer,
-                                                          grpc::ByteBuffer>(
-                     &channel,
-                     grpc::internal::RpcMethod(
-                         "/grpc.health.v1.Health/Check",
-                         grpc::internal::RpcMethod::NORMAL_RPC),
-                     ctx.get(), Bytes(""), &out);
-               }});
-  p.push_back({"Reflection", [](v1::Checkpoint::Stub&, grpc::Channel& channel,
-                                const Caller& c) {
-                 auto ctx = Ctx(c);
-                 std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer,
-                                                          grpc::ByteBuffer>>
-                     stream(grpc::internal::ClientReaderWriterFactory<
-                            grpc::ByteBuffer, grpc::ByteBuffer>::
-                                Create(&channel,
-                                       grpc::internal::RpcMethod(
-                                           "/grpc.reflection.v1alpha."
-                                           "ServerReflection/"
-                                           "ServerReflectionInfo",
-                                           grpc::internal::RpcMethod::
-                                               BIDI_STREAMING),
-                                       ctx.get()));
-                 // ServerReflectionRequest{list_services: ""} (field 7).
-                 stream->Write(Bytes(std::string("\x3a\x00", 2)));
-                 grpc::ByteBuffer response;
-                 stream->Read(&response);
-                 stream->WritesDone();
-                 return stream->Finish();
-               }});
+  p.push_back(
+      {"Health",
+       [](v1::Checkpoint::Stub&, grpc::Channel& channel, const Caller& c) {
+         auto ctx = Ctx(c);
+         grpc::ByteBuffer out;
+         // grpc.health.v1.HealthCheckRequest{} is empty.
+         return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer,
+                                                  grpc::ByteBuffer>(
+             &channel,
+             grpc::internal::RpcMethod("/grpc.health.v1.Health/Check",
+                                       grpc::internal::RpcMethod::NORMAL_RPC),
+             ctx.get(), Bytes(""), &out);
+       }});
+  p.push_back(
+      {"Reflection",
+       [](v1::Checkpoint::Stub&, grpc::Channel& channel, const Caller& c) {
+         auto ctx = Ctx(c);
+         std::unique_ptr<
+             grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
+             stream(
+                 grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer,
+                                                           grpc::ByteBuffer>::
+                     Create(&channel,
+                            grpc::internal::RpcMethod(
+                                "/grpc.reflection.v1alpha."
+                                "ServerReflection/"
+                                "ServerReflectionInfo",
+                                grpc::internal::RpcMethod::BIDI_STREAMING),
+                            ctx.get()));
+         // ServerReflectionRequest{list_services: ""} (field 7).
+         stream->Write(Bytes(std::string("\x3a\x00", 2)));
+         grpc::ByteBuffer response;
+         stream->Read(&response);
+         stream->WritesDone();
+         return stream->Finish();
+       }});
   return p;
 }
 
@@ -411,10 +415,9 @@ class AuthTest : public ::testing::Test {
   // A TLS server with the auth file; with `mtls`, client certificates from
   // the test CA are required.
   std::unique_ptr<ServerProcess> StartServer(bool mtls) {
-    std::vector<std::string> flags = {
-        "--tls_cert=" + pki_->Path("server.pem"),
-        "--tls_key=" + pki_->Path("server.key"),
-        "--auth_file=" + *auth_path_};
+    std::vector<std::string> flags = {"--tls_cert=" + pki_->Path("server.pem"),
+                                      "--tls_key=" + pki_->Path("server.key"),
+                                      "--auth_file=" + *auth_path_};
     if (mtls) flags.push_back("--tls_client_ca=" + pki_->Path("test-ca.pem"));
     auto server = std::make_unique<ServerProcess>(flags);
     server->set_ready_credentials(
@@ -495,19 +498,32 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
   // a: allowed; U: UNAUTHENTICATED; P: PERMISSION_DENIED; X: no connection.
   // Columns in the order of `callers`.
   const std::map<std::string, std::string> expected = {
-      {"BeginVersion", "UUPaaPXaX"},      {"FindMissingBlobs", "UUPaaPXaX"},
-      {"UploadBlobs", "UUPaaPXaX"},       {"QueryUpload", "UUPaaPXaX"},
-      {"CommitShard", "UUPaaPXaX"},       {"AbortVersion", "UUPaaPXaX"},
-      {"GetVersion", "UUaaaPXaX"},        {"ReadBlobs", "UUaaaPXaX"},
-      {"ExportSafetensors", "UUaaaPXaX"}, {"WatchRef", "UUaaaPXaX"},
-      {"ListRuns", "UUaaaaXaX"},          {"ListVersions", "UUaaaPXaX"},
-      {"GetMetricHistory", "UUaaaPXaX"},  {"SetAlias", "UUPaaPXaX"},
-      {"DeleteAlias", "UUPaaPXaX"},       {"GetAliasHistory", "UUaaaPXaX"},
-      {"Pin", "UUPaaPXaX"},               {"Unpin", "UUPaaPXaX"},
-      {"DeleteVersion", "UUPPaPXPX"},     {"SetPolicy", "UUPaaPXaX"},
-      {"GetPolicy", "UUaaaPXaX"},         {"CollectGarbage", "UUPPaPXPX"},
-      {"Verify", "UUPPaPXPX"},            {"GetAuditLog", "UUaaaPXaX"},
-      {"Health", "aaaaaaXaX"},            {"Reflection", "UUaaaaXaX"},
+      {"BeginVersion", "UUPaaPXaX"},
+      {"FindMissingBlobs", "UUPaaPXaX"},
+      {"UploadBlobs", "UUPaaPXaX"},
+      {"QueryUpload", "UUPaaPXaX"},
+      {"CommitShard", "UUPaaPXaX"},
+      {"AbortVersion", "UUPaaPXaX"},
+      {"GetVersion", "UUaaaPXaX"},
+      {"ReadBlobs", "UUaaaPXaX"},
+      {"ExportSafetensors", "UUaaaPXaX"},
+      {"WatchRef", "UUaaaPXaX"},
+      {"ListRuns", "UUaaaaXaX"},
+      {"ListVersions", "UUaaaPXaX"},
+      {"GetMetricHistory", "UUaaaPXaX"},
+      {"SetAlias", "UUPaaPXaX"},
+      {"DeleteAlias", "UUPaaPXaX"},
+      {"GetAliasHistory", "UUaaaPXaX"},
+      {"Pin", "UUPaaPXaX"},
+      {"Unpin", "UUPaaPXaX"},
+      {"DeleteVersion", "UUPPaPXPX"},
+      {"SetPolicy", "UUPaaPXaX"},
+      {"GetPolicy", "UUaaaPXaX"},
+      {"CollectGarbage", "UUPPaPXPX"},
+      {"Verify", "UUPPaPXPX"},
+      {"GetAuditLog", "UUaaaPXaX"},
+      {"Health", "aaaaaaXaX"},
+      {"Reflection", "UUaaaaXaX"},
   };
   auto classify = [](const grpc::Status& st) {
     switch (st.error_code()) {
@@ -546,9 +562,9 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
       got.push_back(classify(st));
       const std::string cell =
           got.back() == 'a' ? "ok" : std::string(1, got.back());
-      absl::StrAppend(&table, cell,
-                      std::string(callers[i].name.size() + 1 - cell.size(),
-                                  ' '));
+      absl::StrAppend(
+          &table, cell,
+          std::string(callers[i].name.size() + 1 - cell.size(), ' '));
       EXPECT_EQ(got.back(), want[i])
           << method << " as " << callers[i].name << ": " << st.error_code()
           << " " << st.error_message();
@@ -558,9 +574,9 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
         EXPECT_THAT(st.error_message(), HasSubstr(method));
       }
       if (got.back() == 'U' && method != "Reflection") {
-        EXPECT_THAT(st.error_message(),
-                    ::testing::AnyOf(HasSubstr("token"),
-                                     HasSubstr("credential")));
+        EXPECT_THAT(
+            st.error_message(),
+            ::testing::AnyOf(HasSubstr("token"), HasSubstr("credential")));
       }
     }
     absl::StrAppend(&table, "\n");
@@ -653,10 +669,10 @@ TEST_F(AuthTest, ACredentialVouchesForItsOwnCallOnly) {
       stub->CollectGarbage(Ctx(none).get(), v1::CollectGarbageRequest(), &out)
           .error_code(),
       grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(stub->CollectGarbage(Ctx(reader).get(),
-                                 v1::CollectGarbageRequest(), &out)
-                .error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(
+      stub->CollectGarbage(Ctx(reader).get(), v1::CollectGarbageRequest(), &out)
+          .error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_TRUE(
       stub->CollectGarbage(Ctx(admin).get(), v1::CollectGarbageRequest(), &out)
           .ok());
@@ -697,6 +713,133 @@ TEST_F(AuthTest, SighupReloadsAndABrokenFileKeepsTheOldTable) {
   EXPECT_TRUE(Connect(server, tokens_->admin)->ListRuns().ok());
 }
 
+// Blob tenancy: bytes are reachable only through versions the caller may
+// read, and their existence is not revealed across runs.
+TEST_F(AuthTest, BlobsOfAnotherRunAreNeitherReadableNorProvable) {
+  auto server = StartServer(false);
+  {
+    auto admin = Connect(*server, tokens_->admin);
+    ASSERT_TRUE(Push(*admin, "team-a", 1).ok());
+  }
+  auto channel = grpc::CreateChannel(server->address(), Tls(*pki_));
+  auto stub = v1::Checkpoint::NewStub(channel);
+  const Caller a{"writer-a", nullptr, tokens_->writer};
+  const Caller b{"writer-b", nullptr, tokens_->other_writer};
+  // team-a's manifest and its blob digest.
+  v1::GetVersionRequest get;
+  get.set_run("team-a");
+  get.set_ref("1");
+  get.set_include_manifest(true);
+  v1::GetVersionResponse version;
+  ASSERT_TRUE(stub->GetVersion(Ctx(a).get(), get, &version).ok());
+  ASSERT_EQ(version.shards_size(), 1);
+  std::string digest;
+  for (const auto& e : version.shards(0).entries()) {
+    if (e.has_tensor()) digest = e.tensor().blob_digest();
+  }
+  ASSERT_EQ(digest.size(), 16u);
+  // writer-b's own pending version of team-b.
+  v1::BeginVersionRequest begin;
+  begin.set_run("team-b");
+  begin.set_step(7);
+  begin.set_world_size(1);
+  v1::BeginVersionResponse pending;
+  ASSERT_TRUE(stub->BeginVersion(Ctx(b).get(), begin, &pending).ok());
+
+  // Reading team-a's bytes: refused for team-a, not found through team-b.
+  for (const std::string& run : {"team-a", "team-b"}) {
+    v1::ReadBlobsRequest read;
+    read.set_run(run);
+    read.set_version(run == "team-a" ? 1 : pending.version());
+    read.add_ranges()->set_digest(digest);
+    auto ctx = Ctx(b);
+    auto reader = stub->ReadBlobs(ctx.get(), read);
+    v1::ReadChunk chunk;
+    EXPECT_FALSE(reader->Read(&chunk)) << "no byte of team-a via " << run;
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), run == "team-a"
+                                   ? grpc::StatusCode::PERMISSION_DENIED
+                                   : grpc::StatusCode::FAILED_PRECONDITION)
+        << run << ": " << st.error_message();
+  }
+  // FindMissingBlobs: missing for writer-b, present for team-a's writer.
+  v1::FindMissingBlobsRequest find;
+  find.set_run("team-b");
+  find.set_version(pending.version());
+  find.add_digests(digest);
+  v1::FindMissingBlobsResponse missing;
+  ASSERT_TRUE(stub->FindMissingBlobs(Ctx(b).get(), find, &missing).ok());
+  EXPECT_EQ(missing.missing_size(), 1) << "an existence oracle across runs";
+  begin.set_run("team-a");
+  v1::BeginVersionResponse pending_a;
+  ASSERT_TRUE(stub->BeginVersion(Ctx(a).get(), begin, &pending_a).ok());
+  find.set_run("team-a");
+  find.set_version(pending_a.version());
+  ASSERT_TRUE(stub->FindMissingBlobs(Ctx(a).get(), find, &missing).ok());
+  EXPECT_EQ(missing.missing_size(), 0) << "dedup within the run";
+  // QueryUpload: no answer about blobs outside the caller's version.
+  v1::QueryUploadRequest query;
+  query.set_run("team-b");
+  query.set_version(pending.version());
+  query.set_digest(digest);
+  v1::QueryUploadResponse queried;
+  ASSERT_TRUE(stub->QueryUpload(Ctx(b).get(), query, &queried).ok());
+  EXPECT_FALSE(queried.complete());
+  EXPECT_EQ(queried.durable_offset(), 0u);
+  // Starting (not finishing) an upload of the digest grants nothing.
+  {
+    auto ctx = Ctx(b);
+    v1::UploadBlobsResponse out;
+    auto writer = stub->UploadBlobs(ctx.get(), &out);
+    v1::UploadChunk chunk;
+    chunk.set_run("team-b");
+    chunk.set_version(pending.version());
+    chunk.set_digest(digest);
+    chunk.set_blob_size(4096);
+    chunk.set_data("x");
+    chunk.set_checksum(0);  // wrong: the stream fails
+    writer->Write(chunk);
+    writer->WritesDone();
+    writer->Finish();
+  }
+  // CommitShard of team-a's manifest into team-b: the blob is "missing".
+  v1::CommitShardRequest commit;
+  commit.set_run("team-b");
+  commit.set_version(pending.version());
+  *commit.mutable_manifest() = version.shards(0);
+  v1::CommitShardResponse committed;
+  const grpc::Status st = stub->CommitShard(Ctx(b).get(), commit, &committed);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << st.error_message();
+  EXPECT_THAT(st.error_message(), HasSubstr("missing"));
+  // Proof of possession: uploading the same bytes makes the commit work.
+  auto b_client = Connect(*server, tokens_->other_writer);
+  auto a_client = Connect(*server, tokens_->admin);
+  auto a_version = a_client->GetVersion("team-a", "1", GetVersionOptions());
+  ASSERT_TRUE(a_version.ok());
+  auto tensors = a_client->ReadAllTensors(*a_version, nullptr, PullOptions());
+  ASSERT_TRUE(tensors.ok() && tensors->size() == 1);
+  PushRequest req;
+  req.run = "team-b";
+  req.step = 8;
+  ManifestEntry root;
+  root.mutable_container()->set_kind(v1::ContainerInfo::DICT);
+  req.entries.push_back({root, {}});
+  ManifestEntry e;
+  e.add_path()->set_key("w");
+  e.mutable_tensor()->set_dtype(v1::UINT8);
+  e.mutable_tensor()->add_shape(
+      static_cast<int64_t>((*tensors)[0].bytes.size()));
+  TensorData data;
+  data.data = (*tensors)[0].bytes.data();
+  data.byte_length = (*tensors)[0].bytes.size();
+  req.entries.push_back({e, data});
+  auto pushed = b_client->Push(req, PushOptions());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(pushed->state(), v1::COMMITTED);
+  EXPECT_GT(pushed->uploaded_bytes(), 0u) << "the bytes had to be sent";
+}
+
 // ckptd refuses to start in the unsafe configurations, and says why.
 TEST(AuthStartTest, RefusesUnsafeListenAddresses) {
   auto run = [](std::vector<std::string> flags) {
@@ -718,8 +861,8 @@ TEST(AuthStartTest, RefusesUnsafeListenAddresses) {
   EXPECT_THAT(out, HasSubstr("--insecure_no_auth"));
   EXPECT_THAT(out, HasSubstr("--auth_file"));
   const std::string dir = ServerProcess::MakeTempDir("ckptd-auth-file");
-  WriteFile(dir + "/auth", absl::StrCat("a admin * sha256:",
-                                        std::string(64, 'a'), "\n"));
+  WriteFile(dir + "/auth",
+            absl::StrCat("a admin * sha256:", std::string(64, 'a'), "\n"));
   std::tie(rc, out) =
       run({"--listen=0.0.0.0:0", "--auth_file=" + dir + "/auth"});
   EXPECT_NE(rc, 0);

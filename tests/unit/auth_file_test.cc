@@ -3,8 +3,8 @@
 
 #include "ckptd/v1/checkpoint.grpc.pb.h"
 #include "ckptd/v1/checkpoint.pb.h"
-#include "google/protobuf/descriptor.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
 #include "proto/base/secret.h"
 #include "server/service/access.h"
@@ -27,14 +27,15 @@ TEST(AuthFileTest, ParsesLinesCommentsAndBothCredentialKinds) {
           "   # indented comment\n"
           "deploy reader * cert:inference prod\n"
           "root admin * SHA256:" +  // prefix is case-sensitive: rejected
-          kHex + "\n",
+          kHex +
+          "\n",
       "auth");
   ASSERT_FALSE(table.ok());
   EXPECT_THAT(table.status().message(), HasSubstr("auth:6:"));
-  table = AuthTable::Parse(
-      "alice writer llama-*,bert sha256:" + Sha256Hex(token) +
-          "\ndeploy reader * cert:inference prod\n",
-      "auth");
+  table =
+      AuthTable::Parse("alice writer llama-*,bert sha256:" + Sha256Hex(token) +
+                           "\ndeploy reader * cert:inference prod\n",
+                       "auth");
   ASSERT_TRUE(table.ok()) << table.status();
   ASSERT_EQ(table->entries().size(), 2u);
   const AuthTable::Entry* alice = table->FindToken(token);
@@ -82,7 +83,8 @@ TEST(AuthFileTest, DuplicateCredentialsAndEmptyFilesAreRefused) {
   auto dup = AuthTable::Parse(
       "a reader * sha256:" + kHex + "\nb admin * sha256:" + kHex + "\n", "f");
   ASSERT_FALSE(dup.ok());
-  EXPECT_THAT(dup.status().message(), HasSubstr("f:2: the same credential as line 1"));
+  EXPECT_THAT(dup.status().message(),
+              HasSubstr("f:2: the same credential as line 1"));
   auto empty = AuthTable::Parse("# nothing\n\n", "f");
   ASSERT_FALSE(empty.ok());
   EXPECT_THAT(empty.status().message(), HasSubstr("no credentials"));

@@ -696,6 +696,8 @@ TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {
     // Destroyed unfinished: suspended for resume.
   }
   v1::QueryUploadRequest q;
+  q.set_run("r");
+  q.set_version(v);
   q.set_digest(std::string(d.AsBytes()));
   auto where = repo_->QueryUpload(q);
   ASSERT_TRUE(where.ok());
@@ -711,6 +713,14 @@ TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {
   ASSERT_TRUE((*up)->Finish().ok());
   where = repo_->QueryUpload(q);
   EXPECT_TRUE(where->complete());
+  // Complete only for the version it was uploaded into: QueryUpload does
+  // not tell another run's writer that the bytes exist.
+  const uint64_t other = Begin("other", 1);
+  q.set_run("other");
+  q.set_version(other);
+  where = repo_->QueryUpload(q);
+  ASSERT_TRUE(where.ok());
+  EXPECT_FALSE(where->complete());
 }
 
 TEST_F(RepositoryTest, DigestMismatchIsRejected) {
