@@ -154,12 +154,13 @@ bool GlobMatch(absl::string_view pattern, absl::string_view name) {
   // Iterative wildcard matching with one backtrack point (the last `*`).
   size_t p = 0, n = 0, star = absl::string_view::npos, mark = 0;
   while (n < name.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
-      ++p;
-      ++n;
-    } else if (p < pattern.size() && pattern[p] == '*') {
+    if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       mark = n;
+    } else if (p < pattern.size() &&
+               (pattern[p] == '?' || pattern[p] == name[n])) {
+      ++p;
+      ++n;
     } else if (star != absl::string_view::npos) {
       p = star + 1;
       n = ++mark;

@@ -62,7 +62,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  e.principal.identity.size() <= 128);
       FUZZ_CHECK(!e.principal.run_patterns.empty());
       for (const std::string& p : e.principal.run_patterns) {
-        FUZZ_CHECK(!p.empty() && p.find_first_of(", \t\n") == std::string::npos);
+        FUZZ_CHECK(!p.empty() &&
+                   p.find_first_of(", \t\n") == std::string::npos);
       }
       if (e.kind == AuthTable::Entry::Kind::kTokenSha256) {
         FUZZ_CHECK(e.credential.size() == 64 &&

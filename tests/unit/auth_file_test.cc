@@ -106,6 +106,10 @@ TEST(GlobTest, MatchesStarsAndQuestionMarks) {
   EXPECT_TRUE(GlobMatch("a*b*c", "aXXbYYc"));
   EXPECT_FALSE(GlobMatch("a*b*c", "aXXbYY"));
   EXPECT_FALSE(GlobMatch("bert", "bert2"));
+  // A `*` in the pattern is always a wildcard, also facing a '*' (found by
+  // auth_file_fuzzer).
+  EXPECT_TRUE(GlobMatch("*", "* x"));
+  EXPECT_TRUE(GlobMatch("a*", "a*bc"));
   Principal p{"x", Role::kReader, {"llama-*", "bert"}};
   EXPECT_TRUE(p.MayTouchRun("bert"));
   EXPECT_TRUE(p.MayTouchRun("llama-1"));
