@@ -747,7 +747,8 @@ TEST_F(AuthTest, BlobsOfAnotherRunAreNeitherReadableNorProvable) {
   ASSERT_TRUE(stub->BeginVersion(Ctx(b).get(), begin, &pending).ok());
 
   // Reading team-a's bytes: refused for team-a, not found through team-b.
-  for (const std::string& run : {"team-a", "team-b"}) {
+  const std::string runs[] = {"team-a", "team-b"};
+  for (const std::string& run : runs) {
     v1::ReadBlobsRequest read;
     read.set_run(run);
     read.set_version(run == "team-a" ? 1 : pending.version());
