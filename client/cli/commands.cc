@@ -964,27 +964,10 @@ absl::Status CmdWatch(Session& s) {
 absl::Status CmdTokenNew(Session& s) {
   const Args& a = s.args();
   // The line must parse as ckptd parses it (server/service/auth.h).
-  if (a.identity.empty() || a.identity.size() > 128 ||
-      a.identity.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
-                                   "qrstuvwxyz0123456789._-@+") !=
-          std::string::npos) {
-    return UsageError(absl::StrCat(
-        "identity '", a.identity.substr(0, 64),
-        "' must be 1-128 characters of letters, digits and . _ - @ +"));
-  }
-  if (a.role != "reader" && a.role != "writer" && a.role != "admin") {
-    return UsageError(absl::StrCat("role '", a.role.substr(0, 32),
-                                   "' is not reader, writer or admin"));
-  }
+  CKPTD_RETURN_IF_ERROR(AsUsageError(ValidateIdentity(a.identity)));
+  CKPTD_RETURN_IF_ERROR(AsUsageError(ValidateRoleName(a.role)));
   for (absl::string_view p : absl::StrSplit(a.patterns, ',')) {
-    if (p.empty() ||
-        p.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
-                            "yz0123456789._-*?") != absl::string_view::npos) {
-      return UsageError(absl::StrCat(
-          "run pattern '", p.substr(0, 64),
-          "' must be run-name characters [A-Za-z0-9._-] and the wildcards * "
-          "and ?, e.g. 'llama-*' or '*'"));
-    }
+    CKPTD_RETURN_IF_ERROR(AsUsageError(ValidateRunPattern(p)));
   }
   CKPTD_ASSIGN_OR_RETURN(std::string token, NewBearerToken());
   const std::string line = absl::StrCat(

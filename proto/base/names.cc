@@ -111,4 +111,49 @@ absl::StatusOr<Ref> ParseRef(absl::string_view ref) {
   return Ref{std::string(ref)};
 }
 
+absl::Status ValidateIdentity(absl::string_view identity) {
+  if (identity.empty() || identity.size() > kMaxIdentityLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "identity of ", identity.size(), " characters; it must be 1-",
+        kMaxIdentityLength, " (the limit is ", kMaxIdentityLength, ")"));
+  }
+  for (char c : identity) {
+    if (!IsNameChar(c) && c != '@' && c != '+') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("identity ", Quote(identity), " has ", Quote({&c, 1}),
+                       "; identities hold letters, digits and . _ - @ +"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRoleName(absl::string_view role) {
+  if (role == "reader" || role == "writer" || role == "admin") {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("role ", Quote(role), " is not reader, writer or admin"));
+}
+
+absl::Status ValidateRunPattern(absl::string_view pattern) {
+  if (pattern.empty()) {
+    return absl::InvalidArgumentError(
+        "empty run pattern (a stray comma?); use e.g. `*` or `llama-*`");
+  }
+  if (pattern.size() > kMaxRunPatternLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("run pattern of ", pattern.size(),
+                     " characters; the limit is ", kMaxRunPatternLength));
+  }
+  for (char c : pattern) {
+    if (!IsNameChar(c) && c != '*' && c != '?') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "run pattern ", Quote(pattern), " has ", Quote({&c, 1}),
+          "; patterns hold run-name characters [A-Za-z0-9._-] and the "
+          "wildcards * and ?"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace ckptd

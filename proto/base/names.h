@@ -30,6 +30,17 @@ absl::Status ValidateAliasName(absl::string_view name);
 absl::Status ValidateUserAliasName(absl::string_view name);
 absl::Status ValidateMetricName(absl::string_view name);
 
+// The fields of an --auth_file line (server/service/auth.h), shared with
+// `ckpt token new`, which prints such lines.
+inline constexpr size_t kMaxIdentityLength = 128;
+inline constexpr size_t kMaxRunPatternLength = 128;
+// 1-128 characters of letters, digits and . _ - @ +.
+absl::Status ValidateIdentity(absl::string_view identity);
+// reader, writer or admin.
+absl::Status ValidateRoleName(absl::string_view role);
+// A glob over run names: run-name characters and the wildcards * and ?.
+absl::Status ValidateRunPattern(absl::string_view pattern);
+
 // A parsed ref: a version number, or an alias name (incl. last/best).
 struct Ref {
   std::variant<uint64_t, std::string> value;

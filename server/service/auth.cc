@@ -8,59 +8,27 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "proto/base/names.h"
 #include "proto/base/secret.h"
 
 namespace ckptd::service {
 namespace {
 
-constexpr size_t kMaxIdentityLength = 128;
-constexpr size_t kMaxPatternLength = 128;
 constexpr size_t kMaxCommonNameLength = 256;
 // A bearer token longer than this is refused unhashed.
 constexpr size_t kMaxTokenLength = 4096;
 constexpr absl::string_view kTokenPrefix = "sha256:";
 constexpr absl::string_view kCertPrefix = "cert:";
 
-bool IsIdentityChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
-         c == '_' || c == '-' || c == '@' || c == '+';
-}
-
 absl::StatusOr<Role> ParseRole(absl::string_view s) {
-  if (s == "reader") return Role::kReader;
-  if (s == "writer") return Role::kWriter;
-  if (s == "admin") return Role::kAdmin;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "role '", s.substr(0, 32), "' is not reader, writer or admin"));
-}
-
-// A glob is a run name in which `*` and `?` may stand for characters.
-absl::Status ValidatePattern(absl::string_view pattern) {
-  if (pattern.empty()) {
-    return absl::InvalidArgumentError(
-        "empty run pattern (a stray comma?); use e.g. `*` or `llama-*`");
-  }
-  if (pattern.size() > kMaxPatternLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("run pattern of ", pattern.size(),
-                     " characters; the limit is ", kMaxPatternLength));
-  }
-  for (char c : pattern) {
-    if (c == '*' || c == '?' || c == '.' || c == '_' || c == '-' ||
-        absl::ascii_isalnum(static_cast<unsigned char>(c))) {
-      continue;
-    }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "run pattern '", pattern, "' has '", absl::CHexEscape({&c, 1}),
-        "'; patterns hold run-name characters [A-Za-z0-9._-] and the "
-        "wildcards * and ?"));
-  }
-  return absl::OkStatus();
+  if (auto st = ValidateRoleName(s); !st.ok()) return st;
+  return s == "reader"   ? Role::kReader
+         : s == "writer" ? Role::kWriter
+                         : Role::kAdmin;
 }
 
 absl::StatusOr<AuthTable::Entry> ParseLine(absl::string_view line) {
@@ -85,25 +53,13 @@ absl::StatusOr<AuthTable::Entry> ParseLine(absl::string_view line) {
                      "CREDENTIAL (e.g. `alice writer llama-* sha256:HEX`)"));
   }
   const absl::string_view identity = fields[0];
-  if (identity.size() > kMaxIdentityLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("identity of ", identity.size(),
-                     " characters; the limit is ", kMaxIdentityLength));
-  }
-  for (char c : identity) {
-    if (!IsIdentityChar(c)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("identity '", identity.substr(0, 64), "' has '",
-                       absl::CHexEscape({&c, 1}),
-                       "'; identities hold letters, digits and . _ - @ +"));
-    }
-  }
+  if (auto st = ValidateIdentity(identity); !st.ok()) return st;
   entry.principal.identity = std::string(identity);
   auto role = ParseRole(fields[1]);
   if (!role.ok()) return role.status();
   entry.principal.role = *role;
   for (absl::string_view p : absl::StrSplit(fields[2], ',')) {
-    if (auto st = ValidatePattern(p); !st.ok()) return st;
+    if (auto st = ValidateRunPattern(p); !st.ok()) return st;
     entry.principal.run_patterns.emplace_back(p);
   }
   const absl::string_view cred = fields[3];
