@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "proto/base/error_reason.h"
 
 namespace ckptd {
 
@@ -17,6 +18,8 @@ absl::Status ErrnoToStatus(int errnum, absl::string_view context) {
       return absl::AlreadyExistsError(message);
     case ENOSPC:
     case EDQUOT:
+      // Clients act on a full disk (they abort the save): say so.
+      return WithReason(absl::ResourceExhaustedError(message), v1::DISK_FULL);
     case EMFILE:
     case ENFILE:
     case ENOMEM:

@@ -15,7 +15,8 @@
 namespace ckptd {
 
 // `context` and strerror(errnum), with a code that matches errnum
-// (ENOSPC -> RESOURCE_EXHAUSTED, ENOENT -> NOT_FOUND, ...).
+// (ENOSPC -> RESOURCE_EXHAUSTED with reason DISK_FULL, ENOENT -> NOT_FOUND,
+// ...).
 absl::Status ErrnoToStatus(int errnum, absl::string_view context);
 
 }  // namespace ckptd

@@ -1,8 +1,11 @@
 #include "server/storage/metadata_store.h"
 
+#include <sys/statvfs.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "proto/base/error_reason.h"
 #include "rocksdb/options.h"
 #include "spdlog/spdlog.h"
 
@@ -73,7 +76,9 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   if (s.ok()) return absl::OkStatus();
   std::string msg = absl::StrCat(context, ": ", s.ToString());
   if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  if (s.IsNoSpace()) {
+    return WithReason(absl::ResourceExhaustedError(msg), v1::DISK_FULL);
+  }
   if (s.IsIOError()) return absl::UnavailableError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
   return absl::InternalError(msg);
@@ -95,15 +100,42 @@ void MetadataBatch::Delete(absl::string_view key) {
   batch_.Delete(rocksdb::Slice(key.data(), key.size()));
 }
 
-MetadataStore::MetadataStore(std::unique_ptr<rocksdb::DB> db)
-    : db_(std::move(db)) {}
+MetadataStore::MetadataStore(std::string dir, std::unique_ptr<rocksdb::DB> db)
+    : dir_(std::move(dir)), db_(std::move(db)) {}
+
+// A flush at close only saves the next start replaying the WAL, which holds
+// every acknowledged write either way. It is skipped when it could fail:
+// RocksDB 7.8 (as Debian builds it, with assertions) aborts the process when
+// a flush runs out of disk space, or writes to a WAL whose last write
+// failed, with `Assertion sync_without_flush_called_ failed` instead of
+// returning the error.
+bool MetadataStore::SafeToFlush() {
+  if (write_failed_.load()) return false;
+  uint64_t memtables = 0;
+  if (!db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &memtables)) {
+    return false;
+  }
+  struct statvfs st;
+  if (::statvfs(dir_.c_str(), &st) != 0) return false;
+  const uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  // The table file is at most about the memtable's size; twice that and a
+  // margin leave room for the new WAL and MANIFEST records.
+  constexpr uint64_t kFlushMargin = 8 << 20;
+  return free >= 2 * memtables + kFlushMargin;
+}
 
 MetadataStore::~MetadataStore() {
   if (db_ == nullptr) return;
-  rocksdb::FlushOptions flush;
-  rocksdb::Status s = db_->Flush(flush);
-  if (!s.ok()) spdlog::warn("rocksdb flush on close: {}", s.ToString());
-  s = db_->Close();
+  if (SafeToFlush()) {
+    rocksdb::Status s = db_->Flush(rocksdb::FlushOptions());
+    if (!s.ok()) spdlog::warn("rocksdb flush on close: {}", s.ToString());
+  } else {
+    spdlog::warn(
+        "rocksdb: no flush on close ({}): the WAL holds every acknowledged "
+        "write and the next start replays it",
+        write_failed_.load() ? "a write failed" : "the disk is nearly full");
+  }
+  rocksdb::Status s = db_->Close();
   if (!s.ok()) spdlog::warn("rocksdb close: {}", s.ToString());
 }
 
@@ -127,7 +159,7 @@ absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Open(
     return FromRocks(s, absl::StrCat("open metadata database ", dir));
   }
   std::unique_ptr<MetadataStore> store(
-      new MetadataStore(std::unique_ptr<rocksdb::DB>(raw)));
+      new MetadataStore(dir, std::unique_ptr<rocksdb::DB>(raw)));
   std::string schema;
   s = raw->Get(rocksdb::ReadOptions(), "meta/schema", &schema);
   if (s.IsNotFound()) {
@@ -169,7 +201,9 @@ absl::StatusOr<bool> MetadataStore::GetProto(
 absl::Status MetadataStore::Commit(MetadataBatch& batch, bool sync) {
   rocksdb::WriteOptions options;
   options.sync = sync;
-  return FromRocks(db_->Write(options, &batch.batch_), "write metadata batch");
+  rocksdb::Status s = db_->Write(options, &batch.batch_);
+  if (!s.ok()) write_failed_.store(true);
+  return FromRocks(s, "write metadata batch");
 }
 
 absl::Status MetadataStore::Scan(

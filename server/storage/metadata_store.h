@@ -32,6 +32,7 @@
 #ifndef CKPTD_SERVER_STORAGE_METADATA_STORE_H_
 #define CKPTD_SERVER_STORAGE_METADATA_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -95,7 +96,8 @@ class MetadataStore {
   // nullptr: RocksDB's default.
   static absl::StatusOr<std::unique_ptr<MetadataStore>> Open(
       const std::string& dir, rocksdb::Env* env = nullptr);
-  ~MetadataStore();  // flushes and closes cleanly
+  // Flushes (when it is safe: see the .cc) and closes cleanly.
+  ~MetadataStore();
 
   absl::StatusOr<std::optional<std::string>> Get(absl::string_view key);
   // Parses the value at `key` into `out`; false when absent. DATA_LOSS when
@@ -122,8 +124,13 @@ class MetadataStore {
       absl::string_view prefix);
 
  private:
-  explicit MetadataStore(std::unique_ptr<rocksdb::DB> db);
+  MetadataStore(std::string dir, std::unique_ptr<rocksdb::DB> db);
+  // Whether a flush at close has the room it needs.
+  bool SafeToFlush();
+
+  const std::string dir_;
   std::unique_ptr<rocksdb::DB> db_;
+  std::atomic<bool> write_failed_{false};
 };
 
 template <typename Message, typename Fn>
