@@ -375,10 +375,18 @@ class Repository {
   // Blocks until no deletion of `digest` is in progress (an upload that
   // completes a digest being collected must commit after the delete).
   void AwaitNotDeleting(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
-  void SuspendUpload(const Digest& digest, uint64_t blob_size,
-                     std::unique_ptr<storage::BlobWriter> writer);
-  // Aborts a pending version; false if it was already aborted.
-  absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req)
+  // Keeps an interrupted upload for resume, unless (run, version) is no
+  // longer pending: then nothing may resume it, and its temp file goes.
+  void SuspendUpload(const std::string& run, uint64_t version,
+                     const Digest& digest, uint64_t blob_size,
+                     std::unique_ptr<storage::BlobWriter> writer)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Aborts a pending version; false if it was already aborted. Adds to
+  // `unfinished` the digests it leased that are not stored (uploads in
+  // progress or interrupted): the caller drops their suspended uploads
+  // after releasing mu_.
+  absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req,
+                                   std::vector<Digest>* unfinished)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- GC helpers (repository_gc.cc) ----

@@ -124,7 +124,7 @@ void BlobUpload::Suspend() {
   // The bytes of an interrupted stream travelled too: uploaded_bytes counts
   // them, whether the upload resumes or starts over.
   repo_->RecordProgress(run_, version_, TakeUnreported());
-  repo_->SuspendUpload(digest_, blob_size_, std::move(writer_));
+  repo_->SuspendUpload(run_, version_, digest_, blob_size_, std::move(writer_));
 }
 
 // ---------------------------------------------------------------------------
@@ -395,7 +395,8 @@ void Repository::ForgetPending(const std::string& run, uint64_t version) {
   leases_.erase(it);
 }
 
-void Repository::SuspendUpload(const Digest& digest, uint64_t blob_size,
+void Repository::SuspendUpload(const std::string& run, uint64_t version,
+                               const Digest& digest, uint64_t blob_size,
                                std::unique_ptr<storage::BlobWriter> writer) {
   absl::StatusOr<uint64_t> durable = writer->Sync();
   if (!durable.ok()) {
@@ -405,6 +406,14 @@ void Repository::SuspendUpload(const Digest& digest, uint64_t blob_size,
   }
   uploads_.Suspend(digest, blob_size, *durable, std::move(writer),
                    options_.now());
+  // Checked after suspending: an abort that ran before this check dropped
+  // nothing of ours, one that runs after it finds the upload suspended.
+  bool pending = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    pending = leases_.contains({run, version});
+  }
+  if (!pending) uploads_.Drop(digest);
 }
 
 absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
@@ -605,22 +614,26 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req,
                                       const Actor& actor) {
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
-  bool aborted = false;
+  absl::StatusOr<bool> aborted = false;
+  std::vector<Digest> unfinished;
   {
     absl::MutexLock lock(&mu_);
-    CKPTD_ASSIGN_OR_RETURN(aborted, AbortLocked(req));
+    aborted = AbortLocked(req, &unfinished);
   }
-  if (aborted) {
+  // Interrupted uploads of the version would keep their temp files.
+  for (const Digest& d : unfinished) uploads_.Drop(d);
+  if (aborted.ok() && *aborted) {
     RecordAudit(actor, req.run(), "abort_version", req.version(),
                 req.reason().substr(0, 200));
   }
-  // Free what only the aborted version held (its leases are gone).
-  if (aborted) CollectNewGarbage("an abort");
-  return absl::OkStatus();
+  // Free what only the aborted version held (its leases are gone), also
+  // when the abort could not be recorded.
+  CollectNewGarbage("an abort");
+  return aborted.status();
 }
 
-absl::StatusOr<bool> Repository::AbortLocked(
-    const v1::AbortVersionRequest& req) {
+absl::StatusOr<bool> Repository::AbortLocked(const v1::AbortVersionRequest& req,
+                                             std::vector<Digest>* unfinished) {
   CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
                          LoadVersion(req.run(), req.version()));
   if (info.state() == v1::ABORTED) return false;
@@ -645,7 +658,27 @@ absl::StatusOr<bool> Repository::AbortLocked(
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
   CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
-  CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
+  if (auto it = leases_.find({req.run(), req.version()}); it != leases_.end()) {
+    for (const Digest& d : it->second.digests) {
+      if (!index_.StoredSize(d).has_value()) unfinished->push_back(d);
+    }
+  }
+  if (absl::Status st = meta_->Commit(batch); !st.ok()) {
+    // Most likely a full disk. The version never published, so its leases
+    // protect nothing acknowledged: dropping them stops its uploads here
+    // and frees the blobs only it held, which may be what makes room.
+    ForgetPending(req.run(), req.version());
+    return WithReason(
+        absl::Status(
+            st.code(),
+            absl::StrCat("the abort of ", VersionName(req.run(), req.version()),
+                         " was not recorded (", st.message(),
+                         "); its uploads are stopped and the blobs "
+                         "only it held are freed, but after a "
+                         "restart it is pending again until "
+                         "--pending_timeout aborts it")),
+        ReasonOf(st));
+  }
   for (const auto& digests : shards) {
     for (const Digest& d : digests) index_.DropRef(d, req.run());
   }
@@ -657,6 +690,7 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
   const int64_t cutoff =
       NowNanos() - absl::ToInt64Nanoseconds(options_.pending_timeout);
   int aborted = 0;
+  std::vector<Digest> unfinished;
   {
     absl::MutexLock lock(&mu_);
     // leases_ has an entry for every pending version (BeginVersion,
@@ -673,7 +707,7 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
           absl::StrCat("no rank made progress for ",
                        absl::FormatDuration(options_.pending_timeout),
                        " (--pending_timeout)"));
-      absl::StatusOr<bool> done = AbortLocked(req);
+      absl::StatusOr<bool> done = AbortLocked(req, &unfinished);
       if (!done.ok()) {
         spdlog::warn("pending timeout of {}@{}: {}", run, version,
                      done.status().ToString());
@@ -683,7 +717,9 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
       }
     }
   }
-  if (aborted > 0) CollectNewGarbage("the pending sweep");
+  for (const Digest& d : unfinished) uploads_.Drop(d);
+  // Also after a failed abort: its leases are dropped all the same.
+  CollectNewGarbage("the pending sweep");
   return aborted;
 }
 
