@@ -105,7 +105,9 @@ class UploadStream {
     grpc::ClientContext ctx;
     connection_.Prepare(&ctx, /*unary_deadline=*/false);
     // Watches the start of the call too: it waits for the connection.
-    StallWatchdog watchdog(&ctx, connection_.stall_timeout());
+    StallWatchdog watchdog(&ctx, connection_.stall_timeout(), [this] {
+      return connection_.ServerAnswers(index_, run_);
+    });
     watchdog_ = &watchdog;
     ByteStream stream(connection_.channel(index_), kUploadBlobsMethod, &ctx);
     bool first_chunk = true;

@@ -4,7 +4,10 @@
 // A failed Push leaves its pending version on the server (it is not
 // aborted): calling Push again for the same (run, step) joins that version,
 // and FindMissingBlobs skips what already arrived. Other ranks of a sharded
-// save may still be using it; AbortVersion ends it explicitly.
+// save may still be using it; AbortVersion ends it explicitly. Except when
+// the server's disk is full (reason DISK_FULL): the save cannot complete,
+// and what it uploaded takes the space others need, so Push aborts the
+// version (other ranks then fail with FAILED_PRECONDITION naming why).
 #include "ckptd/client.h"
 
 #include <unistd.h>
@@ -96,7 +99,7 @@ class ClientImpl final : public Client {
 
     if (absl::Status st = UploadMissing(request.run, version, plan, options);
         !st.ok()) {
-      return st;
+      return AbortIfDiskFull(request, version, st);
     }
 
     v1::CommitShardRequest commit;
@@ -114,13 +117,37 @@ class ClientImpl final : public Client {
       // collected): upload again once.
       if (absl::Status st = UploadMissing(request.run, version, plan, options);
           !st.ok()) {
-        return st;
+        return AbortIfDiskFull(request, version, st);
       }
       committed = Unary(&v1::Checkpoint::Stub::CommitShard, commit,
                         options.max_attempts);
     }
-    if (!committed.ok()) return committed.status();
+    if (!committed.ok()) {
+      return AbortIfDiskFull(request, version, committed.status());
+    }
     return committed->version();
+  }
+
+  // `failure`, after aborting `version` when it says the server's disk is
+  // full, so that the server frees what the save uploaded.
+  absl::Status AbortIfDiskFull(const PushRequest& request, uint64_t version,
+                               const absl::Status& failure) {
+    if (ReasonOf(failure) != v1::DISK_FULL) return failure;
+    const std::string name = absl::StrCat(request.run, "@", version);
+    absl::Status aborted =
+        AbortVersion(request.run, version,
+                     absl::StrCat("rank ", request.rank, ": ",
+                                  failure.message().substr(0, 800)));
+    return WithReason(
+        absl::Status(
+            failure.code(),
+            absl::StrCat(
+                failure.message(),
+                aborted.ok()
+                    ? absl::StrCat(" (aborted ", name, " to free its blobs)")
+                    : absl::StrCat(" (could not abort ", name, ": ",
+                                   aborted.message(), ")"))),
+        v1::DISK_FULL);
   }
 
   absl::Status AbortVersion(const std::string& run, uint64_t version,

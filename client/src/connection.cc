@@ -130,8 +130,12 @@ Connection::Connection(const ClientOptions& options,
 }
 
 StallWatchdog::StallWatchdog(grpc::ClientContext* ctx,
-                             std::chrono::microseconds timeout)
-    : ctx_(ctx), timeout_(timeout), last_progress_(Now()) {
+                             std::chrono::microseconds timeout,
+                             std::function<bool()> answers)
+    : ctx_(ctx),
+      timeout_(timeout),
+      answers_(std::move(answers)),
+      last_progress_(Now()) {
   thread_ = std::thread([this] { Watch(); });
 }
 
@@ -147,15 +151,31 @@ void StallWatchdog::Watch() {
   // Checks a few times per timeout; a stall is noticed within 1.25x.
   const absl::Duration tick =
       std::min(absl::FromChrono(timeout_) / 4, absl::Seconds(1));
-  absl::MutexLock lock(&mu_);
+  int extensions = 0;
+  int64_t extended_at = -1;  // the progress stamp the last extension set
+  mu_.Lock();
   while (!mu_.AwaitWithTimeout(absl::Condition(&done_), tick)) {
-    if (Now() - last_progress_.load(std::memory_order_relaxed) >
-        timeout_.count()) {
+    const int64_t last = last_progress_.load(std::memory_order_relaxed);
+    if (Now() - last <= timeout_.count()) continue;
+    if (last != extended_at) extensions = 0;  // it moved since
+    bool alive = false;
+    if (answers_ && extensions < kMaxStallExtensions) {
+      // Not under mu_: the call may take a unary deadline.
+      mu_.Unlock();
+      alive = answers_();
+      mu_.Lock();
+      if (done_) break;
+    }
+    if (!alive) {
       fired_ = true;
       ctx_->TryCancel();
-      return;
+      break;
     }
+    ++extensions;
+    extended_at = Now();
+    last_progress_.store(extended_at, std::memory_order_relaxed);
   }
+  mu_.Unlock();
 }
 
 absl::Status StallWatchdog::StalledError(absl::string_view what) const {
@@ -163,6 +183,27 @@ absl::Status StallWatchdog::StalledError(absl::string_view what) const {
       absl::StrCat(what, " made no progress for ",
                    absl::FormatDuration(absl::FromChrono(timeout_)),
                    " (the server or the network is stuck); cancelled"));
+}
+
+bool Connection::ServerAnswers(int index, const std::string& run) const {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, /*unary_deadline=*/true);
+  v1::GetVersionRequest req;
+  req.set_run(run);
+  req.set_ref("last");
+  req.set_include_manifest(false);
+  v1::GetVersionResponse resp;
+  const grpc::Status st = stub(index)->GetVersion(&ctx, req, &resp);
+  switch (st.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+      return false;
+    default:
+      return true;  // also NOT_FOUND etc.: the server read and answered
+  }
 }
 
 void Connection::Prepare(grpc::ClientContext* ctx, bool unary_deadline) const {

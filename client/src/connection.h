@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -69,9 +70,18 @@ class Backoff {
 // that stops reading or sending, or a network that silently drops packets,
 // would otherwise block the stream forever (streams have no deadline: a
 // large upload may take hours). Call Progress() after every message.
+//
+// A busy server holds streams back on purpose (its --max_inflight_bytes
+// budget: a stream waits its turn without moving a byte). So when the
+// timeout elapses, `answers` (if given) asks whether the server still
+// answers a call on the same connection; if it does, the stream waits
+// another timeout instead of being cancelled, up to kMaxStallExtensions
+// times in a row.
 class StallWatchdog {
  public:
-  StallWatchdog(grpc::ClientContext* ctx, std::chrono::microseconds timeout);
+  static constexpr int kMaxStallExtensions = 10;
+  StallWatchdog(grpc::ClientContext* ctx, std::chrono::microseconds timeout,
+                std::function<bool()> answers = nullptr);
   ~StallWatchdog();
   StallWatchdog(const StallWatchdog&) = delete;
   StallWatchdog& operator=(const StallWatchdog&) = delete;
@@ -92,6 +102,7 @@ class StallWatchdog {
 
   grpc::ClientContext* ctx_;
   const std::chrono::microseconds timeout_;
+  const std::function<bool()> answers_;
   std::atomic<int64_t> last_progress_;
   std::atomic<bool> fired_{false};
   absl::Mutex mu_;
@@ -120,6 +131,10 @@ class Connection {
   // Adds the bearer token; with `unary_deadline`, sets the deadline of a
   // unary call.
   void Prepare(grpc::ClientContext* ctx, bool unary_deadline) const;
+  // Whether the server answers a small call about `run` on channel
+  // `index` within the unary deadline (any reply, errors included: only a
+  // transport failure or the deadline say no). For StallWatchdog.
+  bool ServerAnswers(int index, const std::string& run) const;
   // The longest a stream may go without progress (ClientOptions::
   // rpc_timeout_seconds).
   std::chrono::microseconds stall_timeout() const { return rpc_timeout_; }

@@ -108,7 +108,9 @@ class ReadStream {
     grpc::ClientContext ctx;
     connection_.Prepare(&ctx, /*unary_deadline=*/false);
     // Watches the start of the call too: it waits for the connection.
-    StallWatchdog watchdog(&ctx, connection_.stall_timeout());
+    StallWatchdog watchdog(&ctx, connection_.stall_timeout(), [this] {
+      return connection_.ServerAnswers(index_, info_.run());
+    });
     ByteStream stream(connection_.channel(index_), kReadBlobsMethod, &ctx);
     grpc::ByteBuffer buffer;
     absl::Status local;
