@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/service/inflight_budget.h"
 #include "server/service/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -62,6 +64,19 @@ ABSL_FLAG(std::string, auth_file, "",
           "writer or admin; RUN_PATTERNS a comma list of globs; CREDENTIAL "
           "sha256:HEX (of a token from `ckpt token new`) or cert:CN. "
           "Re-read on SIGHUP. Empty: no authentication, loopback only.");
+// Resources (README: Limits and resources).
+ABSL_FLAG(uint64_t, max_inflight_bytes, 256 << 20,
+          "Blob bytes held in memory at once, server-wide (uploads being "
+          "received and written, reads being sent): each stream moving a "
+          "chunk holds 8.1 MiB of it (a 4 MiB chunk held twice), and "
+          "streams beyond it wait their turn. Default 256 MiB; at least "
+          "17039360 (two streams).");
+ABSL_FLAG(std::string, min_free_disk, "256M",
+          "Free space of --data_dir under which pushes (BeginVersion, blob "
+          "uploads) are refused with RESOURCE_EXHAUSTED before anything is "
+          "written; reads keep working. Bytes, binary units (512M, 10G) or "
+          "a percentage of the disk (5%). Default 256M: room for RocksDB to "
+          "commit, flush and recover. 0: no floor.");
 ABSL_FLAG(bool, insecure_no_auth, false,
           "Allow a non-loopback --listen without --auth_file: every caller "
           "can read, overwrite and delete everything. For isolated networks "
@@ -95,6 +110,22 @@ bool WantsHelp(int argc, char** argv) {
     if (arg == "--help" || arg == "-h" || arg == "-help") return true;
   }
   return false;
+}
+
+// Copies the resource flags into `options`; "" or what is wrong with one.
+std::string ReadResourceFlags(ckptd::service::ServerOptions* options) {
+  options->max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  if (options->max_inflight_bytes < ckptd::service::kMinInflightBytes) {
+    return absl::StrCat("--max_inflight_bytes=", options->max_inflight_bytes,
+                        " is below the minimum ",
+                        ckptd::service::kMinInflightBytes,
+                        " (two streams, each holding a 4 MiB chunk twice)");
+  }
+  auto floor =
+      ckptd::service::ParseMinFreeDisk(absl::GetFlag(FLAGS_min_free_disk));
+  if (!floor.ok()) return std::string(floor.status().message());
+  options->min_free_disk = *floor;
+  return "";
 }
 
 // --help: the usage message and ckptd's own flags, exit 0. (Abseil's --help
@@ -216,6 +247,10 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  if (const std::string err = ReadResourceFlags(&options); !err.empty()) {
+    std::fprintf(stderr, "ckptd: %s\n", err.c_str());
+    return 2;
+  }
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(

@@ -34,35 +34,61 @@ absl::Status DrainingError() {
 
 // ---------------------------------------------------------------------------
 // UploadBlobs: chunks of blobs, each blob's chunks in order. One chunk is in
-// memory per stream; the write happens on the executor before the next read.
+// memory per stream, and only while the stream holds a slot of the in-flight
+// budget: the write happens on the executor, then the chunk's memory and
+// slot go back, and the next read is asked for once a slot is free again.
+// Each blob's remaining bytes are reserved with the disk watermark before
+// the first of them is written.
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
  public:
   UploadReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
                 v1::UploadBlobsResponse* resp)
-      : service_(service), ctx_(ctx), resp_(resp) {
-    StartRead(&chunk_);
+      : service_(service),
+        ctx_(ctx),
+        resp_(resp),
+        slot_(service->guards().budget, kStreamSlotBytes) {
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
       // End of the client's stream (or a cancelled call).
+      slot_.Release();
       service_->executor()->Submit([this] { FinishStream(); });
       return;
     }
     service_->executor()->Submit([this] {
       absl::Status st = HandleChunk();
+      std::string().swap(*chunk_.mutable_data());  // frees it, unlike clear()
+      slot_.Release();
       if (!st.ok()) {
         if (upload_) upload_.reset();  // suspends: resumable
+        reservation_.Reset();
         Finish(ToGrpcStatus(st));
         return;
       }
-      StartRead(&chunk_);
+      ReadNext();
     });
+  }
+
+  void OnCancel() override {
+    // While the stream waits for a slot no read is pending to end the call.
+    if (slot_.CancelWait()) {
+      service_->executor()->Submit([this] { FinishStream(); });
+    }
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void ReadNext() {
+    if (ctx_->IsCancelled()) {
+      service_->executor()->Submit([this] { FinishStream(); });
+      return;
+    }
+    slot_.Acquire([this] { StartRead(&chunk_); });
+  }
+
   absl::Status HandleChunk() {
     if (!started_) {
       if (service_->draining()) {
@@ -106,10 +132,24 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
       CKPTD_ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
                                           run_, version_, digest,
                                           chunk_.blob_size(), chunk_.offset()));
+      if (DiskWatermark* disk = service_->guards().watermark) {
+        // Refused before the blob's first byte is written (after the
+        // checks of the blob itself, whose errors say more).
+        const uint64_t left = chunk_.blob_size() > chunk_.offset()
+                                  ? chunk_.blob_size() - chunk_.offset()
+                                  : 0;
+        CKPTD_ASSIGN_OR_RETURN(
+            reservation_,
+            disk->Reserve(
+                left, absl::StrCat("the upload of blob ", digest.Hex(), " for ",
+                                   run_, "@", version_)));
+      }
     }
     CKPTD_RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
+    reservation_.Consume(data.size());
     resp_->set_bytes_received(resp_->bytes_received() + data.size());
     if (upload_->complete()) {
+      reservation_.Reset();
       std::unique_ptr<core::BlobUpload> done = std::move(upload_);
       CKPTD_RETURN_IF_ERROR(done->Finish());
       v1::BlobInfo* info = resp_->add_blobs();
@@ -127,6 +167,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
           "; the received bytes are kept: resume at the offset QueryUpload "
           "reports");
       upload_.reset();  // suspends for resume
+      reservation_.Reset();
       Finish(grpc::Status(grpc::StatusCode::ABORTED, message));
       return;
     }
@@ -141,26 +182,40 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   std::string run_;
   uint64_t version_ = 0;
   std::unique_ptr<core::BlobUpload> upload_;
+  DiskWatermark::Reservation reservation_;  // upload_'s bytes yet to write
+  BudgetSlot slot_;                         // held while chunk_ is in use
 };
 
 // ---------------------------------------------------------------------------
 // Server-streaming of blob bytes: a prologue on the executor builds a
 // BlobCursor, then each chunk is read on the executor and written; the next
-// read starts when the write is done (one chunk in memory per call).
+// read starts when the write is done (one chunk in memory per call, and only
+// while the call holds a slot of the in-flight budget).
 template <typename Message>
 class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
  public:
   StreamingReadReactor(CheckpointService* service,
                        grpc::CallbackServerContext* ctx)
-      : service_(service), ctx_(ctx) {}
+      : service_(service),
+        ctx_(ctx),
+        slot_(service->guards().budget, kStreamSlotBytes) {}
 
   void OnWriteDone(bool ok) override {
+    std::string().swap(*message_.mutable_data());  // frees it, unlike Clear()
+    slot_.Release();
     if (!ok) {
       this->Finish(
           grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    service_->executor()->Submit([this] { Next(); });
+    NextWhenSlotIsFree();
+  }
+
+  void OnCancel() override {
+    // While the call waits for a slot nothing else would end it.
+    if (slot_.CancelWait()) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
   }
 
   void OnDone() override {
@@ -181,7 +236,7 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
         this->Finish(ToGrpcStatus(st));
         return;
       }
-      Next();
+      NextWhenSlotIsFree();
     });
   }
   // Sets cursor_ (and may queue a first message in message_ by returning
@@ -197,8 +252,13 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
   std::unique_ptr<BlobCursor> cursor_;
   Message message_;
   bool has_prologue_ = false;
+  BudgetSlot slot_;  // held while message_ holds bytes
 
  private:
+  void NextWhenSlotIsFree() {
+    slot_.Acquire([this] { service_->executor()->Submit([this] { Next(); }); });
+  }
+
   void Next() {
     if (has_prologue_) {
       has_prologue_ = false;
@@ -431,8 +491,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
 }  // namespace
 
 CheckpointService::CheckpointService(core::Repository* repo, Executor* executor,
-                                     const AccessPolicy* access)
-    : repo_(repo), executor_(executor), access_(access) {}
+                                     const AccessPolicy* access,
+                                     ResourceGuards guards)
+    : repo_(repo), executor_(executor), access_(access), guards_(guards) {}
 
 core::Actor CheckpointService::ActorOf(const Principal& caller) {
   core::Actor actor;
@@ -480,7 +541,16 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     reactor->Finish(ToGrpcStatus(DrainingError()));
     return reactor;
   }
-  return CKPTD_UNARY(kBeginVersion, req->run(), repo_->BeginVersion(*req));
+  return Unary(
+      ctx, Method::kBeginVersion, req->run(),
+      [=, this](const Principal&) -> absl::Status {
+        if (guards_.watermark != nullptr) {
+          CKPTD_RETURN_IF_ERROR(guards_.watermark->CheckBegin(absl::StrCat(
+              "BeginVersion of ", req->run(), " step ", req->step())));
+        }
+        CKPTD_ASSIGN_OR_RETURN(*resp, repo_->BeginVersion(*req));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(

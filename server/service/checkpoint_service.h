@@ -18,24 +18,35 @@
 #include "server/common/executor.h"
 #include "server/core/repository.h"
 #include "server/service/access.h"
+#include "server/service/disk_watermark.h"
+#include "server/service/inflight_budget.h"
 
 namespace ckptd::service {
 
 // Default bytes per ReadChunk.
 inline constexpr uint32_t kDefaultReadChunk = 4 << 20;
 
+// What bounds the server's memory and disk use (not owned; null: no bound):
+// streams that move blob bytes take a slot of `budget` per message in
+// memory; BeginVersion and each blob upload ask `watermark` first.
+struct ResourceGuards {
+  InflightBudget* budget = nullptr;
+  DiskWatermark* watermark = nullptr;
+};
+
 class CheckpointService final : public v1::Checkpoint::CallbackService {
  public:
   // `access` (not owned) decides who may call what; it must outlive the
   // service.
   CheckpointService(core::Repository* repo, Executor* executor,
-                    const AccessPolicy* access);
+                    const AccessPolicy* access, ResourceGuards guards = {});
 
   void SetDraining(bool draining) { draining_.store(draining); }
   bool draining() const { return draining_.load(); }
   core::Repository* repo() { return repo_; }
   Executor* executor() { return executor_; }
   const AccessPolicy& access() const { return *access_; }
+  const ResourceGuards& guards() const { return guards_; }
 
   grpc::ServerUnaryReactor* BeginVersion(
       grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
@@ -121,6 +132,7 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   core::Repository* repo_;
   Executor* executor_;
   const AccessPolicy* access_;
+  const ResourceGuards guards_;
   std::atomic<bool> draining_{false};
 };
 

@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "server/core/repository.h"
+#include "server/service/disk_watermark.h"
 
 namespace ckptd::service {
 
@@ -39,6 +40,12 @@ struct ServerOptions {
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
   absl::Duration maintenance_interval = absl::Seconds(10);
+  // Resources (README: Limits and resources). Blob bytes held in memory at
+  // once, server-wide (inflight_budget.h; at least kMinInflightBytes), and
+  // the free space of data_dir under which pushes are refused
+  // (disk_watermark.h).
+  uint64_t max_inflight_bytes = 256 << 20;
+  MinFreeDisk min_free_disk = {.bytes = 256 << 20};
   core::RepositoryOptions repository;
 };
 
