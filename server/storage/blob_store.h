@@ -51,6 +51,12 @@ class BlobWriter {
   // already present the copy is discarded and Commit succeeds. The writer
   // is finished afterwards, whatever the result.
   virtual absl::Status Commit(const Digest& expected) = 0;
+  // As Commit, but a blob already stored under `expected` is replaced by
+  // this verified copy, atomically: a reader sees the old blob or the new
+  // one, never a mix (for files: rename over it, then fsync the directory;
+  // a reader that opened the old file keeps reading the old bytes). This is
+  // how a blob found corrupt is healed; Commit would keep the bad copy.
+  virtual absl::Status CommitReplacing(const Digest& expected) = 0;
   // Discards the partial blob. The writer is finished afterwards.
   virtual void Abandon() = 0;
 };

@@ -44,6 +44,9 @@
 //   4. fsync blobs/<xx>/ — also when the name was taken, because the writer
 //      that took it may not have fsynced the directory yet, and we are about
 //      to report the blob durable.
+// CommitReplacing(expected) (healing a blob found corrupt) does 1 and 2,
+// then rename(2)s over blobs/<xx>/<digest> whether or not it exists — an
+// atomic replacement: a crash leaves the old file or the new one — and 4.
 // Delete is unlink + fsync of the fan-out directory.
 //
 // What a crash leaves behind: files in tmp/ (partial, or complete but not
@@ -328,6 +331,7 @@ class FileBlobWriter final : public BlobWriter {
   uint64_t size() const override { return size_; }
   absl::StatusOr<uint64_t> Sync() override;
   absl::Status Commit(const Digest& expected) override;
+  absl::Status CommitReplacing(const Digest& expected) override;
   void Abandon() override;
 
  private:
@@ -337,7 +341,8 @@ class FileBlobWriter final : public BlobWriter {
 
   absl::Status CheckUsable() const;
   void Hash(const char* p, size_t n);
-  absl::Status CommitFile(const Digest& expected);
+  // `replace`: rename over a blob already stored (CommitReplacing).
+  absl::Status CommitFile(const Digest& expected, bool replace);
 
   const std::string blobs_dir_;
   const std::string tmp_path_;
@@ -468,12 +473,18 @@ absl::StatusOr<uint64_t> FileBlobWriter::Sync() {
 }
 
 absl::Status FileBlobWriter::Commit(const Digest& expected) {
-  absl::Status st = CommitFile(expected);
+  absl::Status st = CommitFile(expected, /*replace=*/false);
   Abandon();  // no-op after a successful rename
   return st;
 }
 
-absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
+absl::Status FileBlobWriter::CommitReplacing(const Digest& expected) {
+  absl::Status st = CommitFile(expected, /*replace=*/true);
+  Abandon();  // no-op after a successful rename
+  return st;
+}
+
+absl::Status FileBlobWriter::CommitFile(const Digest& expected, bool replace) {
   CKPTD_RETURN_IF_ERROR(CheckUsable());
   const Digest actual = digest_.Finish();
   if (actual != expected) {
@@ -505,6 +516,14 @@ absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
     return ckptd::ErrnoToStatus(errno, absl::StrCat("rename blob tmp file ",
                                                     tmp_path_, " to ", target));
   };
+  if (replace) {
+    // rename(2) replaces the target atomically: readers see the old file or
+    // ours, and one that opened the old file keeps its bytes.
+    if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
+      return rename_error();
+    }
+    tmp_exists_ = false;
+  }
   // Retried only when the existing blob vanishes (a concurrent Delete)
   // between the failed rename and our look at it.
   for (int attempt = 0; tmp_exists_; ++attempt) {

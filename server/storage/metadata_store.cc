@@ -55,6 +55,9 @@ std::string Lease(absl::string_view run, uint64_t version,
 std::string LeasePrefix(absl::string_view run, uint64_t version) {
   return absl::StrCat("lease/", run, "/", Hex16(version), "/");
 }
+std::string Quarantine(absl::string_view digest_hex) {
+  return absl::StrCat(kQuarantinePrefix, digest_hex);
+}
 std::optional<uint64_t> VersionFromKey(absl::string_view key) {
   size_t slash = key.rfind('/');
   if (slash == absl::string_view::npos || key.size() - slash - 1 != 16) {
