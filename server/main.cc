@@ -66,6 +66,17 @@ ABSL_FLAG(bool, insecure_no_auth, false,
           "Allow a non-loopback --listen without --auth_file: every caller "
           "can read, overwrite and delete everything. For isolated networks "
           "only.");
+// Integrity (README, Operations > Integrity).
+ABSL_FLAG(absl::Duration, scrub_interval, absl::Hours(24),
+          "Background scrub: every this long (counted from the end of the "
+          "previous pass, across restarts) re-read every stored blob and "
+          "check it against its digest; a corrupt blob is quarantined, so "
+          "the next push of its bytes uploads them again and heals every "
+          "version that uses it. 0 turns the scrub off.");
+ABSL_FLAG(int64_t, scrub_bytes_per_sec, int64_t{64} << 20,
+          "Read rate of a scrub pass, at most, in bytes per second (default "
+          "67108864 = 64 MiB/s). Must be positive; --scrub_interval=0 turns "
+          "the scrub off.");
 
 namespace {
 
@@ -198,6 +209,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ckptd: --pending_timeout must be positive\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_scrub_interval) < absl::ZeroDuration()) {
+    std::fprintf(
+        stderr,
+        "ckptd: --scrub_interval=%s is negative; give a duration "
+        "such as 24h, or 0 to turn the scrub off\n",
+        absl::FormatDuration(absl::GetFlag(FLAGS_scrub_interval)).c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_scrub_bytes_per_sec) <= 0) {
+    std::fprintf(
+        stderr,
+        "ckptd: --scrub_bytes_per_sec=%lld must be positive (e.g. "
+        "67108864 for 64 MiB/s); to turn the scrub off use "
+        "--scrub_interval=0\n",
+        static_cast<long long>(absl::GetFlag(FLAGS_scrub_bytes_per_sec)));
+    return 2;
+  }
 
   // Signals are taken by one thread with sigwait, before gRPC starts any.
   sigset_t signals;
@@ -217,6 +245,9 @@ int main(int argc, char** argv) {
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
+  options.repository.scrub_interval = absl::GetFlag(FLAGS_scrub_interval);
+  options.repository.scrub_bytes_per_sec =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_scrub_bytes_per_sec));
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(
       options.maintenance_interval, options.repository.pending_timeout / 4);

@@ -2,10 +2,15 @@
 
 namespace ckptd::core {
 
-void BlobIndex::AddStored(const Digest& digest, uint64_t size) {
+void BlobIndex::AddStored(const Digest& digest, uint64_t size, bool replaced) {
   Entry& e = entries_[digest];
   if (e.deleting) return;  // FinishDelete decides
+  if (!e.stored || replaced) e.generation = next_generation_++;
   if (!e.stored) ++stored_count_;
+  if (replaced && e.quarantined) {
+    e.quarantined = false;
+    --quarantined_count_;
+  }
   e.stored = true;
   e.size = size;
   MaybeCandidate(digest, e);
@@ -13,10 +18,57 @@ void BlobIndex::AddStored(const Digest& digest, uint64_t size) {
 
 std::optional<uint64_t> BlobIndex::StoredSize(const Digest& digest) const {
   auto it = entries_.find(digest);
-  if (it == entries_.end() || !it->second.stored || it->second.deleting) {
+  if (it == entries_.end() || !it->second.stored || it->second.deleting ||
+      it->second.quarantined) {
     return std::nullopt;
   }
   return it->second.size;
+}
+
+std::optional<uint64_t> BlobIndex::Generation(const Digest& digest) const {
+  auto it = entries_.find(digest);
+  if (it == entries_.end() || !it->second.stored || it->second.deleting) {
+    return std::nullopt;
+  }
+  return it->second.generation;
+}
+
+bool BlobIndex::Quarantine(const Digest& digest, uint64_t generation) {
+  auto it = entries_.find(digest);
+  if (it == entries_.end()) return false;
+  Entry& e = it->second;
+  if (!e.stored || e.deleting || e.quarantined || e.generation != generation) {
+    return false;
+  }
+  e.quarantined = true;
+  ++quarantined_count_;
+  return true;
+}
+
+bool BlobIndex::Unquarantine(const Digest& digest, uint64_t generation) {
+  auto it = entries_.find(digest);
+  if (it == entries_.end()) return false;
+  Entry& e = it->second;
+  if (!e.stored || e.deleting || !e.quarantined || e.generation != generation) {
+    return false;
+  }
+  e.quarantined = false;
+  --quarantined_count_;
+  return true;
+}
+
+bool BlobIndex::Quarantined(const Digest& digest) const {
+  auto it = entries_.find(digest);
+  return it != entries_.end() && it->second.quarantined;
+}
+
+std::vector<BlobIndex::StoredBlob> BlobIndex::StoredBlobs() const {
+  std::vector<StoredBlob> out;
+  out.reserve(stored_count_);
+  for (const auto& [d, e] : entries_) {
+    if (e.stored && !e.deleting) out.push_back({d, e.size});
+  }
+  return out;
 }
 
 bool BlobIndex::Deleting(const Digest& digest) const {
@@ -99,7 +151,7 @@ BlobIndex::Garbage BlobIndex::MarkDeleting(const Digest& digest, Entry& e) {
   e.deleting = true;
   e.stored = false;
   --stored_count_;
-  return Garbage{digest, e.size};
+  return Garbage{digest, e.size, e.quarantined};
 }
 
 std::vector<BlobIndex::Garbage> BlobIndex::TakeNewGarbage() {
@@ -130,8 +182,11 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
   if (it == entries_.end() || !it->second.deleting) return;
   it->second.deleting = false;
   if (!deleted) {
-    it->second.stored = true;
+    it->second.stored = true;  // still quarantined if it was
     ++stored_count_;
+  } else if (it->second.quarantined) {
+    it->second.quarantined = false;
+    --quarantined_count_;
   }
   MaybeErase(digest);
 }

@@ -10,6 +10,8 @@
 //   repository_aliases.cc  SetAlias, DeleteAlias, SetPolicy, pins,
 //                          DeleteVersion, and the shared record helpers
 //   repository_gc.cc       retention, garbage collection (two phases)
+//   repository_integrity.cc  quarantine of corrupt blobs and healing,
+//                          checked reads (ReadLease::Open), Verify, scrub
 // and its parts with their own locks or none:
 //   upload_tracker.h       suspended and active uploads (own mutex)
 //   alias_watchers.h       WatchRef subscriptions (own mutex)
@@ -32,6 +34,14 @@
 //     blobs only the dropped versions referenced at once. GC deletes only
 //     blobs that no shard manifest references and that nothing pins
 //     (pending leases, reads in progress).
+//  4. Integrity: a blob found corrupt (a read, Verify, the scrub) is
+//     quarantined in the BlobIndex and in RocksDB (quar/<digest>, so it
+//     survives a restart): it counts as missing for every push, so the next
+//     push of its bytes uploads them and the upload replaces the file
+//     (BlobWriter::CommitReplacing), healing every version that references
+//     it. Until then reads that need it fail with DATA_LOSS naming run@N and
+//     the tensor. Messages to clients never carry server paths; the log
+//     does.
 //  Recovery on Open: partial blobs are removed; pending versions stay
 //  pending (ranks may still commit; `pending_timeout` aborts them) with
 //  their leases (persisted without sync: a lease lost to a power failure
@@ -60,6 +70,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -100,6 +111,28 @@ struct RepositoryOptions {
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
   rocksdb::Env* metadata_env = nullptr;
+  // Background scrub: a pass re-reads every stored blob and checks it
+  // against its digest, quarantining corrupt ones. A pass starts
+  // `scrub_interval` after the end of the previous one (persisted, so
+  // restarts do not postpone it; before the first pass, counted from when
+  // scrubbing was first enabled on the data dir). Zero: no scrub.
+  absl::Duration scrub_interval = absl::ZeroDuration();
+  // Read rate of a scrub pass, at most. Must be positive.
+  uint64_t scrub_bytes_per_sec = uint64_t{64} << 20;
+};
+
+// Counters of the scrub (since the process started, except last_pass_end,
+// which is persisted) and the number of blobs quarantined now (found by
+// anyone). A snapshot; cheap to take.
+struct ScrubStats {
+  uint64_t passes_completed = 0;
+  uint64_t blobs_checked = 0;
+  uint64_t bytes_checked = 0;
+  uint64_t corrupt_found = 0;  // blobs the scrub quarantined
+  bool pass_running = false;
+  // End of the last complete pass; InfinitePast: none yet.
+  absl::Time last_pass_end = absl::InfinitePast();
+  uint64_t quarantined_blobs = 0;
 };
 
 class Repository;
@@ -150,12 +183,30 @@ class ReadLease {
   ReadLease& operator=(const ReadLease&) = delete;
   bool Contains(const Digest& d) const { return digests_.contains(d); }
   const absl::flat_hash_set<Digest>& digests() const { return digests_; }
+  const std::string& run() const { return run_; }
+  uint64_t version() const { return version_; }
+
+  // Opens a blob of this version for reading (REQUIRES: Contains(d)). Reads
+  // verify the stored checksums. A blob that is quarantined, missing or
+  // found corrupt by this read (which quarantines it) fails with DATA_LOSS
+  // naming run@version and the tensor; no error carries a server path.
+  absl::StatusOr<std::unique_ptr<storage::BlobReader>> Open(const Digest& d);
+  // DATA_LOSS (as Open) for the first of `digests` known to be damaged
+  // (quarantined or missing), without reading anything: lets a read fail
+  // before it sends any bytes.
+  absl::Status CheckIntact(const std::vector<Digest>& digests);
 
  private:
   friend class Repository;
-  ReadLease(Repository* repo, absl::flat_hash_set<Digest> digests)
-      : repo_(repo), digests_(std::move(digests)) {}
+  ReadLease(Repository* repo, std::string run, uint64_t version,
+            absl::flat_hash_set<Digest> digests)
+      : repo_(repo),
+        run_(std::move(run)),
+        version_(version),
+        digests_(std::move(digests)) {}
   Repository* repo_;
+  std::string run_;
+  uint64_t version_;
   absl::flat_hash_set<Digest> digests_;
 };
 
@@ -240,7 +291,10 @@ class Repository {
   absl::StatusOr<v1::VersionInfo> SetPinned(const v1::PinRequest& req,
                                             bool pinned,
                                             const Actor& actor = Actor());
-  // Deletes the version's records, then the blobs only it referenced.
+  // Deletes the version's records, then the blobs only it referenced. A
+  // version `last` or `best` names needs req.force(): `last` moves to the
+  // newest remaining committed version, `best` to the policy's pick among
+  // the remaining ones (both recorded in the alias history).
   absl::Status DeleteVersion(const v1::DeleteVersionRequest& req,
                              const Actor& actor = Actor());
   // The run's alias moves and audit records (or every run's, for an empty
@@ -256,7 +310,17 @@ class Repository {
   // Deletes every stored blob that nothing references or pins.
   absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage(
       const Actor& actor = Actor());
+
+  // ---- Integrity (repository_integrity.cc) ----
+  // Re-reads every blob of the version(s) and checks it against its
+  // digest; corrupt ones are quarantined (intact ones that were are
+  // released). Lists the damaged versions and their tensors.
   absl::StatusOr<v1::VerifyResponse> Verify(const v1::VerifyRequest& req);
+  // One scrub pass over every stored blob, now, at most
+  // options.scrub_bytes_per_sec (the background scrub runs this). Returns
+  // the blobs it found corrupt. CANCELLED if the repository is closing.
+  absl::StatusOr<std::vector<Digest>> RunScrubPass();
+  ScrubStats GetScrubStats();
 
   // Calls `fn` after each committed move of `alias` in `run`, with the new
   // target, in commit order; sets `*current` to the target at the time of
@@ -272,6 +336,7 @@ class Repository {
  private:
   friend class BlobUpload;
   friend class ReadLease;
+  friend class CheckedBlobReader;
   // One per pending version (and only while it is pending).
   struct PendingLeases {
     absl::flat_hash_set<Digest> digests;  // each pinned once in index_
@@ -364,10 +429,11 @@ class Repository {
   void PersistLeases(const std::string& run, uint64_t version,
                      const std::vector<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // A blob completed for (run, version).
+  // A blob completed for (run, version); `replaced`: its upload replaced
+  // the stored file (healing a quarantined blob).
   void RecordUpload(const std::string& run, uint64_t version,
-                    const Digest& digest, uint64_t size, uint64_t bytes)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                    const Digest& digest, uint64_t size, uint64_t bytes,
+                    bool replaced) ABSL_LOCKS_EXCLUDED(mu_);
   // A stream delivered `bytes` more for the pending version: they count
   // toward its uploaded_bytes, and its pending timeout starts over.
   void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes)
@@ -400,6 +466,64 @@ class Repository {
   void ReleaseRead(const absl::flat_hash_set<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // ---- Integrity helpers (repository_integrity.cc) ----
+  // Loads the quarantine records into the BlobIndex (dropping those of
+  // blobs no longer stored).
+  absl::Status RecoverQuarantineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Quarantines `digest` if `generation` is still the stored one; logs
+  // `cause` (which may name server paths) and persists the record. True if
+  // newly quarantined.
+  bool QuarantineBlob(const Digest& digest, uint64_t generation,
+                      absl::string_view found_by, const absl::Status& cause)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes the quarantine record of `digest` (its quarantine was lifted
+  // or the blob deleted). A failure is logged: the stale record only means
+  // the blob is quarantined again after a restart until re-verified.
+  void DeleteQuarantineRecordLocked(const Digest& digest)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsQuarantined(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
+  // The tensors of (run, version) stored in any of `digests`.
+  absl::StatusOr<std::vector<v1::DamagedTensor>> TensorsIn(
+      const std::string& run, uint64_t version,
+      const absl::flat_hash_set<Digest>& digests) ABSL_LOCKS_EXCLUDED(mu_);
+  // DATA_LOSS for a read of (run, version) that needs damaged `digest`.
+  absl::Status DamageError(const std::string& run, uint64_t version,
+                           const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
+  // What a failed read of `digest` (generation `generation`) in (run,
+  // version) tells the client: DATA_LOSS (and a quarantine) when the bytes
+  // are bad or gone, else the code with a path-free message.
+  absl::Status ReadFailure(const std::string& run, uint64_t version,
+                           const Digest& digest, uint64_t generation,
+                           const absl::Status& st) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::unique_ptr<storage::BlobReader>> OpenForRead(
+      const std::string& run, uint64_t version, const Digest& digest)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The first of `digests` that is quarantined or not stored.
+  std::optional<Digest> FirstDamaged(const std::vector<Digest>& digests)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // kMissing: not stored (never, or deleted meanwhile); kUnreadable: an
+  // error that says nothing about the bytes (not quarantined); kStopped:
+  // `throttle` said stop.
+  enum class Verdict { kIntact, kDamaged, kMissing, kUnreadable, kStopped };
+  struct BlobCheck {
+    Verdict verdict = Verdict::kIntact;
+    uint64_t bytes = 0;   // read
+    std::string problem;  // path-free, for replies
+    bool newly_quarantined = false;
+  };
+  // Reads the whole blob and checks its digest; quarantines it when
+  // damaged, releases it from quarantine when intact. `throttle` (may be
+  // null) is called after each read with the bytes so far and returns
+  // false to stop.
+  BlobCheck CheckBlob(const Digest& digest, absl::string_view found_by,
+                      const std::function<bool(uint64_t)>& throttle)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StartScrubber();
+  void StopScrubber();
+  void ScrubLoop();
+  // The persisted scrub times (unix nanos; 0 when absent).
+  int64_t ReadScrubTime(absl::string_view key);
+
   const RepositoryOptions options_;
   std::unique_ptr<storage::MetadataStore> meta_;
   std::shared_ptr<storage::BlobStore> blobs_;
@@ -410,6 +534,12 @@ class Repository {
   absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
   BlobIndex index_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> audit_seq_{0};  // orders same-nanosecond records
+
+  // The scrub's own state; never held together with mu_.
+  absl::Mutex scrub_mu_;
+  bool scrub_stop_ ABSL_GUARDED_BY(scrub_mu_) = false;
+  ScrubStats scrub_stats_ ABSL_GUARDED_BY(scrub_mu_);
+  std::thread scrub_thread_;
 };
 
 }  // namespace ckptd::core

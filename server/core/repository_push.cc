@@ -106,10 +106,15 @@ absl::Status BlobUpload::Finish() {
   // A GC deleting this very digest finishes first, or Commit would find
   // the doomed copy present and discard ours.
   repo_->AwaitNotDeleting(digest_);
-  absl::Status st = writer->Commit(digest_);
+  // A quarantined (corrupt) blob is replaced by the verified upload; Commit
+  // would keep the stored copy.
+  const bool heal = repo_->IsQuarantined(digest_);
+  absl::Status st =
+      heal ? writer->CommitReplacing(digest_) : writer->Commit(digest_);
   if (!st.ok()) return st;
   CKPTD_KILL_POINT("upload.blob_committed");
-  repo_->RecordUpload(run_, version_, digest_, blob_size_, TakeUnreported());
+  repo_->RecordUpload(run_, version_, digest_, blob_size_, TakeUnreported(),
+                      heal);
   return absl::OkStatus();
 }
 
@@ -316,12 +321,20 @@ bool Repository::LeaseTo(PendingLeases& leases, const Digest& d) {
 
 void Repository::RecordUpload(const std::string& run, uint64_t version,
                               const Digest& digest, uint64_t size,
-                              uint64_t bytes) {
+                              uint64_t bytes, bool replaced) {
   uploads_.Drop(digest);
   bool pending = false;
   {
     absl::MutexLock lock(&mu_);
-    index_.AddStored(digest, size);
+    const bool healed = replaced && index_.Quarantined(digest);
+    index_.AddStored(digest, size, replaced);
+    if (healed) {
+      DeleteQuarantineRecordLocked(digest);
+      spdlog::info(
+          "blob {} healed: an upload for {}@{} replaced the damaged "
+          "copy",
+          digest.Hex(), run, version);
+    }
     auto it = leases_.find({run, version});
     if (it != leases_.end()) {
       pending = true;
@@ -503,8 +516,8 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
         return WithReason(
             absl::FailedPreconditionError(absl::StrCat(
                 "blob ", use.digest.Hex(), " for key '", use.key,
-                "' is missing: it was never uploaded (or was collected); "
-                "upload it and commit again")),
+                "' is missing: it was never uploaded (or was collected, or "
+                "found damaged); upload it and commit again")),
             v1::BLOB_MISSING);
       }
       if (*size < use.end) {

@@ -1,6 +1,6 @@
 // Repository, part: the pull and history queries — GetVersion, read
 // leases, ListRuns, ListVersions, GetMetricHistory, GetAliasHistory,
-// Verify, Watch. Queries take mu_ shared; Verify reads blobs without it.
+// Watch. Queries take mu_ shared. (Verify: repository_integrity.cc.)
 #include <algorithm>
 
 #include "absl/strings/numbers.h"
@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<ReadLease>> Repository::LeaseForRead(
   absl::flat_hash_set<Digest> digests;
   for (auto& shard : shards) digests.insert(shard.begin(), shard.end());
   for (const Digest& d : digests) index_.Pin(d);
-  return std::unique_ptr<ReadLease>(new ReadLease(this, std::move(digests)));
+  return std::unique_ptr<ReadLease>(
+      new ReadLease(this, run, version, std::move(digests)));
 }
 
 // ---------------------------------------------------------------------------
@@ -233,61 +234,6 @@ absl::StatusOr<v1::GetAuditLogResponse> Repository::GetAuditLog(
   const size_t first = events.size() > limit ? events.size() - limit : 0;
   for (size_t i = first; i < events.size(); ++i) {
     *resp.add_events() = std::move(events[i]);
-  }
-  return resp;
-}
-
-absl::StatusOr<v1::VerifyResponse> Repository::Verify(
-    const v1::VerifyRequest& req) {
-  std::vector<uint64_t> versions;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-    if (!req.ref().empty()) {
-      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v,
-                             LoadCommitted(req.run(), req.ref()));
-      versions.push_back(v.version());
-    } else {
-      CKPTD_ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));
-      for (const auto& v : all) {
-        if (v.state() == v1::COMMITTED) versions.push_back(v.version());
-      }
-    }
-  }
-  // Leased while they are checked, so GC cannot pull them away mid-read.
-  std::vector<std::unique_ptr<ReadLease>> leases;
-  absl::flat_hash_set<Digest> digests;
-  for (uint64_t v : versions) {
-    CKPTD_ASSIGN_OR_RETURN(leases.emplace_back(), LeaseForRead(req.run(), v));
-    digests.insert(leases.back()->digests().begin(),
-                   leases.back()->digests().end());
-  }
-  v1::VerifyResponse resp;
-  constexpr uint64_t kVerifyChunk = 8 << 20;
-  std::string buf;
-  for (const Digest& d : digests) {
-    auto reader = blobs_->Open(d);
-    if (!reader.ok()) {
-      resp.add_errors(absl::StrCat(d.Hex(), ": ", reader.status().ToString()));
-      continue;
-    }
-    DigestBuilder builder;
-    absl::Status st;
-    const uint64_t size = (*reader)->size();
-    for (uint64_t off = 0; off < size && st.ok(); off += kVerifyChunk) {
-      const uint64_t n = std::min(kVerifyChunk, size - off);
-      buf.resize(n);
-      st = (*reader)->ReadAt(off, n, buf.data());
-      if (st.ok()) builder.Update(buf.data(), n);
-    }
-    if (st.ok() && builder.Finish() != d) {
-      st = absl::DataLossError("content does not match its digest");
-    }
-    if (!st.ok()) {
-      resp.add_errors(absl::StrCat(d.Hex(), ": ", st.ToString()));
-    }
-    resp.set_blobs_checked(resp.blobs_checked() + 1);
-    resp.set_bytes_checked(resp.bytes_checked() + size);
   }
   return resp;
 }

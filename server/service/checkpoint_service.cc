@@ -251,8 +251,8 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
         req_->chunk_size() == 0
             ? kDefaultReadChunk
             : std::min<uint64_t>(req_->chunk_size(), core::kMaxUploadChunk);
-    cursor_ = std::make_unique<BlobCursor>(&service_->repo()->blobs(),
-                                           std::move(slices), chunk_size);
+    cursor_ = std::make_unique<BlobCursor>(lease_.get(), std::move(slices),
+                                           chunk_size);
     return absl::OkStatus();
   }
 
@@ -302,9 +302,10 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
     message_.set_total_size(plan.total_size);
     *message_.mutable_data() = std::move(plan.header);
     has_prologue_ = true;
-    cursor_ = std::make_unique<BlobCursor>(
-        &service_->repo()->blobs(), std::move(plan.slices), kDefaultReadChunk);
-    return absl::OkStatus();
+    cursor_ = std::make_unique<BlobCursor>(lease_.get(), std::move(plan.slices),
+                                           kDefaultReadChunk);
+    // A damaged tensor fails the export before its header is sent.
+    return cursor_->CheckIntact();
   }
 
   void Fill(const BlobCursor::Chunk&, std::string bytes) override {

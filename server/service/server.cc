@@ -21,6 +21,7 @@
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
 #include "server/service/reflection_v1_service.h"
+#include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
@@ -180,6 +181,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       options.tls_client_ca.empty() ? "" : ", client certificates required");
   impl->access = std::make_unique<AccessPolicy>(impl->authenticator.get());
 
+  // Clients never see where the data lives (the log does).
+  RedactPathInReplies(options.data_dir);
   CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
                                          options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
