@@ -26,6 +26,7 @@
 #include "client/cli/mapped_file.h"
 #include "client/cli/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/digest.h"
 #include "proto/base/names.h"
 #include "proto/base/secret.h"
 #include "proto/base/status.h"
@@ -85,7 +86,8 @@ struct Args {
   uint32_t keep_best = 0;
   uint64_t keep_every_n_steps = 0;
   bool clear_retention = false;
-  PolicyEdit policy;  // filled from the fields above after parsing
+  PolicyEdit policy;   // filled from the fields above after parsing
+  bool force = false;  // rm --force
 };
 
 // ---------------------------------------------------------------------------
@@ -176,6 +178,12 @@ absl::Status AsUsageError(const absl::Status& status) {
 // Rendering helpers.
 
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+// The hex form of a digest in wire form ("?" if it is not 16 bytes).
+std::string DigestHex(const std::string& bytes) {
+  absl::StatusOr<Digest> d = DigestFromBytes(bytes);
+  return d.ok() ? d->Hex() : "?";
+}
 
 // "1 tensor", "3 tensors".
 std::string Count(uint64_t n, absl::string_view noun) {
@@ -862,11 +870,37 @@ absl::Status CmdRm(Session& s) {
   CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
                          ParseVersionRef(s.args().target, RefRule::kRequired));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref));
+  const bool force = s.args().force;
+  CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref, force));
+  // With --force, say where last and best went (0: nowhere).
+  std::vector<std::pair<std::string, uint64_t>> aliases;
+  if (force) {
+    GetVersionOptions meta_only;
+    meta_only.include_manifest = false;
+    for (const char* alias : {"last", "best"}) {
+      absl::StatusOr<VersionManifest> v =
+          client->GetVersion(vr.run, alias, meta_only);
+      if (v.ok()) {
+        aliases.emplace_back(alias, v->info.version());
+      } else if (absl::IsNotFound(v.status())) {
+        aliases.emplace_back(alias, 0);
+      }
+    }
+  }
   if (s.json()) {
-    s.PrintJson({{"run", vr.run}, {"ref", vr.ref}, {"deleted", true}});
+    Json j = {{"run", vr.run}, {"ref", vr.ref}, {"deleted", true}};
+    for (const auto& [alias, version] : aliases) {
+      j[alias] = version == 0 ? Json(nullptr) : Json(version);
+    }
+    s.PrintJson(j);
   } else {
     s.out() << "deleted " << vr.run << "@" << vr.ref << "\n";
+    for (const auto& [alias, version] : aliases) {
+      s.out() << "  " << alias << " -> "
+              << (version == 0 ? std::string("none")
+                               : absl::StrCat(vr.run, "@", version))
+              << "\n";
+    }
   }
   return absl::OkStatus();
 }
@@ -1060,23 +1094,66 @@ absl::Status CmdVerify(Session& s) {
   const std::string what = vr.ref.empty()
                                ? absl::StrCat(vr.run, " (every version)")
                                : absl::StrCat(vr.run, "@", vr.ref);
+  std::vector<std::string> damaged_names;
+  for (const v1::DamagedVersion& d : r.damaged()) {
+    damaged_names.push_back(absl::StrCat(d.run(), "@", d.version()));
+  }
   if (s.json()) {
+    Json damaged = Json::array();
+    for (const v1::DamagedVersion& d : r.damaged()) {
+      Json tensors = Json::array();
+      for (const v1::DamagedTensor& t : d.tensors()) {
+        tensors.push_back({{"rank", t.rank()},
+                           {"key", t.key()},
+                           {"blob", DigestHex(t.blob_digest())}});
+      }
+      damaged.push_back(
+          {{"run", d.run()},
+           {"version", d.version()},
+           {"aliases",
+            std::vector<std::string>(d.aliases().begin(), d.aliases().end())},
+           {"tensors", tensors}});
+    }
     s.PrintJson({{"run", vr.run},
                  {"ref", vr.ref},
                  {"blobs_checked", r.blobs_checked()},
                  {"bytes_checked", r.bytes_checked()},
                  {"errors", std::vector<std::string>(r.errors().begin(),
                                                      r.errors().end())},
+                 {"damaged", damaged},
                  {"ok", r.errors().empty()}});
   } else {
     s.out() << "verified " << what << ": " << Count(r.blobs_checked(), "blob")
             << ", " << HumanBytes(r.bytes_checked()) << ", "
             << Count(r.errors_size(), "error") << "\n";
     for (const std::string& e : r.errors()) s.out() << "  " << e << "\n";
+    if (!r.damaged().empty()) {
+      s.out() << "damaged versions:\n";
+      Table table({"VERSION", "ALIASES", "TENSOR", "RANK", "BLOB"});
+      for (const v1::DamagedVersion& d : r.damaged()) {
+        const std::string name = absl::StrCat(d.run(), "@", d.version());
+        const std::string aliases =
+            d.aliases().empty() ? "-" : absl::StrJoin(d.aliases(), ",");
+        for (const v1::DamagedTensor& t : d.tensors()) {
+          table.AddRow({name, aliases, t.key(), absl::StrCat(t.rank()),
+                        DigestHex(t.blob_digest())});
+        }
+        if (d.tensors().empty()) table.AddRow({name, aliases, "-", "-", "-"});
+      }
+      s.out() << table.Render();
+      s.out() << "re-save the same state to heal them (the next push uploads "
+                 "the damaged bytes again), or delete them: ckpt rm --force "
+                 "RUN@N\n";
+    }
   }
   if (!r.errors().empty()) {
-    return absl::DataLossError(absl::StrCat("verify found ", r.errors_size(),
-                                            " bad blob(s) in ", what));
+    std::string message = absl::StrCat("verify found ", r.errors_size(),
+                                       " bad blob(s) in ", what);
+    if (!damaged_names.empty()) {
+      absl::StrAppend(&message,
+                      "; damaged: ", absl::StrJoin(damaged_names, ", "));
+    }
+    return absl::DataLossError(message);
   }
   return absl::OkStatus();
 }
@@ -1228,9 +1305,15 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                  [](Session& s) { return CmdPin(s, /*pin=*/false); });
   c->add_option("RUN@REF", args.target, "Version")->required();
 
-  c = AddCommand(app, h, "rm", "Delete a version (pinned versions refuse)",
-                 "ckpt rm llama@3", CmdRm);
+  c = AddCommand(app, h, "rm",
+                 "Delete a version (pinned versions refuse; last/best need "
+                 "--force)",
+                 "ckpt rm llama@3   ckpt rm --force llama@best", CmdRm);
   c->add_option("RUN@REF", args.target, "Version")->required();
+  c->add_flag("--force", args.force,
+              "Also delete a version that last or best names (e.g. a "
+              "damaged one): last moves to the previous committed version, "
+              "best to the best remaining one under the policy (admin)");
 
   c = AddCommand(
       app, h, "policy",

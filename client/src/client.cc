@@ -347,11 +347,13 @@ class ClientImpl final : public Client {
     return Unary(&v1::Checkpoint::Stub::Unpin, req);
   }
 
-  absl::Status DeleteVersion(const std::string& run,
-                             const std::string& ref) override {
+  using Client::DeleteVersion;
+  absl::Status DeleteVersion(const std::string& run, const std::string& ref,
+                             bool force) override {
     v1::DeleteVersionRequest req;
     req.set_run(run);
     req.set_ref(ref);
+    req.set_force(force);
     return Unary(&v1::Checkpoint::Stub::DeleteVersion, req).status();
   }
 

@@ -256,8 +256,14 @@ class Client {
                                           const std::string& ref) = 0;
   virtual absl::StatusOr<VersionInfo> Unpin(const std::string& run,
                                             const std::string& ref) = 0;
+  // Deletes a version (admin). `force` also deletes one that `last` or
+  // `best` names: `last` moves to the previous committed version, `best`
+  // to the best remaining one under the run's policy.
   virtual absl::Status DeleteVersion(const std::string& run,
-                                     const std::string& ref) = 0;
+                                     const std::string& ref, bool force) = 0;
+  absl::Status DeleteVersion(const std::string& run, const std::string& ref) {
+    return DeleteVersion(run, ref, /*force=*/false);
+  }
   virtual absl::StatusOr<Policy> SetPolicy(const std::string& run,
                                            const Policy& policy) = 0;
   virtual absl::StatusOr<Policy> GetPolicy(const std::string& run) = 0;
