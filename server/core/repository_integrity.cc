@@ -53,10 +53,9 @@ namespace internal {
 
 absl::Status ValidateScrubOptions(const RepositoryOptions& options) {
   if (options.scrub_interval < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("scrub interval is ",
-                     absl::FormatDuration(options.scrub_interval),
-                     "; it must be positive, or 0 to turn the scrub off"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scrub interval is ", absl::FormatDuration(options.scrub_interval),
+        "; it must be positive, or 0 to turn the scrub off"));
   }
   if (options.scrub_bytes_per_sec == 0) {
     return absl::InvalidArgumentError(
@@ -129,9 +128,8 @@ absl::Status Repository::RecoverQuarantineLocked() {
   storage::MetadataBatch stale;
   size_t quarantined = 0;
   for (const std::string& key : keys) {
-    absl::StatusOr<Digest> d =
-        DigestFromHex(absl::string_view(key).substr(
-            storage::keys::kQuarantinePrefix.size()));
+    absl::StatusOr<Digest> d = DigestFromHex(
+        absl::string_view(key).substr(storage::keys::kQuarantinePrefix.size()));
     std::optional<uint64_t> generation;
     if (d.ok()) generation = index_.Generation(*d);
     if (generation.has_value() && index_.Quarantine(*d, *generation)) {
@@ -239,8 +237,7 @@ absl::Status Repository::DamageError(const std::string& run, uint64_t version,
     what = absl::StrCat(tensors->size() == 1 ? "tensor " : "tensors ",
                         absl::StrJoin(names, ", "));
     if (tensors->size() > kTensorsNamed) {
-      absl::StrAppend(&what, " and ", tensors->size() - kTensorsNamed,
-                      " more");
+      absl::StrAppend(&what, " and ", tensors->size() - kTensorsNamed, " more");
     }
   } else if (!tensors.ok()) {
     spdlog::warn("listing the tensors of {} in blob {}: {}",
@@ -290,9 +287,8 @@ absl::StatusOr<std::unique_ptr<storage::BlobReader>> Repository::OpenForRead(
   if (!reader.ok()) {
     return ReadFailure(run, version, digest, *generation, reader.status());
   }
-  return std::unique_ptr<storage::BlobReader>(
-      new CheckedBlobReader(this, run, version, digest, *generation,
-                            *std::move(reader)));
+  return std::unique_ptr<storage::BlobReader>(new CheckedBlobReader(
+      this, run, version, digest, *generation, *std::move(reader)));
 }
 
 absl::StatusOr<std::unique_ptr<storage::BlobReader>> ReadLease::Open(
@@ -372,9 +368,9 @@ Repository::BlobCheck Repository::CheckBlob(
   spdlog::warn("{}: reading blob {}: {}", std::string(found_by), digest.Hex(),
                st.ToString());
   out.verdict = Verdict::kUnreadable;
-  out.problem = absl::StrCat("could not be read (",
-                             absl::StatusCodeToString(st.code()),
-                             "; the server's log has the details)");
+  out.problem =
+      absl::StrCat("could not be read (", absl::StatusCodeToString(st.code()),
+                   "; the server's log has the details)");
   return out;
 }
 
@@ -492,10 +488,9 @@ void Repository::ScrubLoop() {
   for (;;) {
     const int64_t since = ReadScrubTime(storage::keys::kScrubSince);
     const int64_t last = ReadScrubTime(storage::keys::kScrubLastPassEnd);
-    const absl::Time due =
-        std::max(absl::FromUnixNanos(std::max(since, last)) +
-                     options_.scrub_interval,
-                 earliest);
+    const absl::Time due = std::max(
+        absl::FromUnixNanos(std::max(since, last)) + options_.scrub_interval,
+        earliest);
     {
       absl::MutexLock lock(&scrub_mu_);
       if (scrub_mu_.AwaitWithDeadline(absl::Condition(&scrub_stop_), due)) {

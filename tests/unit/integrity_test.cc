@@ -537,8 +537,8 @@ class ForceDeleteTest : public IntegrityTest {
     EXPECT_TRUE(hist.ok());
     std::vector<std::string> out;
     for (const auto& e : hist->events()) {
-      out.push_back(absl::StrCat(e.from_version(), "->", e.to_version(), " ",
-                                 e.actor()));
+      out.push_back(
+          absl::StrCat(e.from_version(), "->", e.to_version(), " ", e.actor()));
     }
     return out;
   }
@@ -586,8 +586,8 @@ TEST_F(ForceDeleteTest, LastAndBestMoveToWhatThePolicyPicks) {
   std::vector<std::string> deletions;
   for (const auto& e : log->events()) {
     if (e.action() == "delete_version") {
-      deletions.push_back(absl::StrCat(e.version(), " ", e.identity(), " ",
-                                       e.detail()));
+      deletions.push_back(
+          absl::StrCat(e.version(), " ", e.identity(), " ", e.detail()));
     }
   }
   EXPECT_THAT(deletions,

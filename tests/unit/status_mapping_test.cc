@@ -42,8 +42,8 @@ TEST(StatusMappingTest, RepliesNeverShowTheDataDir) {
       {"no path", "blob ab is not stored", "blob ab is not stored"},
   };
   for (const Case& c : cases) {
-    const absl::Status in = WithReason(absl::DataLossError(c.message),
-                                       v1::BLOB_MISSING);
+    const absl::Status in =
+        WithReason(absl::DataLossError(c.message), v1::BLOB_MISSING);
     const absl::Status out = RedactPaths(in);
     EXPECT_EQ(out.message(), c.want) << c.name;
     EXPECT_EQ(out.code(), absl::StatusCode::kDataLoss) << c.name;
