@@ -66,9 +66,8 @@ v1::ManifestEntry Root() {
 class HealTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(
-        std::vector<std::string>{"--scrub_interval=200ms",
-                                 "--shutdown_grace=1s"});
+    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{
+        "--scrub_interval=200ms", "--shutdown_grace=1s"});
     absl::Status st = server_->Start();
     ASSERT_TRUE(st.ok()) << st;
     ClientOptions options;
@@ -105,8 +104,8 @@ class HealTest : public ::testing::Test {
 
   // Pulls every tensor of heal@`version`; compares with the pushed bytes.
   absl::Status PullMatches(uint64_t version) {
-    auto v = client_->GetVersion("heal", absl::StrCat(version),
-                                 GetVersionOptions());
+    auto v =
+        client_->GetVersion("heal", absl::StrCat(version), GetVersionOptions());
     if (!v.ok()) return v.status();
     auto tensors = client_->ReadAllTensors(*v, nullptr, PullOptions());
     if (!tensors.ok()) return tensors.status();
@@ -137,10 +136,9 @@ TEST_F(HealTest, ScrubFindsAFlippedByteAndAResaveHealsBothVersions) {
   ASSERT_TRUE(PullMatches(first->version()).ok());
   auto v = client_->GetVersion("heal", "1", GetVersionOptions());
   ASSERT_TRUE(v.ok()) << v.status();
-  const std::string big_digest =
-      v->shards[0].entries(1).tensor().blob_digest();
-  ASSERT_EQ(big_digest, std::string(DigestOf(big_.data(), big_.size())
-                                        .AsBytes()));
+  const std::string big_digest = v->shards[0].entries(1).tensor().blob_digest();
+  ASSERT_EQ(big_digest,
+            std::string(DigestOf(big_.data(), big_.size()).AsBytes()));
   FlipFileByte(BlobPath(big_digest), 2 << 20);
 
   // No read: wait until the scrub has quarantined it, which shows as the
@@ -242,8 +240,7 @@ TEST_F(HealTest, ForceDeleteOfADamagedBest) {
   auto best = client_->GetVersion("heal", "best", GetVersionOptions());
   ASSERT_TRUE(best.ok());
   ASSERT_EQ(best->info.version(), versions[1]);
-  FlipFileByte(BlobPath(best->shards[0].entries(2).tensor().blob_digest()),
-               1);
+  FlipFileByte(BlobPath(best->shards[0].entries(2).tensor().blob_digest()), 1);
   absl::Status refused = client_->DeleteVersion("heal", "best");
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(refused.message(), HasSubstr("--force"));
