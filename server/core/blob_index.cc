@@ -5,7 +5,11 @@ namespace ckptd::core {
 void BlobIndex::AddStored(const Digest& digest, uint64_t size) {
   Entry& e = entries_[digest];
   if (e.deleting) return;  // FinishDelete decides
-  if (!e.stored) ++stored_count_;
+  if (!e.stored) {
+    ++stored_count_;
+    // Manifests counted before the blob was (Recover reads both).
+    for (const auto& [run_id, n] : e.run_refs) run_bytes_[run_id] += size;
+  }
   e.stored = true;
   e.size = size;
   MaybeCandidate(digest, e);
@@ -27,7 +31,10 @@ bool BlobIndex::Deleting(const Digest& digest) const {
 uint32_t BlobIndex::RunId(absl::string_view run) {
   auto [it, inserted] =
       run_ids_.emplace(run, static_cast<uint32_t>(run_names_.size()));
-  if (inserted) run_names_.emplace_back(run);
+  if (inserted) {
+    run_names_.emplace_back(run);
+    run_bytes_.push_back(0);
+  }
   return it->second;
 }
 
@@ -42,6 +49,19 @@ void BlobIndex::AddRef(const Digest& digest, absl::string_view run) {
     }
   }
   e.run_refs.push_back({id, 1});
+  if (e.stored) run_bytes_[id] += e.size;
+}
+
+uint64_t BlobIndex::RunBytes(absl::string_view run) const {
+  auto it = run_ids_.find(run);
+  return it == run_ids_.end() ? 0 : run_bytes_[it->second];
+}
+
+void BlobIndex::ForEachRunBytes(
+    absl::FunctionRef<void(absl::string_view run, uint64_t bytes)> fn) const {
+  for (size_t i = 0; i < run_names_.size(); ++i) {
+    if (run_bytes_[i] > 0) fn(run_names_[i], run_bytes_[i]);
+  }
 }
 
 bool BlobIndex::ReferencedBy(
@@ -63,7 +83,10 @@ void BlobIndex::DropRef(const Digest& digest, absl::string_view run) {
     auto& runs = it->second.run_refs;
     for (size_t i = 0; i < runs.size(); ++i) {
       if (runs[i].first == id->second) {
-        if (--runs[i].second == 0) runs.erase(runs.begin() + i);
+        if (--runs[i].second == 0) {
+          runs.erase(runs.begin() + i);
+          if (it->second.stored) run_bytes_[id->second] -= it->second.size;
+        }
         break;
       }
     }
@@ -132,6 +155,9 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
   if (!deleted) {
     it->second.stored = true;
     ++stored_count_;
+    for (const auto& [run_id, n] : it->second.run_refs) {
+      run_bytes_[run_id] += it->second.size;
+    }
   }
   MaybeErase(digest);
 }
