@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/commandlineflag.h"
@@ -77,6 +79,44 @@ ABSL_FLAG(int64_t, scrub_bytes_per_sec, int64_t{64} << 20,
           "Read rate of a scrub pass, at most, in bytes per second (default "
           "67108864 = 64 MiB/s). Must be positive; --scrub_interval=0 turns "
           "the scrub off.");
+
+ABSL_FLAG(uint64_t, run_quota_bytes, 0,
+          "Stored bytes one run may hold (each blob its versions reference "
+          "counted once, plus its pending uploads); a new version or an "
+          "upload that would cross it gets RESOURCE_EXHAUSTED before "
+          "anything is written. 0: no quota.");
+ABSL_FLAG(uint64_t, identity_quota_bytes, 0,
+          "Stored bytes of all the runs one identity (--auth_file) may "
+          "write, together; enforced like --run_quota_bytes. Needs "
+          "--auth_file. 0: no quota.");
+
+// Limits on what one request may carry (server/core/limits.h). A request
+// over one gets INVALID_ARGUMENT naming the limit and its flag.
+ABSL_FLAG(int, max_message_bytes, 256 << 20,
+          "Largest gRPC message received or sent, in bytes (a manifest of "
+          "100k tensors is ~10 MiB).");
+ABSL_FLAG(uint64_t, max_manifest_entries, 2'000'000,
+          "Entries (containers, values, tensors) in one shard manifest.");
+ABSL_FLAG(uint64_t, max_manifest_bytes, 192 << 20,
+          "Serialized bytes of one shard manifest.");
+ABSL_FLAG(int, max_key_depth, 64,
+          "Segments in one key path (model.layers.0.weight has 4).");
+ABSL_FLAG(uint64_t, max_key_segment_bytes, 1024,
+          "Bytes in one string segment of a key path.");
+ABSL_FLAG(int, max_value_depth, 32,
+          "Nesting of lists in a value leaf (e.g. optimizer param_groups).");
+ABSL_FLAG(uint64_t, max_list_length, 1'000'000, "Items in one list value.");
+ABSL_FLAG(uint64_t, max_metrics, 1024, "Metrics in one shard commit.");
+ABSL_FLAG(uint64_t, max_metric_name_bytes, 256,
+          "Bytes in a metric name (clients refuse more than 256).");
+ABSL_FLAG(uint64_t, max_labels, 256, "Labels on one version.");
+ABSL_FLAG(uint64_t, max_label_key_bytes, 256, "Bytes in a label key.");
+ABSL_FLAG(uint64_t, max_label_value_bytes, 4096,
+          "Bytes in a label value, and in each environment field (torch, "
+          "CUDA and Python versions, hostname).");
+ABSL_FLAG(uint64_t, max_find_missing_digests, 100'000,
+          "Digests in one FindMissingBlobs request (clients send at most "
+          "100,000 and halve a batch the server refuses).");
 
 namespace {
 
@@ -173,6 +213,58 @@ std::string WritePortFile(const std::string& path, int port) {
   return "";
 }
 
+// Copies the limit flags into `options`; "" or what is wrong with one.
+std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
+  ckptd::core::Limits& l = options->repository.limits;
+  const int message = absl::GetFlag(FLAGS_max_message_bytes);
+  if (message < (8 << 20)) {
+    return absl::StrCat("--max_message_bytes=", message,
+                        " is below 8 MiB (8388608): an upload message "
+                        "carries a chunk of up to 4 MiB");
+  }
+  options->max_message_bytes = message;
+  const std::pair<const char*, uint64_t> sizes[] = {
+      {"max_manifest_entries", absl::GetFlag(FLAGS_max_manifest_entries)},
+      {"max_manifest_bytes", absl::GetFlag(FLAGS_max_manifest_bytes)},
+      {"max_key_segment_bytes", absl::GetFlag(FLAGS_max_key_segment_bytes)},
+      {"max_list_length", absl::GetFlag(FLAGS_max_list_length)},
+      {"max_metrics", absl::GetFlag(FLAGS_max_metrics)},
+      {"max_metric_name_bytes", absl::GetFlag(FLAGS_max_metric_name_bytes)},
+      {"max_labels", absl::GetFlag(FLAGS_max_labels)},
+      {"max_label_key_bytes", absl::GetFlag(FLAGS_max_label_key_bytes)},
+      {"max_label_value_bytes", absl::GetFlag(FLAGS_max_label_value_bytes)},
+      {"max_find_missing_digests",
+       absl::GetFlag(FLAGS_max_find_missing_digests)},
+  };
+  for (const auto& [name, value] : sizes) {
+    if (value == 0) {
+      return absl::StrCat("--", name, "=0 must be at least 1");
+    }
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, int>{"max_key_depth",
+                                    absl::GetFlag(FLAGS_max_key_depth)},
+        std::pair<const char*, int>{"max_value_depth",
+                                    absl::GetFlag(FLAGS_max_value_depth)}}) {
+    if (value < 1) {
+      return absl::StrCat("--", name, "=", value, " must be at least 1");
+    }
+  }
+  l.manifest_entries = absl::GetFlag(FLAGS_max_manifest_entries);
+  l.manifest_bytes = absl::GetFlag(FLAGS_max_manifest_bytes);
+  l.key_depth = absl::GetFlag(FLAGS_max_key_depth);
+  l.key_segment_bytes = absl::GetFlag(FLAGS_max_key_segment_bytes);
+  l.value_depth = absl::GetFlag(FLAGS_max_value_depth);
+  l.list_length = absl::GetFlag(FLAGS_max_list_length);
+  l.metrics = absl::GetFlag(FLAGS_max_metrics);
+  l.metric_name_bytes = absl::GetFlag(FLAGS_max_metric_name_bytes);
+  l.labels = absl::GetFlag(FLAGS_max_labels);
+  l.label_key_bytes = absl::GetFlag(FLAGS_max_label_key_bytes);
+  l.label_value_bytes = absl::GetFlag(FLAGS_max_label_value_bytes);
+  l.find_missing_digests = absl::GetFlag(FLAGS_max_find_missing_digests);
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -248,6 +340,20 @@ int main(int argc, char** argv) {
   options.repository.scrub_interval = absl::GetFlag(FLAGS_scrub_interval);
   options.repository.scrub_bytes_per_sec =
       static_cast<uint64_t>(absl::GetFlag(FLAGS_scrub_bytes_per_sec));
+  options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
+  options.repository.identity_quota_bytes =
+      absl::GetFlag(FLAGS_identity_quota_bytes);
+  if (options.repository.identity_quota_bytes > 0 &&
+      options.auth_file.empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --identity_quota_bytes needs --auth_file: without "
+                 "it there are no identities to count against\n");
+    return 2;
+  }
+  if (const std::string err = ReadLimitFlags(&options); !err.empty()) {
+    std::fprintf(stderr, "ckptd: %s\n", err.c_str());
+    return 2;
+  }
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(
       options.maintenance_interval, options.repository.pending_timeout / 4);

@@ -6,10 +6,20 @@ void BlobIndex::AddStored(const Digest& digest, uint64_t size, bool replaced) {
   Entry& e = entries_[digest];
   if (e.deleting) return;  // FinishDelete decides
   if (!e.stored || replaced) e.generation = next_generation_++;
-  if (!e.stored) ++stored_count_;
   if (replaced && e.quarantined) {
     e.quarantined = false;
     --quarantined_count_;
+  }
+  if (!e.stored) {
+    ++stored_count_;
+    // Manifests counted before the blob was (Recover reads both).
+    for (const auto& [run_id, n] : e.run_refs) run_bytes_[run_id] += size;
+  } else if (e.size != size) {
+    // A damaged file may have been listed at its file size; its
+    // replacement has the real one.
+    for (const auto& [run_id, n] : e.run_refs) {
+      run_bytes_[run_id] = run_bytes_[run_id] - e.size + size;
+    }
   }
   e.stored = true;
   e.size = size;
@@ -79,7 +89,10 @@ bool BlobIndex::Deleting(const Digest& digest) const {
 uint32_t BlobIndex::RunId(absl::string_view run) {
   auto [it, inserted] =
       run_ids_.emplace(run, static_cast<uint32_t>(run_names_.size()));
-  if (inserted) run_names_.emplace_back(run);
+  if (inserted) {
+    run_names_.emplace_back(run);
+    run_bytes_.push_back(0);
+  }
   return it->second;
 }
 
@@ -94,6 +107,19 @@ void BlobIndex::AddRef(const Digest& digest, absl::string_view run) {
     }
   }
   e.run_refs.push_back({id, 1});
+  if (e.stored) run_bytes_[id] += e.size;
+}
+
+uint64_t BlobIndex::RunBytes(absl::string_view run) const {
+  auto it = run_ids_.find(run);
+  return it == run_ids_.end() ? 0 : run_bytes_[it->second];
+}
+
+void BlobIndex::ForEachRunBytes(
+    absl::FunctionRef<void(absl::string_view run, uint64_t bytes)> fn) const {
+  for (size_t i = 0; i < run_names_.size(); ++i) {
+    if (run_bytes_[i] > 0) fn(run_names_[i], run_bytes_[i]);
+  }
 }
 
 bool BlobIndex::ReferencedBy(
@@ -115,7 +141,10 @@ void BlobIndex::DropRef(const Digest& digest, absl::string_view run) {
     auto& runs = it->second.run_refs;
     for (size_t i = 0; i < runs.size(); ++i) {
       if (runs[i].first == id->second) {
-        if (--runs[i].second == 0) runs.erase(runs.begin() + i);
+        if (--runs[i].second == 0) {
+          runs.erase(runs.begin() + i);
+          if (it->second.stored) run_bytes_[id->second] -= it->second.size;
+        }
         break;
       }
     }
@@ -184,6 +213,9 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
   if (!deleted) {
     it->second.stored = true;  // still quarantined if it was
     ++stored_count_;
+    for (const auto& [run_id, n] : it->second.run_refs) {
+      run_bytes_[run_id] += it->second.size;
+    }
   } else if (it->second.quarantined) {
     it->second.quarantined = false;
     --quarantined_count_;

@@ -9,6 +9,9 @@
 // are derived from the manifests at open, never stored, so they cannot
 // drift from the records they count.
 //
+// Per run it keeps the bytes of the stored blobs the run references (for
+// quotas), updated as refs come and go.
+//
 // Per digest it holds: whether the blob is stored (and its size); `refs`,
 // the number of shard manifests (of committed or pending versions) that
 // reference it, and which runs those manifests belong to; `pins`, the pending
@@ -101,6 +104,12 @@ class BlobIndex {
   void FinishDelete(const Digest& digest, bool deleted);
 
   size_t stored_count() const { return stored_count_; }
+  // Bytes of the stored blobs that manifests of `run` reference, each blob
+  // counted once per run (quotas).
+  uint64_t RunBytes(absl::string_view run) const;
+  // Calls fn(run, RunBytes(run)) for every run that references a blob.
+  void ForEachRunBytes(
+      absl::FunctionRef<void(absl::string_view run, uint64_t bytes)> fn) const;
 
  private:
   struct Entry {
@@ -127,6 +136,8 @@ class BlobIndex {
   // Run names interned for run_refs (a few bytes per run, never dropped).
   absl::flat_hash_map<std::string, uint32_t> run_ids_;
   std::vector<std::string> run_names_;
+  // By run id: bytes of the stored blobs the run's manifests reference.
+  std::vector<uint64_t> run_bytes_;
   std::vector<Digest> candidates_;
   size_t stored_count_ = 0;
   size_t quarantined_count_ = 0;

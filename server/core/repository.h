@@ -84,6 +84,7 @@
 #include "server/core/alias_watchers.h"
 #include "server/core/best_selector.h"
 #include "server/core/blob_index.h"
+#include "server/core/limits.h"
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
@@ -107,6 +108,15 @@ struct RepositoryOptions {
   // to notice it was cut, before answering (it holds an executor thread:
   // keep it short; after the wait the answer may be "start over").
   absl::Duration query_upload_wait = absl::Milliseconds(500);
+  // Sizes one request may carry (limits.h).
+  Limits limits;
+  // Stored bytes a run, and all the runs one identity may write, may hold;
+  // 0: no quota. Usage counts each blob a run's manifests reference once,
+  // plus the verified uploads and the uploads in progress of its pending
+  // versions. Over it, BeginVersion of a new version and uploads that
+  // would cross it get RESOURCE_EXHAUSTED before anything is written.
+  uint64_t run_quota_bytes = 0;
+  uint64_t identity_quota_bytes = 0;
   // Clock, for tests.
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
@@ -156,7 +166,8 @@ class BlobUpload {
  private:
   friend class Repository;
   BlobUpload(Repository* repo, std::string run, uint64_t version, Digest digest,
-             uint64_t blob_size, std::unique_ptr<storage::BlobWriter> writer);
+             uint64_t blob_size, uint64_t reserved,
+             std::unique_ptr<storage::BlobWriter> writer);
   // Appended bytes between progress reports to the pending version.
   static constexpr uint64_t kReportEveryBytes = 64 << 20;
   // The appended bytes not yet reported; marks them reported.
@@ -169,6 +180,7 @@ class BlobUpload {
   uint64_t blob_size_;
   uint64_t appended_this_stream_ = 0;
   uint64_t reported_ = 0;  // of appended_this_stream_
+  uint64_t reserved_;      // quota reservation, released when it ends
   std::unique_ptr<storage::BlobWriter> writer_;
 };
 
@@ -210,13 +222,16 @@ class ReadLease {
   absl::flat_hash_set<Digest> digests_;
 };
 
-// Who makes a call, for the alias audit history.
 // Who makes a change: recorded in alias and audit history. `admin` may
 // make changes that delete versions (a SetPolicy that retention would
-// apply by deleting versions that exist now).
+// apply by deleting versions that exist now). `writes`, the runs the
+// identity may write, is what its quota (identity_quota_bytes) counts;
+// null: no identity (no --auth_file), no identity quota.
 struct Actor {
   std::string name = "anonymous";
   bool admin = true;
+  using RunFilter = std::function<bool(absl::string_view run)>;
+  RunFilter writes;
 };
 
 class Repository {
@@ -232,7 +247,7 @@ class Repository {
 
   // ---- Push (repository_push.cc) ----
   absl::StatusOr<v1::BeginVersionResponse> BeginVersion(
-      const v1::BeginVersionRequest& req);
+      const v1::BeginVersionRequest& req, const Actor& actor = Actor());
   // Which runs a caller may deduplicate against (the runs it may write);
   // null: every run.
   using RunFilter = std::function<bool(absl::string_view run)>;
@@ -248,7 +263,9 @@ class Repository {
   // or a resume offset reported by QueryUpload).
   absl::StatusOr<std::unique_ptr<BlobUpload>> StartBlobUpload(
       const std::string& run, uint64_t version, const Digest& digest,
-      uint64_t blob_size, uint64_t offset);
+      uint64_t blob_size, uint64_t offset, const Actor& actor = Actor());
+  // Stored bytes counted against run_quota_bytes (see RepositoryOptions).
+  uint64_t RunUsage(const std::string& run) ABSL_LOCKS_EXCLUDED(mu_);
   // Validates that (run, version) names a pending version.
   absl::Status CheckPending(const std::string& run, uint64_t version);
   absl::StatusOr<v1::QueryUploadResponse> QueryUpload(
@@ -345,6 +362,10 @@ class Repository {
     // in progress is pinned, not granted).
     absl::flat_hash_set<Digest> granted;
     uint64_t uploaded_bytes = 0;  // not yet recorded in the version
+    // Quotas: bytes of the verified uploads granted to the version, and the
+    // bytes still to come of the uploads in progress.
+    uint64_t stored_bytes = 0;
+    uint64_t reserved_bytes = 0;
     // Unix nanos of the last call that worked on the version; the pending
     // timeout counts from here.
     int64_t last_activity = 0;
@@ -429,11 +450,12 @@ class Repository {
   void PersistLeases(const std::string& run, uint64_t version,
                      const std::vector<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // A blob completed for (run, version); `replaced`: its upload replaced
-  // the stored file (healing a quarantined blob).
+  // A blob completed for (run, version). `reserved`: the upload's
+  // reservation, released with it. `replaced`: its upload replaced the
+  // stored file (healing a quarantined blob).
   void RecordUpload(const std::string& run, uint64_t version,
                     const Digest& digest, uint64_t size, uint64_t bytes,
-                    bool replaced) ABSL_LOCKS_EXCLUDED(mu_);
+                    uint64_t reserved, bool replaced) ABSL_LOCKS_EXCLUDED(mu_);
   // A stream delivered `bytes` more for the pending version: they count
   // toward its uploaded_bytes, and its pending timeout starts over.
   void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes)
@@ -441,7 +463,20 @@ class Repository {
   // Blocks until no deletion of `digest` is in progress (an upload that
   // completes a digest being collected must commit after the delete).
   void AwaitNotDeleting(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
-  void SuspendUpload(const Digest& digest, uint64_t blob_size,
+  // Quota usage of `run`, and of every run `writes` accepts.
+  uint64_t UsageLocked(absl::string_view run) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t UsageLocked(const Actor::RunFilter& writes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED when `adding` more bytes would cross a quota (with
+  // adding 0: when usage has reached it).
+  absl::Status CheckQuotaLocked(absl::string_view run, const Actor& actor,
+                                uint64_t adding) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An upload in progress ended: its unused reservation goes.
+  void ReleaseReservation(const std::string& run, uint64_t version,
+                          uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  void SuspendUpload(const UploadKey& key, uint64_t blob_size,
                      std::unique_ptr<storage::BlobWriter> writer);
   // Aborts a pending version; false if it was already aborted.
   absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req)

@@ -113,6 +113,7 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
   }
   CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
   v1::ListVersionsResponse resp;
+  size_t reply_bytes = 0;
   CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::VersionInfo>(
       storage::keys::VersionPrefix(req.run()), start,
       [&](absl::string_view, v1::VersionInfo&& v) {
@@ -136,6 +137,15 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
         for (const auto& a : aliases) {
           if (a.version() == v.version()) v.add_aliases(a.name());
         }
+        // A page ends before it outgrows a reply; it holds at least one
+        // version (limits.h bounds one version's metadata far below).
+        const size_t bytes = v.ByteSizeLong();
+        if (resp.versions_size() > 0 &&
+            reply_bytes + bytes > kMaxListReplyBytes) {
+          resp.set_next_page_token(absl::StrCat(v.version()));
+          return false;
+        }
+        reply_bytes += bytes;
         *resp.add_versions() = std::move(v);
         return true;
       }));

@@ -70,9 +70,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
       }
       run_ = chunk_.run();
       version_ = chunk_.version();
-      CKPTD_RETURN_IF_ERROR(service_->access()
-                                .Authorize(*ctx_, Method::kUploadBlobs, run_)
-                                .status());
+      CKPTD_ASSIGN_OR_RETURN(
+          Principal caller,
+          service_->access().Authorize(*ctx_, Method::kUploadBlobs, run_));
+      actor_ = service_->ActorOf(caller);
       CKPTD_RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
       started_ = true;
     } else if ((!chunk_.run().empty() && chunk_.run() != run_) ||
@@ -103,9 +104,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
             upload_->received(), " of ", upload_->blob_size(), " before blob ",
             digest.Hex(), " began; send each blob's chunks contiguously"));
       }
-      CKPTD_ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
-                                          run_, version_, digest,
-                                          chunk_.blob_size(), chunk_.offset()));
+      CKPTD_ASSIGN_OR_RETURN(
+          upload_, service_->repo()->StartBlobUpload(run_, version_, digest,
+                                                     chunk_.blob_size(),
+                                                     chunk_.offset(), actor_));
     }
     CKPTD_RETURN_IF_ERROR(upload_->Append(chunk_.offset(), data));
     resp_->set_bytes_received(resp_->bytes_received() + data.size());
@@ -139,6 +141,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   v1::UploadChunk chunk_;
   bool started_ = false;
   std::string run_;
+  core::Actor actor_;
   uint64_t version_ = 0;
   std::unique_ptr<core::BlobUpload> upload_;
 };
@@ -435,10 +438,15 @@ CheckpointService::CheckpointService(core::Repository* repo, Executor* executor,
                                      const AccessPolicy* access)
     : repo_(repo), executor_(executor), access_(access) {}
 
-core::Actor CheckpointService::ActorOf(const Principal& caller) {
+core::Actor CheckpointService::ActorOf(const Principal& caller) const {
   core::Actor actor;
   actor.name = caller.identity;
   actor.admin = caller.role == Role::kAdmin;
+  if (access_->enabled()) {
+    actor.writes = [patterns = caller](absl::string_view run) {
+      return patterns.MayTouchRun(run);
+    };
+  }
   return actor;
 }
 
@@ -481,7 +489,8 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     reactor->Finish(ToGrpcStatus(DrainingError()));
     return reactor;
   }
-  return CKPTD_UNARY(kBeginVersion, req->run(), repo_->BeginVersion(*req));
+  return CKPTD_UNARY(kBeginVersion, req->run(),
+                     repo_->BeginVersion(*req, ActorOf(caller)));
 }
 
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(

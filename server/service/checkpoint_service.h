@@ -109,6 +109,9 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
                                         const v1::GetAuditLogRequest* req,
                                         v1::GetAuditLogResponse* resp) override;
 
+  // The caller as core records it (audit) and counts it (quotas).
+  core::Actor ActorOf(const Principal& caller) const;
+
  private:
   // Authorizes the caller for `method` on `run` (access.h), then runs
   // fn(const Principal&) -> absl::Status on the executor and finishes the
@@ -116,7 +119,6 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   template <typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx,
                                   Method method, absl::string_view run, Fn fn);
-  static core::Actor ActorOf(const Principal& caller);
 
   core::Repository* repo_;
   Executor* executor_;

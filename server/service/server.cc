@@ -3,8 +3,10 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -20,15 +22,13 @@
 #include "server/service/access.h"
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
+#include "server/service/parse_error_interceptor.h"
 #include "server/service/reflection_v1_service.h"
 #include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
 namespace {
-
-// Manifests of large states (100k+ entries) exceed gRPC's 4 MiB default.
-constexpr int kMaxMessageBytes = 256 << 20;
 
 absl::StatusOr<std::string> ReadPemFile(absl::string_view flag,
                                         const std::string& path) {
@@ -206,8 +206,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<ParseErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   impl->grpc_server = builder.BuildAndStart();
   if (impl->grpc_server == nullptr || impl->port == 0) {
     return absl::UnavailableError(

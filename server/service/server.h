@@ -35,6 +35,9 @@ struct ServerOptions {
   std::string data_dir = "./ckptd-data";
   // Threads for disk and RocksDB work.
   int io_threads = 16;
+  // Largest message received or sent (manifests of 100k+ entries exceed
+  // gRPC's 4 MiB default).
+  int max_message_bytes = 256 << 20;
   // Requests queued for those threads before new ones get RESOURCE_EXHAUSTED.
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
