@@ -138,7 +138,9 @@ struct ScrubStats {
   uint64_t passes_completed = 0;
   uint64_t blobs_checked = 0;
   uint64_t bytes_checked = 0;
-  uint64_t corrupt_found = 0;  // blobs the scrub quarantined
+  // Blobs the scrub quarantined: bad bytes, or a file gone missing.
+  uint64_t corrupt_found = 0;
+  uint64_t missing_found = 0;
   bool pass_running = false;
   // End of the last complete pass; InfinitePast: none yet.
   absl::Time last_pass_end = absl::InfinitePast();
@@ -545,6 +547,7 @@ class Repository {
     uint64_t bytes = 0;   // read
     std::string problem;  // path-free, for replies
     bool newly_quarantined = false;
+    bool file_missing = false;  // kDamaged: the store has no such file
   };
   // Reads the whole blob and checks its digest; quarantines it when
   // damaged, releases it from quarantine when intact. `throttle` (may be

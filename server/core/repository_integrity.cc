@@ -359,7 +359,8 @@ Repository::BlobCheck Repository::CheckBlob(
   }
   if (absl::IsDataLoss(st) || absl::IsNotFound(st)) {
     out.verdict = Verdict::kDamaged;
-    out.problem = absl::IsNotFound(st)
+    out.file_missing = absl::IsNotFound(st);
+    out.problem = out.file_missing
                       ? "is missing from the blob store"
                       : "is corrupt: its stored bytes fail verification";
     out.newly_quarantined = QuarantineBlob(digest, *generation, found_by, st);
@@ -551,7 +552,10 @@ absl::StatusOr<std::vector<Digest>> Repository::RunScrubPass() {
     if (check.verdict == Verdict::kMissing) continue;  // deleted meanwhile
     ++scrub_stats_.blobs_checked;
     scrub_stats_.bytes_checked += check.bytes;
-    if (check.newly_quarantined) ++scrub_stats_.corrupt_found;
+    if (check.newly_quarantined) {
+      ++(check.file_missing ? scrub_stats_.missing_found
+                            : scrub_stats_.corrupt_found);
+    }
   }
   if (stopped) {
     absl::MutexLock lock(&scrub_mu_);

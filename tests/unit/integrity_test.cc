@@ -430,6 +430,35 @@ TEST_F(IntegrityTest, BackgroundScrubFindsAFlippedByte) {
   (void)sent;
 }
 
+// A blob file deleted behind the server's back: the scrub counts it
+// missing (not corrupt), reads name the tensor, and the next save puts the
+// file back.
+TEST_F(IntegrityTest, ScrubFindsAMissingFile) {
+  const std::string w = RandomBytes(4000, 14);
+  const std::string x = RandomBytes(5000, 15);
+  const Digest dw = DigestOf(w.data(), w.size());
+  auto [v1, sent] = Save("r", 1, {{"w", w}, {"x", x}});
+  ASSERT_TRUE(std::filesystem::remove(BlobPath(dw)));
+  auto found = repo_->RunScrubPass();
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_THAT(*found, ElementsAre(dw));
+  const ScrubStats stats = repo_->GetScrubStats();
+  EXPECT_EQ(stats.passes_completed, 1u);
+  EXPECT_EQ(stats.blobs_checked, 2u);
+  EXPECT_EQ(stats.bytes_checked, x.size());
+  EXPECT_EQ(stats.missing_found, 1u);
+  EXPECT_EQ(stats.corrupt_found, 0u);
+  EXPECT_EQ(stats.quarantined_blobs, 1u);
+  absl::Status st = Read("r", v1, dw).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(st.message(), HasSubstr("r@1: tensor 'model.w'"));
+  auto [v2, sent2] = Save("r", 2, {{"w", w}, {"x", x}});
+  EXPECT_EQ(sent2, w.size());
+  EXPECT_TRUE(*Read("r", v1, dw) == w);
+  EXPECT_EQ(repo_->GetScrubStats().quarantined_blobs, 0u);
+  (void)sent, (void)v2;
+}
+
 TEST_F(IntegrityTest, BadScrubOptionsAreRefused) {
   repo_.reset();
   struct Case {
