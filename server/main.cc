@@ -212,46 +212,32 @@ std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
                         "carries a chunk of up to 4 MiB");
   }
   options->max_message_bytes = message;
-  const std::pair<const char*, uint64_t> sizes[] = {
-      {"max_manifest_entries", absl::GetFlag(FLAGS_max_manifest_entries)},
-      {"max_manifest_bytes", absl::GetFlag(FLAGS_max_manifest_bytes)},
-      {"max_key_segment_bytes", absl::GetFlag(FLAGS_max_key_segment_bytes)},
-      {"max_list_length", absl::GetFlag(FLAGS_max_list_length)},
-      {"max_metrics", absl::GetFlag(FLAGS_max_metrics)},
-      {"max_metric_name_bytes", absl::GetFlag(FLAGS_max_metric_name_bytes)},
-      {"max_labels", absl::GetFlag(FLAGS_max_labels)},
-      {"max_label_key_bytes", absl::GetFlag(FLAGS_max_label_key_bytes)},
-      {"max_label_value_bytes", absl::GetFlag(FLAGS_max_label_value_bytes)},
-      {"max_find_missing_digests",
-       absl::GetFlag(FLAGS_max_find_missing_digests)},
+  // Each flag read once into its limit; the first bad one is reported.
+  std::string err;
+  auto take = [&err](const char* name, const auto& flag, auto* limit) {
+    const auto value = absl::GetFlag(flag);
+    if (value < 1 && err.empty()) {
+      err = absl::StrCat("--", name, "=", value, " must be at least 1");
+    }
+    *limit = value;
   };
-  for (const auto& [name, value] : sizes) {
-    if (value == 0) {
-      return absl::StrCat("--", name, "=0 must be at least 1");
-    }
-  }
-  for (const auto& [name, value] :
-       {std::pair<const char*, int>{"max_key_depth",
-                                    absl::GetFlag(FLAGS_max_key_depth)},
-        std::pair<const char*, int>{"max_value_depth",
-                                    absl::GetFlag(FLAGS_max_value_depth)}}) {
-    if (value < 1) {
-      return absl::StrCat("--", name, "=", value, " must be at least 1");
-    }
-  }
-  l.manifest_entries = absl::GetFlag(FLAGS_max_manifest_entries);
-  l.manifest_bytes = absl::GetFlag(FLAGS_max_manifest_bytes);
-  l.key_depth = absl::GetFlag(FLAGS_max_key_depth);
-  l.key_segment_bytes = absl::GetFlag(FLAGS_max_key_segment_bytes);
-  l.value_depth = absl::GetFlag(FLAGS_max_value_depth);
-  l.list_length = absl::GetFlag(FLAGS_max_list_length);
-  l.metrics = absl::GetFlag(FLAGS_max_metrics);
-  l.metric_name_bytes = absl::GetFlag(FLAGS_max_metric_name_bytes);
-  l.labels = absl::GetFlag(FLAGS_max_labels);
-  l.label_key_bytes = absl::GetFlag(FLAGS_max_label_key_bytes);
-  l.label_value_bytes = absl::GetFlag(FLAGS_max_label_value_bytes);
-  l.find_missing_digests = absl::GetFlag(FLAGS_max_find_missing_digests);
-  return "";
+  take("max_manifest_entries", FLAGS_max_manifest_entries, &l.manifest_entries);
+  take("max_manifest_bytes", FLAGS_max_manifest_bytes, &l.manifest_bytes);
+  take("max_key_segment_bytes", FLAGS_max_key_segment_bytes,
+       &l.key_segment_bytes);
+  take("max_list_length", FLAGS_max_list_length, &l.list_length);
+  take("max_metrics", FLAGS_max_metrics, &l.metrics);
+  take("max_metric_name_bytes", FLAGS_max_metric_name_bytes,
+       &l.metric_name_bytes);
+  take("max_labels", FLAGS_max_labels, &l.labels);
+  take("max_label_key_bytes", FLAGS_max_label_key_bytes, &l.label_key_bytes);
+  take("max_label_value_bytes", FLAGS_max_label_value_bytes,
+       &l.label_value_bytes);
+  take("max_find_missing_digests", FLAGS_max_find_missing_digests,
+       &l.find_missing_digests);
+  take("max_key_depth", FLAGS_max_key_depth, &l.key_depth);
+  take("max_value_depth", FLAGS_max_value_depth, &l.value_depth);
+  return err;
 }
 
 }  // namespace

@@ -213,8 +213,6 @@ class Repository {
   absl::StatusOr<std::unique_ptr<BlobUpload>> StartBlobUpload(
       const std::string& run, uint64_t version, const Digest& digest,
       uint64_t blob_size, uint64_t offset, const Actor& actor = Actor());
-  // Stored bytes counted against run_quota_bytes (see RepositoryOptions).
-  uint64_t RunUsage(const std::string& run) ABSL_LOCKS_EXCLUDED(mu_);
   // Validates that (run, version) names a pending version.
   absl::Status CheckPending(const std::string& run, uint64_t version);
   absl::StatusOr<v1::QueryUploadResponse> QueryUpload(

@@ -381,11 +381,6 @@ uint64_t Repository::UsageLocked(const Actor::RunFilter& writes) const {
   return bytes;
 }
 
-uint64_t Repository::RunUsage(const std::string& run) {
-  absl::MutexLock lock(&mu_);
-  return UsageLocked(run);
-}
-
 absl::Status Repository::CheckQuotaLocked(absl::string_view run,
                                           const Actor& actor,
                                           uint64_t adding) const {
