@@ -19,6 +19,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -1123,9 +1124,7 @@ absl::Status CmdAdminBackup(Session& s) {
     return absl::OkStatus();
   }
   s.out()
-      << "backed up to " << r.dir()
-      << "
-         "
+      << "backed up to " << r.dir() << "\n"
       << RenderFields({
              {"snapshot", FormatTime(r.snapshot_at())},
              {"versions",
@@ -1135,7 +1134,7 @@ absl::Status CmdAdminBackup(Session& s) {
                                     " linked, ", r.blobs_copied(), " copied)")},
              {"bytes", absl::StrCat(HumanBytes(r.bytes()), " (",
                                     HumanBytes(r.bytes_copied()), " copied)")},
-             {"time", absl::StrCat(absl::SixDigits(seconds), " s")},
+             {"time", absl::StrFormat("%.2f s", seconds)},
              {"restore", absl::StrCat("ckptd --data_dir ", r.dir())},
          });
   return absl::OkStatus();

@@ -272,8 +272,12 @@ absl::StatusOr<v1::BackupResponse> Repository::Backup(
     const std::function<bool()>& cancelled) {
   const absl::Time start = absl::Now();
   CKPTD_RETURN_IF_ERROR(ValidateBackupPath(req.dir()));
+  absl::string_view requested = req.dir();
+  while (requested.size() > 1 && requested.back() == '/') {
+    requested.remove_suffix(1);  // "/x/" names /x
+  }
   CKPTD_ASSIGN_OR_RETURN(const std::string dir,
-                         storage::ResolvePath(req.dir()));
+                         storage::ResolvePath(std::string(requested)));
   if (!data_dir_.empty()) {
     CKPTD_ASSIGN_OR_RETURN(const std::string data,
                            storage::ResolvePath(data_dir_));
@@ -321,6 +325,7 @@ absl::StatusOr<v1::BackupResponse> Repository::Backup(
   absl::StatusOr<std::unique_ptr<ReadLease>> lease;
   std::vector<uint64_t> sizes;
   HoldGc();
+  CKPTD_PAUSE_POINT("backup.before_snapshot");
   {
     resp.set_snapshot_at(NowNanos());
     absl::Status st = meta_->Checkpoint(meta_dir);

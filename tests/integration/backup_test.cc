@@ -285,13 +285,17 @@ TEST_F(BackupTest, SnapshotSurvivesRetentionDeleteAndGcDuringTheCopy) {
   }
 }
 
-// Pushes keep going from another thread for the whole backup. Every version
-// acknowledged before the backup began is restored bit-identical; every
-// version the restored server has is one that was pushed, intact. On a
-// machine where /dev/shm is another filesystem the backup goes there, so
-// blobs are copied (and verified) instead of linked.
+// Pushes keep going from another thread for the whole backup, also while
+// it holds GC before its snapshot (the server pauses there until four more
+// pushes, with retention dropping versions, are acknowledged). Every version
+// acknowledged before the snapshot is restored bit-identical; every version
+// the restored server has is one that was pushed, intact. Where /dev/shm is
+// another filesystem the backup goes there, so blobs are copied (and
+// verified) instead of linked.
 TEST_F(BackupTest, BackupUnderContinuousPushesRestoresEveryAckedVersion) {
+  const std::string pause = scratch_ + "/pause";
   ServerProcess live;
+  live.set_extra_env({"CKPTD_PAUSE_AT=backup.before_snapshot=" + pause});
   ASSERT_TRUE(live.Start().ok()) << live.LogTail();
   auto client = Connect(live);
   ASSERT_NE(client, nullptr);
@@ -335,11 +339,6 @@ TEST_F(BackupTest, BackupUnderContinuousPushesRestoresEveryAckedVersion) {
   while (pushes_in_thread.load() == 0 && pusher_status.ok()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  std::set<std::pair<std::string, uint64_t>> acked_before;
-  {
-    absl::MutexLock lock(&mu);
-    for (const auto& [key, state] : pushed) acked_before.insert(key);
-  }
   std::string parent = scratch_;
   if (fs::is_directory("/dev/shm") && !SameFilesystem("/dev/shm", scratch_)) {
     parent = ServerProcess::MakeTempDir("/dev/shm/ckptd-bk");
@@ -347,7 +346,27 @@ TEST_F(BackupTest, BackupUnderContinuousPushesRestoresEveryAckedVersion) {
   }
   const std::string dir = parent + "/backup";
   const int pushes_at_start = pushes_in_thread.load();
-  auto backup = client->Backup(dir);
+  std::atomic<bool> done{false};
+  absl::StatusOr<v1::BackupResponse> backup;
+  std::thread backup_thread([&] {
+    backup = client->Backup(dir);
+    done = true;
+  });
+  AwaitFileOr(pause + ".reached", done);
+  EXPECT_FALSE(done.load()) << backup.status();
+  // Pushes (and retention) go on while the backup holds GC.
+  const int pushes_at_pause = pushes_in_thread.load();
+  while (pushes_in_thread.load() < pushes_at_pause + 4 && pusher_status.ok()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // Acknowledged now: committed before the snapshot, which comes after.
+  std::set<std::pair<std::string, uint64_t>> acked_before;
+  {
+    absl::MutexLock lock(&mu);
+    for (const auto& [key, state] : pushed) acked_before.insert(key);
+  }
+  Touch(pause + ".resume");
+  backup_thread.join();
   const int pushes_during = pushes_in_thread.load() - pushes_at_start;
   stop = true;
   pusher.join();
@@ -355,6 +374,7 @@ TEST_F(BackupTest, BackupUnderContinuousPushesRestoresEveryAckedVersion) {
   ASSERT_TRUE(backup.ok()) << backup.status() << live.LogTail();
   std::cout << "backup: " << backup->ShortDebugString() << "; " << pushes_during
             << " pushes acknowledged while it ran\n";
+  EXPECT_GE(pushes_during, 4);
   EXPECT_EQ(backup->blobs(), backup->blobs_linked() + backup->blobs_copied());
   if (parent != scratch_) {
     EXPECT_EQ(backup->blobs_copied(), backup->blobs());
@@ -456,9 +476,10 @@ TEST_F(BackupTest, RefusesBadTargetDirs) {
   // An existing empty directory is fine, once: then it is not empty.
   const std::string empty = scratch_ + "/empty";
   fs::create_directory(empty);
-  auto first = client->Backup(empty);
+  auto first = client->Backup(empty + "/");  // a trailing '/' names it too
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->versions(), 1u);
+  EXPECT_EQ(first->dir(), empty);
   auto second = client->Backup(empty);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("not empty"));
@@ -496,6 +517,7 @@ TEST_F(BackupTest, ACancelledBackupRemovesItself) {
   AwaitFileOr(pause + ".reached", never);
   EXPECT_TRUE(fs::exists(dir + "/meta"));  // the snapshot was taken
   Touch(pause + ".resume");
+  client.reset();  // (an open channel would hold the shutdown for its grace)
   // Shutdown waits for the backup to stop and clean up.
   EXPECT_EQ(live.Stop(), 0);
   EXPECT_FALSE(fs::exists(dir)) << live.LogTail();

@@ -141,11 +141,12 @@ TEST_F(RepositoryBackupTest, LinksTheLiveBlobFilesOnOneFilesystem) {
   ASSERT_TRUE(repo.ok()) << repo.status();
   const std::string a = ckptd::testing::RandomBytes(2 << 20, 3);
   ASSERT_TRUE(PushOne(**repo, "r", 1, a).ok());
+  ASSERT_TRUE(PushOne(**repo, "r", 2, "newer").ok());  // `last` moves on
   v1::BackupRequest req;
   req.set_dir(dir_ + "/backup");
   auto r = (*repo)->Backup(req, Actor{});
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->blobs_linked(), 1u);
+  EXPECT_EQ(r->blobs_linked(), 2u);
   EXPECT_EQ(r->blobs_copied(), 0u);
   const std::string hex = DigestOf(a.data(), a.size()).Hex();
   const std::string rel = absl::StrCat("/blobs/", hex.substr(0, 2), "/", hex);
@@ -158,7 +159,8 @@ TEST_F(RepositoryBackupTest, LinksTheLiveBlobFilesOnOneFilesystem) {
   v1::DeleteVersionRequest del;
   del.set_run("r");
   del.set_ref("1");
-  ASSERT_TRUE((*repo)->DeleteVersion(del).ok());
+  absl::Status deleted = (*repo)->DeleteVersion(del);
+  ASSERT_TRUE(deleted.ok()) << deleted;
   EXPECT_FALSE(fs::exists(dir_ + "/data" + rel));
   repo->reset();
   auto restored = Repository::OpenDataDir(req.dir(), RepositoryOptions());
