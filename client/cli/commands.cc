@@ -19,9 +19,11 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cli/format.h"
 #include "client/cli/mapped_file.h"
 #include "client/cli/safetensors.h"
@@ -86,6 +88,11 @@ struct Args {
   uint64_t keep_every_n_steps = 0;
   bool clear_retention = false;
   PolicyEdit policy;  // filled from the fields above after parsing
+
+  // admin SUBCOMMAND (set by the subcommand's callback)
+  std::string admin_command;
+  std::string backup_dir;      // admin backup DIR
+  std::string backup_timeout;  // admin backup --timeout (empty: none)
 };
 
 // ---------------------------------------------------------------------------
@@ -1081,6 +1088,71 @@ absl::Status CmdVerify(Session& s) {
   return absl::OkStatus();
 }
 
+// `ckpt admin backup DIR`: DIR is on the server's filesystem, so only an
+// absolute path means the same there as here.
+absl::Status CmdAdminBackup(Session& s) {
+  const std::string& dir = s.args().backup_dir;
+  if (dir.empty() || dir[0] != '/') {
+    return UsageError(absl::StrCat(
+        "backup DIR '", dir,
+        "' must be an absolute path: it names a directory on the server's "
+        "filesystem (ckptd writes it), e.g. /var/backups/ckptd-2024-06-01"));
+  }
+  absl::Duration timeout = absl::InfiniteDuration();
+  if (!s.args().backup_timeout.empty() &&
+      (!absl::ParseDuration(s.args().backup_timeout, &timeout) ||
+       timeout <= absl::ZeroDuration())) {
+    return UsageError(absl::StrCat("bad --timeout '", s.args().backup_timeout,
+                                   "': give a positive duration such as 90m "
+                                   "or 2h"));
+  }
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(v1::BackupResponse r, client->Backup(dir, timeout));
+  const double seconds = static_cast<double>(r.elapsed_nanos()) / 1e9;
+  if (s.json()) {
+    s.PrintJson({{"dir", r.dir()},
+                 {"snapshot_at", FormatTime(r.snapshot_at())},
+                 {"runs", r.runs()},
+                 {"versions", r.versions()},
+                 {"pending_left_out", r.pending_left_out()},
+                 {"blobs", r.blobs()},
+                 {"bytes", r.bytes()},
+                 {"blobs_linked", r.blobs_linked()},
+                 {"blobs_copied", r.blobs_copied()},
+                 {"bytes_copied", r.bytes_copied()},
+                 {"seconds", seconds}});
+    return absl::OkStatus();
+  }
+  s.out()
+      << "backed up to " << r.dir() << "\n"
+      << RenderFields({
+             {"snapshot", FormatTime(r.snapshot_at())},
+             {"versions",
+              absl::StrCat(r.versions(), " in ", Count(r.runs(), "run"), " (",
+                           r.pending_left_out(), " pending left out)")},
+             {"blobs", absl::StrCat(r.blobs(), " (", r.blobs_linked(),
+                                    " linked, ", r.blobs_copied(), " copied)")},
+             {"bytes", absl::StrCat(HumanBytes(r.bytes()), " (",
+                                    HumanBytes(r.bytes_copied()), " copied)")},
+             {"time", absl::StrFormat("%.2f s", seconds)},
+             {"restore", absl::StrCat("ckptd --data_dir ", r.dir())},
+         });
+  return absl::OkStatus();
+}
+
+// `ckpt admin SUBCOMMAND`: one handler per subcommand.
+absl::Status CmdAdmin(Session& s) {
+  static const auto* const kHandlers =
+      new std::map<std::string, std::function<absl::Status(Session&)>>{
+          {"backup", CmdAdminBackup},
+      };
+  auto it = kHandlers->find(s.args().admin_command);
+  if (it == kHandlers->end()) {
+    return UsageError("admin needs a subcommand: backup");
+  }
+  return it->second(s);
+}
+
 // ---------------------------------------------------------------------------
 // CLI11 wiring.
 
@@ -1283,6 +1355,26 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
   c->add_option("RUN[@REF]", args.target,
                 "Version (default: every version of RUN)")
       ->required();
+
+  CLI::App* admin =
+      AddCommand(app, h, "admin", "Server operations (admin)",
+                 "ckpt admin backup /var/backups/ckptd-1", CmdAdmin);
+  admin->require_subcommand(1);
+  CLI::App* backup = admin->add_subcommand(
+      "backup",
+      "Online backup of every committed version into DIR on the server "
+      "(pushes go on); restore: ckptd --data_dir DIR");
+  backup->footer(
+      "DIR is a path on the server's filesystem: absolute, not existing yet "
+      "(its parent must) or empty. Hard links where DIR is on the data dir's "
+      "filesystem, verified copies elsewhere.\nExample:\n  ckpt admin "
+      "backup /var/backups/ckptd-$(date +%F)\n");
+  backup->add_option("DIR", args.backup_dir, "Absolute path on the server")
+      ->required();
+  backup->add_option("--timeout", args.backup_timeout,
+                     "Give up after this long, e.g. 2h (default: no limit); "
+                     "the server then removes the partial backup");
+  backup->callback([&args] { args.admin_command = "backup"; });
   return h;
 }
 

@@ -13,7 +13,7 @@ constexpr Role W = Role::kWriter;
 constexpr Role A = Role::kAdmin;
 
 // The table. Order follows Method.
-constexpr std::array<MethodRule, 24> kRules = {{
+constexpr std::array<MethodRule, 25> kRules = {{
     {Method::kBeginVersion, "BeginVersion", W, true},
     {Method::kFindMissingBlobs, "FindMissingBlobs", W, true},
     {Method::kUploadBlobs, "UploadBlobs", W, true},
@@ -39,6 +39,7 @@ constexpr std::array<MethodRule, 24> kRules = {{
     {Method::kVerify, "Verify", A, true},
     // Of one run: reader; of every run (empty run): admin, checked below.
     {Method::kGetAuditLog, "GetAuditLog", R, true},
+    {Method::kBackup, "Backup", A, false},
 }};
 
 constexpr bool TableFollowsEnum() {

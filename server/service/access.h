@@ -8,8 +8,8 @@
 //           QueryUpload CommitShard AbortVersion SetAlias DeleteAlias Pin
 //           Unpin SetPolicy (a SetPolicy that would delete versions that
 //           exist now needs admin: the repository decides that part)
-//   admin   everything: DeleteVersion CollectGarbage Verify, GetAuditLog of
-//           every run
+//   admin   everything: DeleteVersion CollectGarbage Verify Backup,
+//           GetAuditLog of every run
 //
 // Run-scoped methods also need the run to match one of the identity's run
 // patterns; ListRuns answers only the runs the caller may read.
@@ -55,6 +55,7 @@ enum class Method {
   kCollectGarbage,
   kVerify,
   kGetAuditLog,
+  kBackup,
 };
 
 struct MethodRule {

@@ -664,6 +664,21 @@ grpc::ServerUnaryReactor* CheckpointService::GetAuditLog(
   return CKPTD_UNARY(kGetAuditLog, req->run(), repo_->GetAuditLog(*req));
 }
 
+grpc::ServerUnaryReactor* CheckpointService::Backup(
+    grpc::CallbackServerContext* ctx, const v1::BackupRequest* req,
+    v1::BackupResponse* resp) {
+  if (draining()) {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(DrainingError()));
+    return reactor;
+  }
+  // A client that goes away (or its deadline, or the shutdown grace
+  // running out) stops the backup between blobs.
+  return CKPTD_UNARY(kBackup, "", repo_->Backup(*req, ActorOf(caller), [ctx] {
+    return ctx->IsCancelled();
+  }));
+}
+
 #undef CKPTD_UNARY
 
 }  // namespace ckptd::service

@@ -108,6 +108,9 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   grpc::ServerUnaryReactor* GetAuditLog(grpc::CallbackServerContext* ctx,
                                         const v1::GetAuditLogRequest* req,
                                         v1::GetAuditLogResponse* resp) override;
+  grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* ctx,
+                                   const v1::BackupRequest* req,
+                                   v1::BackupResponse* resp) override;
 
   // The caller as core records it (audit) and counts it (quotas).
   core::Actor ActorOf(const Principal& caller) const;

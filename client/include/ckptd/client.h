@@ -270,6 +270,16 @@ class Client {
   // newest events (0: the server's default, 1000).
   virtual absl::StatusOr<std::vector<AuditEvent>> GetAuditLog(
       const std::string& run, uint32_t limit) = 0;
+
+  // ---- Operations ----
+  // An online backup of the whole server into `dir`, an absolute path on
+  // the SERVER's filesystem that does not exist yet (its parent does) or is
+  // an empty directory (admin only; README, Backup and restore). Waits up
+  // to `timeout` (infinite: no deadline); a cancelled or timed-out call
+  // stops the backup, and the server removes what it wrote.
+  virtual absl::StatusOr<::ckptd::v1::BackupResponse> Backup(
+      const std::string& dir,
+      absl::Duration timeout = absl::InfiniteDuration()) = 0;
 };
 
 // True when this build has CUDA support and a CUDA device is present.
