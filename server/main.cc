@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -19,10 +20,13 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/common/flag_file.h"
+#include "server/service/health_listener.h"
 #include "server/service/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -106,8 +110,24 @@ ABSL_FLAG(uint64_t, max_label_value_bytes, 4096,
 ABSL_FLAG(uint64_t, max_find_missing_digests, 100'000,
           "Digests in one FindMissingBlobs request (clients send at most "
           "100,000 and halve a batch the server refuses).");
+// Deployment: a plaintext health port for probes (--flagfile: see
+// server/common/flag_file.h and PrintHelp).
+ABSL_FLAG(std::string, health_listen, "",
+          "Also serve grpc.health.v1, and nothing else, in plaintext and "
+          "without credentials on this HOST:PORT (e.g. 0.0.0.0:50052): for "
+          "probes that cannot do TLS or send a token (Kubernetes gRPC probes, "
+          "`ckpt health` in a container HEALTHCHECK). It reports what the "
+          "main port's health reports. Empty: not served.");
 
 namespace {
+
+// What ExpandFlagfiles needs to check a flag file's lines.
+ckptd::FlagKind LookupFlag(absl::string_view name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr) return ckptd::FlagKind::kUnknown;
+  return flag->IsOfType<bool>() ? ckptd::FlagKind::kBool
+                                : ckptd::FlagKind::kValue;
+}
 
 // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
 std::vector<char*> NormalizeFlagNames(int argc, char** argv,
@@ -155,7 +175,11 @@ void PrintHelp() {
   }
   absl::StrAppend(&out,
                   "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
-                  "--helpfull lists every flag, also gRPC's and Abseil's.\n");
+                  "--flagfile=FILE reads flags from FILE: one --name=value "
+                  "per line, '#' starts a comment line (deploy/ckptd.flags "
+                  "is an example); a flag after --flagfile overrides the "
+                  "file's, one before it is overridden. --helpfull lists "
+                  "every flag, also gRPC's and Abseil's.\n");
   std::fputs(out.c_str(), stdout);
 }
 
@@ -267,8 +291,18 @@ int main(int argc, char** argv) {
     PrintHelp();
     return 0;
   }
+  absl::StatusOr<std::vector<std::string>> expanded = ckptd::ExpandFlagfiles(
+      std::vector<std::string>(argv, argv + argc), LookupFlag);
+  if (!expanded.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(expanded.status().message()).c_str());
+    return 2;
+  }
+  std::vector<char*> expanded_argv;
+  for (std::string& arg : *expanded) expanded_argv.push_back(arg.data());
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> args = NormalizeFlagNames(
+      static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
   spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
@@ -333,6 +367,19 @@ int main(int argc, char** argv) {
   }
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   ckptd::service::Server* raw = server->get();
+  // Started before --port_file is written: once the file exists, so does it.
+  std::unique_ptr<ckptd::service::HealthListener> health;
+  if (const std::string listen = absl::GetFlag(FLAGS_health_listen);
+      !listen.empty()) {
+    auto started = ckptd::service::HealthListener::Start(listen);
+    if (!started.ok()) {
+      spdlog::critical("cannot start: {}", started.status().ToString());
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+    health = *std::move(started);
+  }
   if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
       !port_file.empty()) {
     if (const std::string err = WritePortFile(port_file, raw->port());
@@ -343,7 +390,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::thread signal_thread([&signals, raw, grace] {
+  ckptd::service::HealthListener* health_raw = health.get();
+  std::thread signal_thread([&signals, raw, health_raw, grace] {
     for (;;) {
       int sig = 0;
       sigwait(&signals, &sig);
@@ -356,12 +404,14 @@ int main(int argc, char** argv) {
         continue;
       }
       spdlog::info("received signal {}", sig);
+      if (health_raw != nullptr) health_raw->SetServing(false);
       raw->Shutdown(grace);
       return;
     }
   });
   (*server)->Wait();
   signal_thread.join();
+  if (health != nullptr) health->Shutdown();
   server->reset();
   return 0;
 }

@@ -59,7 +59,9 @@ struct Args {
   std::string identity;
   std::string role;
   std::string patterns;
-  uint32_t limit = 0;  // audit --limit
+  uint32_t limit = 0;          // audit --limit
+  std::string service;         // health --service
+  std::string timeout = "5s";  // health --timeout
 
   std::string run;     // RUN positional
   std::string target;  // RUN[@REF] positional
@@ -111,6 +113,16 @@ class Session {
 
   absl::StatusOr<Client*> client() {
     if (client_ != nullptr) return client_.get();
+    CKPTD_ASSIGN_OR_RETURN(ClientOptions options, client_options());
+    absl::StatusOr<std::unique_ptr<Client>> client =
+        context_.connect ? context_.connect(options) : Client::Connect(options);
+    if (!client.ok()) return client.status();
+    client_ = *std::move(client);
+    return client_.get();
+  }
+
+  // Address, token and TLS files from the flags and the environment.
+  absl::StatusOr<ClientOptions> client_options() const {
     ClientOptions options;
     options.address =
         args_.server.empty() ? DefaultServerAddress() : args_.server;
@@ -126,11 +138,7 @@ class Session {
           "a client certificate needs its key: give both --tls_cert and "
           "--tls_key (or $CKPTD_TLS_CERT and $CKPTD_TLS_KEY)");
     }
-    absl::StatusOr<std::unique_ptr<Client>> client =
-        context_.connect ? context_.connect(options) : Client::Connect(options);
-    if (!client.ok()) return client.status();
-    client_ = *std::move(client);
-    return client_.get();
+    return options;
   }
 
   void PrintJson(const Json& j) {
@@ -1151,6 +1159,92 @@ absl::Status CmdAdmin(Session& s) {
     return UsageError("admin needs a subcommand: backup");
   }
   return it->second(s);
+// A gRPC service name as grpc.health.v1 takes it: ckptd.v1.Checkpoint.
+absl::Status CheckServiceName(absl::string_view name) {
+  const bool ok = !name.empty() && name.front() != '.' && name.back() != '.' &&
+                  std::all_of(name.begin(), name.end(), [](char c) {
+                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                           c == '_' || c == '.';
+                  });
+  if (ok) return absl::OkStatus();
+  return UsageError(absl::StrCat(
+      "--service '", name,
+      "' is not a gRPC service name such as ckptd.v1.Checkpoint (letters, "
+      "digits, '_' and '.'); leave it out to ask about the whole server"));
+}
+
+// gRPC messages may span lines; a health check reports one.
+std::string OneLine(absl::string_view text) {
+  std::string out(text);
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  return out;
+}
+
+// ckpt health [--service NAME] [--timeout 5s]: one grpc.health.v1 Check.
+// OK only for SERVING; every other outcome is an error whose message is the
+// one line a probe log shows.
+absl::Status CmdHealth(Session& s) {
+  const Args& a = s.args();
+  absl::Duration timeout;
+  if (!absl::ParseDuration(a.timeout, &timeout) ||
+      timeout <= absl::ZeroDuration() || timeout == absl::InfiniteDuration()) {
+    return UsageError(absl::StrCat(
+        "--timeout '", a.timeout,
+        "' is not a positive duration: give a number and a unit, e.g. 5s or "
+        "500ms"));
+  }
+  if (!a.service.empty()) CKPTD_RETURN_IF_ERROR(CheckServiceName(a.service));
+  CKPTD_ASSIGN_OR_RETURN(ClientOptions options, s.client_options());
+  options.rpc_timeout_seconds = absl::ToDoubleSeconds(timeout);
+  const std::string what =
+      a.service.empty()
+          ? options.address
+          : absl::StrCat(options.address, " (service ", a.service, ")");
+
+  const absl::StatusOr<ServingStatus> serving = CheckHealth(options, a.service);
+  absl::Status result;
+  if (!serving.ok()) {
+    const std::string why = OneLine(serving.status().message());
+    switch (serving.status().code()) {
+      case absl::StatusCode::kUnavailable:
+        result = absl::UnavailableError(
+            absl::StrCat(what, " is unreachable: ", why));
+        break;
+      case absl::StatusCode::kDeadlineExceeded:
+        result = absl::DeadlineExceededError(
+            absl::StrCat(what, " did not answer within ",
+                         absl::FormatDuration(timeout), " (--timeout)"));
+        break;
+      case absl::StatusCode::kNotFound:
+        result = absl::NotFoundError(absl::StrCat(
+            options.address, " does not report on service '", a.service,
+            "'; leave out --service to ask about the whole server"));
+        break;
+      default:
+        result = absl::Status(serving.status().code(),
+                              absl::StrCat(what, ": ", why));
+    }
+  } else if (*serving != ServingStatus::kServing) {
+    result = absl::UnavailableError(
+        absl::StrCat(what, " is ", ServingStatusName(*serving),
+                     *serving == ServingStatus::kNotServing
+                         ? " (starting up or shutting down)"
+                         : ""));
+  }
+  const std::string state = serving.ok()
+                                ? ServingStatusName(*serving)
+                                : absl::StatusCodeToString(result.code());
+  if (s.json()) {
+    Json j = {{"address", options.address},
+              {"service", a.service},
+              {"status", state},
+              {"serving", result.ok()}};
+    if (!result.ok()) j["error"] = std::string(result.message());
+    s.PrintJson(j);
+  } else if (result.ok()) {
+    s.out() << what << ": SERVING\n";
+  }
+  return result;
 }
 
 // ---------------------------------------------------------------------------
@@ -1214,6 +1308,18 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                    "Comma list of run-name globs, e.g. 'llama-*,bert' "
                    "or '*'")
       ->required();
+
+  CLI::App* health = AddCommand(
+      app, h, "health",
+      "Ask the server's grpc.health.v1 service whether it serves: exit 0 "
+      "when SERVING, 1 otherwise (one line says why)",
+      "ckpt health --server 127.0.0.1:50052 --timeout 3s", CmdHealth);
+  health->add_option("--service", args.service,
+                     "Service to ask about (default: the server as a whole)");
+  health->add_option(
+      "--timeout", args.timeout,
+      "How long to wait for the answer, e.g. 3s or 500ms (default "
+      "5s)");
 
   CLI::App* audit = AddCommand(
       app, h, "audit",

@@ -60,7 +60,7 @@ using Json = nlohmann::json;
 const char* const kCommands[] = {
     "runs",    "ls",     "show",  "metrics", "pull",   "push", "alias",
     "unalias", "pin",    "unpin", "rm",      "policy", "gc",   "watch",
-    "history", "verify", "token", "audit",   "admin"};
+    "history", "verify", "token", "audit",   "admin", "health"};
 
 std::vector<TestTensor> SampleTensors(uint32_t seed) {
   return {
