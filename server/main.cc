@@ -21,8 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "grpc/support/log.h"
+#include "server/common/structured_log.h"
 #include "server/service/server.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -67,7 +68,34 @@ ABSL_FLAG(bool, insecure_no_auth, false,
           "can read, overwrite and delete everything. For isolated networks "
           "only.");
 
+// Metrics and logs (README: Operations, Metrics and logs).
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
+          "HOST an IPv4 address or localhost. Port 0 picks a free port "
+          "(written to --metrics_port_file). Loopback only unless "
+          "--auth_file or --insecure_no_auth is given (the endpoint itself "
+          "has no authentication and no TLS). Empty (the default): no "
+          "metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Once the metrics endpoint listens, write its port to this file, "
+          "as --port_file does for gRPC (written before --port_file). Needs "
+          "--metrics_listen. Empty: no file.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (the default) or json (one JSON "
+          "object per line: time, level, msg and, for the line each RPC "
+          "writes, its fields).");
+
 namespace {
+
+// With --log_format json, gRPC's own log lines go through spdlog too, so
+// that every line on stderr is JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
+}
 
 // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
 std::vector<char*> NormalizeFlagNames(int argc, char** argv,
@@ -179,7 +207,24 @@ int main(int argc, char** argv) {
   std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
+  const auto log_format =
+      ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(log_format.status().message()).c_str());
+    return 2;
+  }
+  ckptd::InstallStderrLogger(*log_format);
+  if (*log_format == ckptd::LogFormat::kJson) {
+    gpr_set_log_function(&GrpcLogToSpdlog);
+  }
+  if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
+      !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --metrics_port_file needs --metrics_listen (the "
+                 "metrics endpoint is off without it)\n");
+    return 2;
+  }
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
@@ -216,6 +261,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(
@@ -227,6 +273,18 @@ int main(int argc, char** argv) {
   }
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   ckptd::service::Server* raw = server->get();
+  if (const std::string metrics_port_file =
+          absl::GetFlag(FLAGS_metrics_port_file);
+      !metrics_port_file.empty()) {
+    if (const std::string err =
+            WritePortFile(metrics_port_file, raw->metrics_port());
+        !err.empty()) {
+      spdlog::critical("cannot write --metrics_port_file: {}", err);
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+  }
   if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
       !port_file.empty()) {
     if (const std::string err = WritePortFile(port_file, raw->port());

@@ -5,7 +5,12 @@ namespace ckptd::core {
 void BlobIndex::AddStored(const Digest& digest, uint64_t size) {
   Entry& e = entries_[digest];
   if (e.deleting) return;  // FinishDelete decides
-  if (!e.stored) ++stored_count_;
+  if (!e.stored) {
+    ++stored_count_;
+    stored_bytes_ += size;
+  } else {
+    stored_bytes_ = stored_bytes_ - e.size + size;
+  }
   e.stored = true;
   e.size = size;
   MaybeCandidate(digest, e);
@@ -99,6 +104,7 @@ BlobIndex::Garbage BlobIndex::MarkDeleting(const Digest& digest, Entry& e) {
   e.deleting = true;
   e.stored = false;
   --stored_count_;
+  stored_bytes_ -= e.size;
   return Garbage{digest, e.size};
 }
 
@@ -132,6 +138,7 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
   if (!deleted) {
     it->second.stored = true;
     ++stored_count_;
+    stored_bytes_ += it->second.size;
   }
   MaybeErase(digest);
 }

@@ -70,6 +70,8 @@ class BlobIndex {
   void FinishDelete(const Digest& digest, bool deleted);
 
   size_t stored_count() const { return stored_count_; }
+  // Sum of the sizes of the stored blobs (not those being deleted).
+  uint64_t stored_bytes() const { return stored_bytes_; }
 
  private:
   struct Entry {
@@ -96,6 +98,7 @@ class BlobIndex {
   std::vector<std::string> run_names_;
   std::vector<Digest> candidates_;
   size_t stored_count_ = 0;
+  uint64_t stored_bytes_ = 0;
 };
 
 }  // namespace ckptd::core

@@ -591,6 +591,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     watchers_.Notify(req.run(), moves);
   }
   if (published) {
+    if (options_.on_publish) options_.on_publish(info);
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {

@@ -56,6 +56,8 @@ enum class Method {
   kVerify,
   kGetAuditLog,
 };
+inline constexpr size_t kMethodCount =
+    static_cast<size_t>(Method::kGetAuditLog) + 1;
 
 struct MethodRule {
   Method method;
