@@ -8,6 +8,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev librocksdb-dev libxxhash-dev
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
+  # Prometheus metrics (--metrics_listen): prometheus-cpp core and pull.
+  prometheus-cpp-dev
   pybind11-dev python3-dev python3-torch python3-numpy python3-pytest
   # tests/deploy: systemd-analyze and systemd-sysusers check the unit, the
   # YAML parser reads the k8s manifests.

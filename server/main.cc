@@ -27,8 +27,9 @@
 #include "absl/time/time.h"
 #include "server/common/flag_file.h"
 #include "server/service/health_listener.h"
+#include "grpc/support/log.h"
+#include "server/common/structured_log.h"
 #include "server/service/server.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -127,6 +128,33 @@ ckptd::FlagKind LookupFlag(absl::string_view name) {
   if (flag == nullptr) return ckptd::FlagKind::kUnknown;
   return flag->IsOfType<bool>() ? ckptd::FlagKind::kBool
                                 : ckptd::FlagKind::kValue;
+// Metrics and logs (README: Operations, Metrics and logs).
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
+          "HOST an IPv4 address or localhost. Port 0 picks a free port "
+          "(written to --metrics_port_file). Loopback only unless "
+          "--auth_file or --insecure_no_auth is given (the endpoint itself "
+          "has no authentication and no TLS). Empty (the default): no "
+          "metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Once the metrics endpoint listens, write its port to this file, "
+          "as --port_file does for gRPC (written before --port_file). Needs "
+          "--metrics_listen. Empty: no file.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (the default) or json (one JSON "
+          "object per line: time, level, msg and, for the line each RPC "
+          "writes, its fields).");
+
+namespace {
+
+// With --log_format json, gRPC's own log lines go through spdlog too, so
+// that every line on stderr is JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
 }
 
 // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
@@ -305,7 +333,24 @@ int main(int argc, char** argv) {
       static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
+  const auto log_format =
+      ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(log_format.status().message()).c_str());
+    return 2;
+  }
+  ckptd::InstallStderrLogger(*log_format);
+  if (*log_format == ckptd::LogFormat::kJson) {
+    gpr_set_log_function(&GrpcLogToSpdlog);
+  }
+  if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
+      !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --metrics_port_file needs --metrics_listen (the "
+                 "metrics endpoint is off without it)\n");
+    return 2;
+  }
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
@@ -342,6 +387,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
   options.repository.identity_quota_bytes =
@@ -374,6 +420,13 @@ int main(int argc, char** argv) {
     auto started = ckptd::service::HealthListener::Start(listen);
     if (!started.ok()) {
       spdlog::critical("cannot start: {}", started.status().ToString());
+  if (const std::string metrics_port_file =
+          absl::GetFlag(FLAGS_metrics_port_file);
+      !metrics_port_file.empty()) {
+    if (const std::string err =
+            WritePortFile(metrics_port_file, raw->metrics_port());
+        !err.empty()) {
+      spdlog::critical("cannot write --metrics_port_file: {}", err);
       raw->Shutdown(absl::ZeroDuration());
       raw->Wait();
       return 1;

@@ -74,6 +74,7 @@
 #include "server/core/best_selector.h"
 #include "server/core/blob_index.h"
 #include "server/core/limits.h"
+#include "server/core/repository_stats.h"
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
@@ -110,6 +111,10 @@ struct RepositoryOptions {
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
   rocksdb::Env* metadata_env = nullptr;
+  // Called once per published version (the shard that completed it), with
+  // its record, after the publish is durable and outside the repository's
+  // locks (on the committing thread); for metrics. May be empty.
+  std::function<void(const v1::VersionInfo&)> on_publish;
 };
 
 class Repository;
@@ -296,6 +301,10 @@ class Repository {
                                  AliasWatchers::Callback fn,
                                  std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
+
+  // What the repository holds now (repository_query.cc). Takes mu_ briefly,
+  // does no I/O: cheap enough for every metrics scrape.
+  RepositoryStats Stats();
 
  private:
   friend class BlobUpload;

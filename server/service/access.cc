@@ -13,7 +13,7 @@ constexpr Role W = Role::kWriter;
 constexpr Role A = Role::kAdmin;
 
 // The table. Order follows Method.
-constexpr std::array<MethodRule, 25> kRules = {{
+constexpr std::array<MethodRule, kMethodCount> kRules = {{
     {Method::kBeginVersion, "BeginVersion", W, true},
     {Method::kFindMissingBlobs, "FindMissingBlobs", W, true},
     {Method::kUploadBlobs, "UploadBlobs", W, true},
@@ -83,6 +83,7 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
       auth_->Identify(header, transport.get());
   if (!who.ok()) return who.status();
   if (!who->has_value()) {
+    auth_->CountFailure(AuthFailure::kNoCredential);
     return absl::UnauthenticatedError(absl::StrCat(
         rule.name,
         " needs a credential: pass a bearer token (ckpt --token or "
@@ -95,6 +96,7 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
   const bool role_ok = static_cast<int>(p->role) >= static_cast<int>(needed);
   const bool run_ok = !rule.run_scoped || p->MayTouchRun(run) ||
                       (method == Method::kGetAuditLog && run.empty());
+  if (!role_ok || !run_ok) auth_->CountFailure(AuthFailure::kPermissionDenied);
   if (!role_ok) {
     std::string on_run =
         rule.run_scoped

@@ -23,6 +23,7 @@
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
 #include "server/service/parse_error_interceptor.h"
+#include "server/service/metrics.h"
 #include "server/service/reflection_v1_service.h"
 #include "spdlog/spdlog.h"
 
@@ -69,6 +70,8 @@ bool IsLoopbackListenAddress(absl::string_view listen) {
 
 struct Server::Impl {
   ServerOptions options;
+  // Before repo: the repository reports publishes to it.
+  std::unique_ptr<Metrics> metrics = std::make_unique<Metrics>();
   std::unique_ptr<core::Repository> repo;
   std::unique_ptr<Executor> executor;
   std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
@@ -80,6 +83,8 @@ struct Server::Impl {
   absl::Notification shutdown_started;
   absl::Notification shutdown_done;
   std::thread maintenance;
+  // Last: destroyed first, as it reads the repository and the authenticator.
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
 };
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -179,13 +184,38 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                    "admin"),
       options.tls_client_ca.empty() ? "" : ", client certificates required");
   impl->access = std::make_unique<AccessPolicy>(impl->authenticator.get());
+  std::string metrics_listen;
+  if (!options.metrics_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(metrics_listen,
+                           NormalizeMetricsListen(options.metrics_listen));
+    // The same rule as --listen: metrics tell no secrets, but how busy the
+    // server is and which calls fail is for the network it trusts.
+    if (!IsLoopbackListenAddress(metrics_listen) &&
+        impl->authenticator == nullptr && !options.insecure_no_auth) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics_listen '", options.metrics_listen,
+          "' is not a loopback address and there is no --auth_file: serve "
+          "metrics on 127.0.0.1, or give --auth_file (or --insecure_no_auth) "
+          "to serve them to the network"));
+    }
+  }
+  Metrics* metrics = impl->metrics.get();
+  options.repository.on_publish = [metrics](const v1::VersionInfo& info) {
+    metrics->RecordPublish(info);
+  };
 
   CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
                                          options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);
   impl->service = std::make_unique<CheckpointService>(
-      impl->repo.get(), impl->executor.get(), impl->access.get());
+      impl->repo.get(), impl->executor.get(), impl->access.get(), metrics);
+  metrics->SetSources(
+      {impl->repo.get(), impl->authenticator.get(), options.data_dir});
+  if (!metrics_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(impl->metrics_endpoint,
+                           MetricsEndpoint::Start(metrics_listen, metrics));
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -233,12 +263,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       }
     }
   });
+  if (impl->metrics_endpoint != nullptr) {
+    spdlog::info("metrics on http://{}:{}/metrics",
+                 metrics_listen.substr(0, metrics_listen.rfind(':')),
+                 impl->metrics_endpoint->port());
+  }
   spdlog::info("ckptd listening on {} (port {}), data dir {}", options.listen,
                impl->port, options.data_dir);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
+
+int Server::metrics_port() const {
+  return impl_->metrics_endpoint == nullptr ? 0
+                                            : impl_->metrics_endpoint->port();
+}
 
 absl::Status Server::ReloadAuth() {
   if (impl_->authenticator == nullptr) return absl::OkStatus();
@@ -261,7 +301,8 @@ void Server::Shutdown(absl::Duration grace) {
   impl_->executor->Shutdown();
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
   impl_->grpc_server.reset();
-  impl_->repo.reset();  // closes RocksDB cleanly
+  impl_->metrics_endpoint.reset();  // scrapes read the repository
+  impl_->repo.reset();              // closes RocksDB cleanly
   spdlog::info("shutdown complete");
   impl_->shutdown_done.Notify();
 }

@@ -42,6 +42,9 @@ struct ServerOptions {
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
   absl::Duration maintenance_interval = absl::Seconds(10);
+  // Prometheus metrics over HTTP (metrics.h) on IPV4:PORT; empty: none.
+  // Loopback only unless auth_file or insecure_no_auth, as for `listen`.
+  std::string metrics_listen;
   core::RepositoryOptions repository;
 };
 
@@ -56,6 +59,8 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const;
+  // The port the metrics endpoint bound; 0 without metrics_listen.
+  int metrics_port() const;
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);
