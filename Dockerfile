@@ -12,7 +12,7 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 FROM debian:12-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
       libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libxxhash0 \
-      libabsl20220623 \
+      libabsl20220623 libcivetweb1 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/ckptd/bin/ /usr/local/bin/
 VOLUME /data

@@ -8,6 +8,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev librocksdb-dev libxxhash-dev
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
+  # The web view: its HTTP server, and the browser its tests drive.
+  libcivetweb-dev chromium
   pybind11-dev python3-dev python3-torch python3-numpy python3-pytest
   # The `clang` preset (lock annotations checked by -Wthread-safety), the
   # format check (.ci/check-format) and clang's sanitizer runtimes.

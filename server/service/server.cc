@@ -21,6 +21,7 @@
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
 #include "server/service/reflection_v1_service.h"
+#include "server/service/web_view.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
@@ -76,6 +77,7 @@ struct Server::Impl {
   std::unique_ptr<CheckpointService> service;
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<WebView> web;  // null without http_listen
   int port = 0;
   absl::Notification shutdown_started;
   absl::Notification shutdown_done;
@@ -140,6 +142,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "--auth_file (see README, Security), or --insecure_no_auth to serve "
         "without authentication anyway"));
   }
+  WebViewOptions web_options{options.http_listen, !options.auth_file.empty(),
+                             options.insecure_no_auth};
+  if (!options.http_listen.empty()) {
+    CKPTD_RETURN_IF_ERROR(CheckWebViewOptions(web_options));
+  }
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls) {
     grpc::SslServerCredentialsOptions ssl;
@@ -187,6 +194,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   impl->service = std::make_unique<CheckpointService>(
       impl->repo.get(), impl->executor.get(), impl->access.get());
 
+  if (!options.http_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(
+        impl->web,
+        WebView::Start(web_options, impl->repo.get(), impl->access.get()));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -235,6 +247,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
 int Server::port() const { return impl_->port; }
 
+int Server::http_port() const {
+  return impl_->web != nullptr ? impl_->web->port() : 0;
+}
+
 absl::Status Server::ReloadAuth() {
   if (impl_->authenticator == nullptr) return absl::OkStatus();
   CKPTD_RETURN_IF_ERROR(impl_->authenticator->Reload());
@@ -251,6 +267,7 @@ void Server::Shutdown(absl::Duration grace) {
   spdlog::info("shutting down: NOT_SERVING, refusing new pushes, {} grace",
                absl::FormatDuration(grace));
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  impl_->web.reset();  // waits for the requests it is answering
   impl_->service->SetDraining(true);
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->executor->Shutdown();
