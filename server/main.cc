@@ -73,6 +73,17 @@ ABSL_FLAG(bool, insecure_no_auth, false,
           "Allow a non-loopback --listen without --auth_file: every caller "
           "can read, overwrite and delete everything. For isolated networks "
           "only.");
+// The web view (server/service/web_view.h).
+ABSL_FLAG(std::string, http_listen, "",
+          "Serve the read-only web view (runs, versions, metric charts, "
+          "alias and audit history) over HTTP on HOST:PORT, HOST an IPv4 "
+          "address or localhost; port 0 picks a free port (written to "
+          "--http_port_file). Loopback only; with --auth_file the page asks "
+          "for a bearer token. Empty: no web view.");
+ABSL_FLAG(std::string, http_port_file, "",
+          "Once the web view listens, write its port to this file, as "
+          "--port_file does for --listen. Needs --http_listen. Empty: no "
+          "file.");
 
 ABSL_FLAG(uint64_t, run_quota_bytes, 0,
           "Stored bytes one run may hold (each blob its versions reference "
@@ -370,6 +381,14 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (!absl::GetFlag(FLAGS_http_port_file).empty() &&
+      absl::GetFlag(FLAGS_http_listen).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --http_port_file needs --http_listen (e.g. "
+                 "--http_listen=127.0.0.1:0)\n");
+    return 2;
+  }
+
   // Signals are taken by one thread with sigwait, before gRPC starts any.
   sigset_t signals;
   sigemptyset(&signals);
@@ -388,6 +407,7 @@ int main(int argc, char** argv) {
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
   options.repository.identity_quota_bytes =
@@ -443,7 +463,17 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  ckptd::service::HealthListener* health_raw = health.get();
+  if (const std::string port_file = absl::GetFlag(FLAGS_http_port_file);
+      !port_file.empty()) {
+    if (const std::string err = WritePortFile(port_file, raw->http_port());
+        !err.empty()) {
+      spdlog::critical("cannot write --http_port_file: {}", err);
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+  }
+    ckptd::service::HealthListener* health_raw = health.get();
   std::thread signal_thread([&signals, raw, health_raw, grace] {
     for (;;) {
       int sig = 0;

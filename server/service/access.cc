@@ -72,15 +72,25 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
   if (auth_ == nullptr) {
     return Principal{"local", Role::kAdmin, {"*"}};
   }
-  const MethodRule& rule = RuleFor(method);
   std::optional<absl::string_view> header;
   const auto& md = ctx.client_metadata();
   if (auto it = md.find("authorization"); it != md.end()) {
     header = absl::string_view(it->second.data(), it->second.size());
   }
   const std::shared_ptr<const grpc::AuthContext> transport = ctx.auth_context();
+  return Authorize(header, transport.get(), method, run);
+}
+
+absl::StatusOr<Principal> AccessPolicy::Authorize(
+    const std::optional<absl::string_view>& authorization,
+    const grpc::AuthContext* transport, Method method,
+    absl::string_view run) const {
+  if (auth_ == nullptr) {
+    return Principal{"local", Role::kAdmin, {"*"}};
+  }
+  const MethodRule& rule = RuleFor(method);
   absl::StatusOr<std::optional<Principal>> who =
-      auth_->Identify(header, transport.get());
+      auth_->Identify(authorization, transport);
   if (!who.ok()) return who.status();
   if (!who->has_value()) {
     auth_->CountFailure(AuthFailure::kNoCredential);

@@ -86,6 +86,13 @@ class AccessPolicy {
   absl::StatusOr<Principal> Authorize(const grpc::CallbackServerContext& ctx,
                                       Method method,
                                       absl::string_view run) const;
+  // The same decision for a caller that is not a gRPC call (the web view,
+  // web_view.h): `authorization` is its `Authorization` header, if any, and
+  // `transport` its verified client certificate's auth context, or null.
+  absl::StatusOr<Principal> Authorize(
+      const std::optional<absl::string_view>& authorization,
+      const grpc::AuthContext* transport, Method method,
+      absl::string_view run) const;
 
  private:
   const Authenticator* auth_;

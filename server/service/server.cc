@@ -25,6 +25,7 @@
 #include "server/service/parse_error_interceptor.h"
 #include "server/service/metrics.h"
 #include "server/service/reflection_v1_service.h"
+#include "server/service/web_view.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
@@ -79,6 +80,7 @@ struct Server::Impl {
   std::unique_ptr<CheckpointService> service;
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<WebView> web;  // null without http_listen
   int port = 0;
   absl::Notification shutdown_started;
   absl::Notification shutdown_done;
@@ -144,6 +146,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "reaches the port could read and delete every checkpoint. Give "
         "--auth_file (see README, Security), or --insecure_no_auth to serve "
         "without authentication anyway"));
+  }
+  WebViewOptions web_options{options.http_listen, !options.auth_file.empty(),
+                             options.insecure_no_auth};
+  if (!options.http_listen.empty()) {
+    CKPTD_RETURN_IF_ERROR(CheckWebViewOptions(web_options));
   }
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls) {
@@ -217,6 +224,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                            MetricsEndpoint::Start(metrics_listen, metrics));
   }
 
+  if (!options.http_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(
+        impl->web,
+        WebView::Start(web_options, impl->repo.get(), impl->access.get()));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -280,6 +292,10 @@ int Server::metrics_port() const {
                                             : impl_->metrics_endpoint->port();
 }
 
+int Server::http_port() const {
+  return impl_->web != nullptr ? impl_->web->port() : 0;
+}
+
 absl::Status Server::ReloadAuth() {
   if (impl_->authenticator == nullptr) return absl::OkStatus();
   CKPTD_RETURN_IF_ERROR(impl_->authenticator->Reload());
@@ -296,6 +312,7 @@ void Server::Shutdown(absl::Duration grace) {
   spdlog::info("shutting down: NOT_SERVING, refusing new pushes, {} grace",
                absl::FormatDuration(grace));
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  impl_->web.reset();  // waits for the requests it is answering
   impl_->service->SetDraining(true);
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->executor->Shutdown();

@@ -32,6 +32,9 @@ struct ServerOptions {
   // refuses to listen on a non-loopback address unless insecure_no_auth.
   std::string auth_file;
   bool insecure_no_auth = false;
+  // The read-only web view (web_view.h) on HOST:PORT; empty: off. Same
+  // identities as the gRPC port; loopback only (plain HTTP).
+  std::string http_listen;
   std::string data_dir = "./ckptd-data";
   // Threads for disk and RocksDB work.
   int io_threads = 16;
@@ -61,6 +64,8 @@ class Server {
   int port() const;
   // The port the metrics endpoint bound; 0 without metrics_listen.
   int metrics_port() const;
+  // The web view's port; 0 when http_listen is empty.
+  int http_port() const;
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);
