@@ -50,11 +50,10 @@ std::string KeyPathExcerpt(
 absl::Status OverLimit(absl::string_view what, uint64_t actual,
                        absl::string_view unit, uint64_t limit,
                        absl::string_view flag) {
-  return WithReason(
-      absl::InvalidArgumentError(absl::StrCat(what, " is ", actual, " ", unit,
-                                              "; the limit is ", limit, " (--",
-                                              flag, ")")),
-      v1::REQUEST_TOO_LARGE);
+  return WithReason(absl::InvalidArgumentError(absl::StrCat(
+                        what, " is ", actual, " ", unit, "; the limit is ",
+                        limit, " (--", flag, ")")),
+                    v1::REQUEST_TOO_LARGE);
 }
 
 absl::Status CheckEnvironment(const v1::Environment& env,

@@ -40,15 +40,16 @@ struct Limits {
   // Items in one list value.
   size_t list_length = 1'000'000;  // --max_list_length
   // Metrics per shard commit, and their names' bytes.
-  size_t metrics = 1024;                              // --max_metrics
-  size_t metric_name_bytes = kMaxMetricNameLength;    // --max_metric_name_bytes
+  size_t metrics = 1024;                            // --max_metrics
+  size_t metric_name_bytes = kMaxMetricNameLength;  // --max_metric_name_bytes
   // Labels per version, their keys' and values' bytes (also the bytes of
   // each environment field: versions, hostname).
-  size_t labels = 256;                                 // --max_labels
-  size_t label_key_bytes = kMaxMetricNameLength;       // --max_label_key_bytes
-  size_t label_value_bytes = kMaxLabelLength;          // --max_label_value_bytes
+  size_t labels = 256;                            // --max_labels
+  size_t label_key_bytes = kMaxMetricNameLength;  // --max_label_key_bytes
+  size_t label_value_bytes = kMaxLabelLength;     // --max_label_value_bytes
   // Digests per FindMissingBlobs request.
-  size_t find_missing_digests = kMaxFindMissingDigests;  // --max_find_missing_digests
+  size_t find_missing_digests =
+      kMaxFindMissingDigests;  // --max_find_missing_digests
 };
 
 // `s` for an error message: at most kMaxEchoBytes, C-escaped, quoted, with

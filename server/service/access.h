@@ -57,8 +57,7 @@ enum class Method {
   kGetAuditLog,
   kBackup,
 };
-inline constexpr size_t kMethodCount =
-    static_cast<size_t>(Method::kBackup) + 1;
+inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackup) + 1;
 
 struct MethodRule {
   Method method;

@@ -2,9 +2,9 @@
 
 #include <string>
 
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 
 namespace ckptd::service {
@@ -19,7 +19,8 @@ class ParseErrorInterceptor : public grpc::experimental::Interceptor {
   ParseErrorInterceptor(std::string method, std::string input_type)
       : method_(std::move(method)), input_type_(std::move(input_type)) {}
 
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
             InterceptionHookPoints::PRE_SEND_STATUS)) {
       const grpc::Status sent = methods->GetSendStatus();

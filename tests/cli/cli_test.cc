@@ -58,9 +58,9 @@ using ::testing::StartsWith;
 using Json = nlohmann::json;
 
 const char* const kCommands[] = {
-    "runs",    "ls",     "show",  "metrics", "pull",   "push", "alias",
-    "unalias", "pin",    "unpin", "rm",      "policy", "gc",   "watch",
-    "history", "verify", "token", "audit",   "admin", "health"};
+    "runs",    "ls",     "show",  "metrics", "pull",   "push",  "alias",
+    "unalias", "pin",    "unpin", "rm",      "policy", "gc",    "watch",
+    "history", "verify", "token", "audit",   "admin",  "health"};
 
 std::vector<TestTensor> SampleTensors(uint32_t seed) {
   return {

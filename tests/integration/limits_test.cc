@@ -100,8 +100,7 @@ class LimitsTest : public ::testing::Test {
   }
 
   static grpc::Status Commit(const std::string& run, uint64_t version,
-                             const v1::ShardManifest& m,
-                             int metric_count = 1) {
+                             const v1::ShardManifest& m, int metric_count = 1) {
     v1::CommitShardRequest req;
     req.set_run(run);
     req.set_version(version);
@@ -167,8 +166,7 @@ TEST_F(LimitsTest, OversizedManifestsAreRefusedNamingTheLimit) {
          }
          e->mutable_value()->set_int_value(1);
        },
-       {"1000000 segments", "the limit is 64", "--max_key_depth",
-        "s0.s1.s2"}},
+       {"1000000 segments", "the limit is 64", "--max_key_depth", "s0.s1.s2"}},
       {"a key segment of 5000 bytes",
        [](v1::ShardManifest& m) {
          *m.add_entries() = IntValue(std::string(5000, 'k'));
@@ -245,7 +243,9 @@ TEST_F(LimitsTest, OversizedLabelsAreRefusedBeforeAnythingIsStored) {
        },
        {"1000 bytes", "--max_label_key_bytes", "'qqqq"}},
       {"a hostname of 5 MB",
-       [](v1::Environment& env) { env.set_hostname(std::string(5 << 20, 'h')); },
+       [](v1::Environment& env) {
+         env.set_hostname(std::string(5 << 20, 'h'));
+       },
        {"hostname", "--max_label_value_bytes"}},
   };
   for (const Case& c : cases) {
@@ -345,8 +345,7 @@ TEST_F(LimitsTest, AnUnparseableRequestIsInvalidArgument) {
     grpc::ByteBuffer response;
     auto ctx = Context();
     std::promise<grpc::Status> done;
-    generic.UnaryCall(ctx.get(),
-                      absl::StrCat("/ckptd.v1.Checkpoint/", method),
+    generic.UnaryCall(ctx.get(), absl::StrCat("/ckptd.v1.Checkpoint/", method),
                       grpc::StubOptions(), &request, &response,
                       [&done](grpc::Status st) { done.set_value(st); });
     const grpc::Status st = done.get_future().get();

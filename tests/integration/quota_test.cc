@@ -93,10 +93,10 @@ TEST(QuotaTest, RunQuotaRefusesUploadsThatWouldCrossIt) {
   ASSERT_FALSE(over.ok());
   EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted)
       << over.status();
-  EXPECT_THAT(over.status().message(),
-              HasSubstr(absl::StrCat("run 'a' stores ", 6 * kMiB,
-                                     " bytes and this upload adds ",
-                                     6 * kMiB)));
+  EXPECT_THAT(
+      over.status().message(),
+      HasSubstr(absl::StrCat("run 'a' stores ", 6 * kMiB,
+                             " bytes and this upload adds ", 6 * kMiB)));
   EXPECT_THAT(over.status().message(),
               HasSubstr(absl::StrCat("the quota is ", 10 * kMiB,
                                      " bytes (--run_quota_bytes)")));
@@ -136,8 +136,7 @@ TEST(QuotaTest, IdentityQuotaCountsEveryRunTheIdentityMayWrite) {
   const std::string team = *NewBearerToken(), other = *NewBearerToken();
   const std::string auth = dir + "/auth";
   std::ofstream(auth) << "team writer t-* sha256:" << Sha256Hex(team) << "\n"
-                      << "other writer o-* sha256:" << Sha256Hex(other)
-                      << "\n";
+                      << "other writer o-* sha256:" << Sha256Hex(other) << "\n";
   ServerProcess server({"--auth_file=" + auth,
                         absl::StrCat("--identity_quota_bytes=", 8 * kMiB)});
   ASSERT_TRUE(server.Start().ok());

@@ -19,8 +19,8 @@ TEST(ExcerptTest, ShortInputIsQuotedWhole) {
 TEST(ExcerptTest, LongInputIsCutAt200BytesAndSaysHowLongItWas) {
   const std::string big(1'000'000, 'x');
   const std::string shown = Excerpt(big);
-  EXPECT_EQ(shown, "'" + std::string(kMaxEchoBytes, 'x') +
-                       "'... (1000000 bytes)");
+  EXPECT_EQ(shown,
+            "'" + std::string(kMaxEchoBytes, 'x') + "'... (1000000 bytes)");
 }
 
 TEST(ExcerptTest, EscapesCountTowardTheBudgetAndAreNeverSplit) {
@@ -46,8 +46,8 @@ TEST(KeyPathExcerptTest, DottedWhenShortCutWithTheSegmentCountWhenLong) {
 }
 
 TEST(OverLimitTest, NamesWhatTheLimitAndTheFlag) {
-  absl::Status st = OverLimit("the number of labels", 300, "labels", 256,
-                              "max_labels");
+  absl::Status st =
+      OverLimit("the number of labels", 300, "labels", 256, "max_labels");
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(st.message(),
             "the number of labels is 300 labels; the limit is 256 "
