@@ -139,365 +139,360 @@ ckptd::FlagKind LookupFlag(absl::string_view name) {
   if (flag == nullptr) return ckptd::FlagKind::kUnknown;
   return flag->IsOfType<bool>() ? ckptd::FlagKind::kBool
                                 : ckptd::FlagKind::kValue;
-  // Metrics and logs (README: Operations, Metrics and logs).
-  ABSL_FLAG(std::string, metrics_listen, "",
-            "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
-            "HOST an IPv4 address or localhost. Port 0 picks a free port "
-            "(written to --metrics_port_file). Loopback only unless "
-            "--auth_file or --insecure_no_auth is given (the endpoint itself "
-            "has no authentication and no TLS). Empty (the default): no "
-            "metrics endpoint.");
-  ABSL_FLAG(std::string, metrics_port_file, "",
-            "Once the metrics endpoint listens, write its port to this file, "
-            "as --port_file does for gRPC (written before --port_file). Needs "
-            "--metrics_listen. Empty: no file.");
-  ABSL_FLAG(std::string, log_format, "text",
-            "Log line format on stderr: text (the default) or json (one JSON "
-            "object per line: time, level, msg and, for the line each RPC "
-            "writes, its fields).");
+}
 
-  namespace {
+}  // namespace
 
-  // With --log_format json, gRPC's own log lines go through spdlog too, so
-  // that every line on stderr is JSON.
-  void GrpcLogToSpdlog(gpr_log_func_args* args) {
-    const spdlog::level::level_enum level =
-        args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
-        : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
-                                                  : spdlog::level::debug;
-    spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
-  }
+// Metrics and logs (README: Operations, Metrics and logs).
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
+          "HOST an IPv4 address or localhost. Port 0 picks a free port "
+          "(written to --metrics_port_file). Loopback only unless "
+          "--auth_file or --insecure_no_auth is given (the endpoint itself "
+          "has no authentication and no TLS). Empty (the default): no "
+          "metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Once the metrics endpoint listens, write its port to this file, "
+          "as --port_file does for gRPC (written before --port_file). Needs "
+          "--metrics_listen. Empty: no file.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (the default) or json (one JSON "
+          "object per line: time, level, msg and, for the line each RPC "
+          "writes, its fields).");
 
-  // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
-  std::vector<char*> NormalizeFlagNames(int argc, char** argv,
-                                        std::vector<std::string>* storage) {
-    storage->reserve(argc);
-    std::vector<char*> out;
-    for (int i = 0; i < argc; ++i) {
-      std::string arg = argv[i];
-      if (i > 0 && arg.rfind("--", 0) == 0) {
-        size_t end = arg.find('=');
-        if (end == std::string::npos) end = arg.size();
-        for (size_t j = 2; j < end; ++j) {
-          if (arg[j] == '-') arg[j] = '_';
-        }
-      }
-      storage->push_back(std::move(arg));
-    }
-    for (auto& s : *storage) out.push_back(s.data());
-    return out;
-  }
+namespace {
 
-  bool WantsHelp(int argc, char** argv) {
-    for (int i = 1; i < argc; ++i) {
-      const absl::string_view arg = argv[i];
-      if (arg == "--help" || arg == "-h" || arg == "-help") return true;
-    }
-    return false;
-  }
+// With --log_format json, gRPC's own log lines go through spdlog too, so
+// that every line on stderr is JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
+}
 
-  // --help: the usage message and ckptd's own flags, exit 0. (Abseil's --help
-  // lists flags of a file named after the program only, and exits 1.)
-  void PrintHelp() {
-    std::string out = absl::StrCat(absl::ProgramUsageMessage(), "\nFlags:\n");
-    std::vector<const absl::CommandLineFlag*> flags;
-    for (const auto& [name, flag] : absl::GetAllFlags()) {
-      if (absl::EndsWith(flag->Filename(), "server/main.cc")) {
-        flags.push_back(flag);
+// Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
+std::vector<char*> NormalizeFlagNames(int argc, char** argv,
+                                      std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  std::vector<char*> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      size_t end = arg.find('=');
+      if (end == std::string::npos) end = arg.size();
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
       }
     }
-    std::sort(flags.begin(), flags.end(), [](const auto* a, const auto* b) {
-      return a->Name() < b->Name();
-    });
-    for (const auto* flag : flags) {
-      absl::StrAppend(&out, "  --", flag->Name(), "  (default: \"",
-                      flag->DefaultValue(), "\")\n      ", flag->Help(), "\n");
-    }
-    absl::StrAppend(&out,
-                    "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
-                    "--flagfile=FILE reads flags from FILE: one --name=value "
-                    "per line, '#' starts a comment line (deploy/ckptd.flags "
-                    "is an example); a flag after --flagfile overrides the "
-                    "file's, one before it is overridden. --helpfull lists "
-                    "every flag, also gRPC's and Abseil's.\n");
-    std::fputs(out.c_str(), stdout);
+    storage->push_back(std::move(arg));
   }
+  for (auto& s : *storage) out.push_back(s.data());
+  return out;
+}
 
-  // Writes "<port>\n" to `path` so that a reader sees no file or the whole
-  // port, never a part: a temp file in the same directory, fsynced, renamed
-  // over `path`, then the directory fsynced. Returns "" or the error.
-  std::string WritePortFile(const std::string& path, int port) {
-    const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-    const std::string text = absl::StrCat(port, "\n");
-    auto fail = [&](const char* what, const std::string& file) {
-      const std::string err =
-          absl::StrCat(what, " ", file, ": ", std::strerror(errno));
-      ::unlink(tmp.c_str());
-      return err;
-    };
-    const int fd =
-        ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return fail("create", tmp);
-    size_t done = 0;
-    while (done < text.size()) {
-      const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        ::close(fd);
-        return fail("write", tmp);
-      }
-      done += static_cast<size_t>(n);
+bool WantsHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-help") return true;
+  }
+  return false;
+}
+
+// --help: the usage message and ckptd's own flags, exit 0. (Abseil's --help
+// lists flags of a file named after the program only, and exits 1.)
+void PrintHelp() {
+  std::string out = absl::StrCat(absl::ProgramUsageMessage(), "\nFlags:\n");
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server/main.cc")) {
+      flags.push_back(flag);
     }
-    if (::fsync(fd) != 0) {
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
+  for (const auto* flag : flags) {
+    absl::StrAppend(&out, "  --", flag->Name(), "  (default: \"",
+                    flag->DefaultValue(), "\")\n      ", flag->Help(), "\n");
+  }
+  absl::StrAppend(&out,
+                  "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
+                  "--flagfile=FILE reads flags from FILE: one --name=value "
+                  "per line, '#' starts a comment line (deploy/ckptd.flags "
+                  "is an example); a flag after --flagfile overrides the "
+                  "file's, one before it is overridden. --helpfull lists "
+                  "every flag, also gRPC's and Abseil's.\n");
+  std::fputs(out.c_str(), stdout);
+}
+
+// Writes "<port>\n" to `path` so that a reader sees no file or the whole
+// port, never a part: a temp file in the same directory, fsynced, renamed
+// over `path`, then the directory fsynced. Returns "" or the error.
+std::string WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const std::string text = absl::StrCat(port, "\n");
+  auto fail = [&](const char* what, const std::string& file) {
+    const std::string err =
+        absl::StrCat(what, " ", file, ": ", std::strerror(errno));
+    ::unlink(tmp.c_str());
+    return err;
+  };
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return fail("create", tmp);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
       ::close(fd);
-      return fail("fsync", tmp);
+      return fail("write", tmp);
     }
-    if (::close(fd) != 0) return fail("close", tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      return fail("rename to", path);
-    const size_t slash = path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "."
-                            : slash == 0               ? "/"
-                                                       : path.substr(0, slash);
-    const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd >= 0) {
-      ::fsync(dir_fd);  // best effort: the file is complete either way
-      ::close(dir_fd);
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return fail("fsync", tmp);
+  }
+  if (::close(fd) != 0) return fail("close", tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename to", path);
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);  // best effort: the file is complete either way
+    ::close(dir_fd);
+  }
+  return "";
+}
+
+// Copies the limit flags into `options`; "" or what is wrong with one.
+std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
+  ckptd::core::Limits& l = options->repository.limits;
+  const int message = absl::GetFlag(FLAGS_max_message_bytes);
+  if (message < (8 << 20)) {
+    return absl::StrCat("--max_message_bytes=", message,
+                        " is below 8 MiB (8388608): an upload message "
+                        "carries a chunk of up to 4 MiB");
+  }
+  options->max_message_bytes = message;
+  const std::pair<const char*, uint64_t> sizes[] = {
+      {"max_manifest_entries", absl::GetFlag(FLAGS_max_manifest_entries)},
+      {"max_manifest_bytes", absl::GetFlag(FLAGS_max_manifest_bytes)},
+      {"max_key_segment_bytes", absl::GetFlag(FLAGS_max_key_segment_bytes)},
+      {"max_list_length", absl::GetFlag(FLAGS_max_list_length)},
+      {"max_metrics", absl::GetFlag(FLAGS_max_metrics)},
+      {"max_metric_name_bytes", absl::GetFlag(FLAGS_max_metric_name_bytes)},
+      {"max_labels", absl::GetFlag(FLAGS_max_labels)},
+      {"max_label_key_bytes", absl::GetFlag(FLAGS_max_label_key_bytes)},
+      {"max_label_value_bytes", absl::GetFlag(FLAGS_max_label_value_bytes)},
+      {"max_find_missing_digests",
+       absl::GetFlag(FLAGS_max_find_missing_digests)},
+  };
+  for (const auto& [name, value] : sizes) {
+    if (value == 0) {
+      return absl::StrCat("--", name, "=0 must be at least 1");
     }
-    return "";
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, int>{"max_key_depth",
+                                    absl::GetFlag(FLAGS_max_key_depth)},
+        std::pair<const char*, int>{"max_value_depth",
+                                    absl::GetFlag(FLAGS_max_value_depth)}}) {
+    if (value < 1) {
+      return absl::StrCat("--", name, "=", value, " must be at least 1");
+    }
+  }
+  l.manifest_entries = absl::GetFlag(FLAGS_max_manifest_entries);
+  l.manifest_bytes = absl::GetFlag(FLAGS_max_manifest_bytes);
+  l.key_depth = absl::GetFlag(FLAGS_max_key_depth);
+  l.key_segment_bytes = absl::GetFlag(FLAGS_max_key_segment_bytes);
+  l.value_depth = absl::GetFlag(FLAGS_max_value_depth);
+  l.list_length = absl::GetFlag(FLAGS_max_list_length);
+  l.metrics = absl::GetFlag(FLAGS_max_metrics);
+  l.metric_name_bytes = absl::GetFlag(FLAGS_max_metric_name_bytes);
+  l.labels = absl::GetFlag(FLAGS_max_labels);
+  l.label_key_bytes = absl::GetFlag(FLAGS_max_label_key_bytes);
+  l.label_value_bytes = absl::GetFlag(FLAGS_max_label_value_bytes);
+  l.find_missing_digests = absl::GetFlag(FLAGS_max_find_missing_digests);
+  return "";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ckptd: checkpoint server for PyTorch training.\n\n"
+      "Training ranks push state_dict shards over gRPC; ckptd stores them as "
+      "immutable, versioned checkpoints in --data_dir and keeps `last` and "
+      "`best` per run.\n\nExample:\n  ckptd --listen 127.0.0.1:50051 "
+      "--data_dir ./ckptd-data\n");
+  if (WantsHelp(argc, argv)) {
+    PrintHelp();
+    return 0;
+  }
+  absl::StatusOr<std::vector<std::string>> expanded = ckptd::ExpandFlagfiles(
+      std::vector<std::string>(argv, argv + argc), LookupFlag);
+  if (!expanded.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(expanded.status().message()).c_str());
+    return 2;
+  }
+  std::vector<char*> expanded_argv;
+  for (std::string& arg : *expanded) expanded_argv.push_back(arg.data());
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlagNames(
+      static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  const auto log_format =
+      ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(log_format.status().message()).c_str());
+    return 2;
+  }
+  ckptd::InstallStderrLogger(*log_format);
+  if (*log_format == ckptd::LogFormat::kJson) {
+    gpr_set_log_function(&GrpcLogToSpdlog);
+  }
+  if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
+      !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --metrics_port_file needs --metrics_listen (the "
+                 "metrics endpoint is off without it)\n");
+    return 2;
+  }
+  const std::string level_name = absl::GetFlag(FLAGS_log_level);
+  const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
+  if (level == spdlog::level::off && level_name != "off") {
+    std::fprintf(stderr,
+                 "ckptd: --log_level=%s is not a level; use trace, debug, "
+                 "info, warn, error or off\n",
+                 level_name.c_str());
+    return 2;
+  }
+  spdlog::set_level(level);
+  if (absl::GetFlag(FLAGS_io_threads) < 1) {
+    std::fprintf(stderr, "ckptd: --io_threads must be at least 1\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_pending_timeout) <= absl::ZeroDuration()) {
+    std::fprintf(stderr, "ckptd: --pending_timeout must be positive\n");
+    return 2;
   }
 
-  // Copies the limit flags into `options`; "" or what is wrong with one.
-  std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
-    ckptd::core::Limits& l = options->repository.limits;
-    const int message = absl::GetFlag(FLAGS_max_message_bytes);
-    if (message < (8 << 20)) {
-      return absl::StrCat("--max_message_bytes=", message,
-                          " is below 8 MiB (8388608): an upload message "
-                          "carries a chunk of up to 4 MiB");
-    }
-    options->max_message_bytes = message;
-    const std::pair<const char*, uint64_t> sizes[] = {
-        {"max_manifest_entries", absl::GetFlag(FLAGS_max_manifest_entries)},
-        {"max_manifest_bytes", absl::GetFlag(FLAGS_max_manifest_bytes)},
-        {"max_key_segment_bytes", absl::GetFlag(FLAGS_max_key_segment_bytes)},
-        {"max_list_length", absl::GetFlag(FLAGS_max_list_length)},
-        {"max_metrics", absl::GetFlag(FLAGS_max_metrics)},
-        {"max_metric_name_bytes", absl::GetFlag(FLAGS_max_metric_name_bytes)},
-        {"max_labels", absl::GetFlag(FLAGS_max_labels)},
-        {"max_label_key_bytes", absl::GetFlag(FLAGS_max_label_key_bytes)},
-        {"max_label_value_bytes", absl::GetFlag(FLAGS_max_label_value_bytes)},
-        {"max_find_missing_digests",
-         absl::GetFlag(FLAGS_max_find_missing_digests)},
-    };
-    for (const auto& [name, value] : sizes) {
-      if (value == 0) {
-        return absl::StrCat("--", name, "=0 must be at least 1");
-      }
-    }
-    for (const auto& [name, value] :
-         {std::pair<const char*, int>{"max_key_depth",
-                                      absl::GetFlag(FLAGS_max_key_depth)},
-          std::pair<const char*, int>{"max_value_depth",
-                                      absl::GetFlag(FLAGS_max_value_depth)}}) {
-      if (value < 1) {
-        return absl::StrCat("--", name, "=", value, " must be at least 1");
-      }
-    }
-    l.manifest_entries = absl::GetFlag(FLAGS_max_manifest_entries);
-    l.manifest_bytes = absl::GetFlag(FLAGS_max_manifest_bytes);
-    l.key_depth = absl::GetFlag(FLAGS_max_key_depth);
-    l.key_segment_bytes = absl::GetFlag(FLAGS_max_key_segment_bytes);
-    l.value_depth = absl::GetFlag(FLAGS_max_value_depth);
-    l.list_length = absl::GetFlag(FLAGS_max_list_length);
-    l.metrics = absl::GetFlag(FLAGS_max_metrics);
-    l.metric_name_bytes = absl::GetFlag(FLAGS_max_metric_name_bytes);
-    l.labels = absl::GetFlag(FLAGS_max_labels);
-    l.label_key_bytes = absl::GetFlag(FLAGS_max_label_key_bytes);
-    l.label_value_bytes = absl::GetFlag(FLAGS_max_label_value_bytes);
-    l.find_missing_digests = absl::GetFlag(FLAGS_max_find_missing_digests);
-    return "";
+  if (!absl::GetFlag(FLAGS_http_port_file).empty() &&
+      absl::GetFlag(FLAGS_http_listen).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --http_port_file needs --http_listen (e.g. "
+                 "--http_listen=127.0.0.1:0)\n");
+    return 2;
   }
 
-  }  // namespace
+  // Signals are taken by one thread with sigwait, before gRPC starts any.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  int main(int argc, char** argv) {
-    absl::SetProgramUsageMessage(
-        "ckptd: checkpoint server for PyTorch training.\n\n"
-        "Training ranks push state_dict shards over gRPC; ckptd stores them as "
-        "immutable, versioned checkpoints in --data_dir and keeps `last` and "
-        "`best` per run.\n\nExample:\n  ckptd --listen 127.0.0.1:50051 "
-        "--data_dir ./ckptd-data\n");
-    if (WantsHelp(argc, argv)) {
-      PrintHelp();
-      return 0;
-    }
-    absl::StatusOr<std::vector<std::string>> expanded = ckptd::ExpandFlagfiles(
-        std::vector<std::string>(argv, argv + argc), LookupFlag);
-    if (!expanded.ok()) {
-      std::fprintf(stderr, "ckptd: %s\n",
-                   std::string(expanded.status().message()).c_str());
-      return 2;
-    }
-    std::vector<char*> expanded_argv;
-    for (std::string& arg : *expanded) expanded_argv.push_back(arg.data());
-    std::vector<std::string> storage;
-    std::vector<char*> args = NormalizeFlagNames(
-        static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
-    absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-
-    const auto log_format =
-        ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
-    if (!log_format.ok()) {
-      std::fprintf(stderr, "ckptd: %s\n",
-                   std::string(log_format.status().message()).c_str());
-      return 2;
-    }
-    ckptd::InstallStderrLogger(*log_format);
-    if (*log_format == ckptd::LogFormat::kJson) {
-      gpr_set_log_function(&GrpcLogToSpdlog);
-    }
-    if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
-        !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
-      std::fprintf(stderr,
-                   "ckptd: --metrics_port_file needs --metrics_listen (the "
-                   "metrics endpoint is off without it)\n");
-      return 2;
-    }
-    const std::string level_name = absl::GetFlag(FLAGS_log_level);
-    const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
-    if (level == spdlog::level::off && level_name != "off") {
-      std::fprintf(stderr,
-                   "ckptd: --log_level=%s is not a level; use trace, debug, "
-                   "info, warn, error or off\n",
-                   level_name.c_str());
-      return 2;
-    }
-    spdlog::set_level(level);
-    if (absl::GetFlag(FLAGS_io_threads) < 1) {
-      std::fprintf(stderr, "ckptd: --io_threads must be at least 1\n");
-      return 2;
-    }
-    if (absl::GetFlag(FLAGS_pending_timeout) <= absl::ZeroDuration()) {
-      std::fprintf(stderr, "ckptd: --pending_timeout must be positive\n");
-      return 2;
-    }
-
-    if (!absl::GetFlag(FLAGS_http_port_file).empty() &&
-        absl::GetFlag(FLAGS_http_listen).empty()) {
-      std::fprintf(stderr,
-                   "ckptd: --http_port_file needs --http_listen (e.g. "
-                   "--http_listen=127.0.0.1:0)\n");
-      return 2;
-    }
-
-    // Signals are taken by one thread with sigwait, before gRPC starts any.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-    ckptd::service::ServerOptions options;
-    options.listen = absl::GetFlag(FLAGS_listen);
-    options.data_dir = absl::GetFlag(FLAGS_data_dir);
-    options.io_threads = absl::GetFlag(FLAGS_io_threads);
-    options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
-    options.tls_key = absl::GetFlag(FLAGS_tls_key);
-    options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-    options.auth_file = absl::GetFlag(FLAGS_auth_file);
-    options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
-    options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-    options.http_listen = absl::GetFlag(FLAGS_http_listen);
-    options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
-    options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
-    options.repository.identity_quota_bytes =
-        absl::GetFlag(FLAGS_identity_quota_bytes);
-    if (options.repository.identity_quota_bytes > 0 &&
-        options.auth_file.empty()) {
-      std::fprintf(stderr,
-                   "ckptd: --identity_quota_bytes needs --auth_file: without "
-                   "it there are no identities to count against\n");
-      return 2;
-    }
-    if (const std::string err = ReadLimitFlags(&options); !err.empty()) {
-      std::fprintf(stderr, "ckptd: %s\n", err.c_str());
-      return 2;
-    }
-    // Sweep often enough that a timed-out version aborts within ~25% of it.
-    options.maintenance_interval = std::min(
-        options.maintenance_interval, options.repository.pending_timeout / 4);
-    auto server = ckptd::service::Server::Start(options);
-    if (!server.ok()) {
-      spdlog::critical("cannot start: {}", server.status().ToString());
+  ckptd::service::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.io_threads = absl::GetFlag(FLAGS_io_threads);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.auth_file = absl::GetFlag(FLAGS_auth_file);
+  options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
+  options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
+  options.repository.identity_quota_bytes =
+      absl::GetFlag(FLAGS_identity_quota_bytes);
+  if (options.repository.identity_quota_bytes > 0 &&
+      options.auth_file.empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --identity_quota_bytes needs --auth_file: without "
+                 "it there are no identities to count against\n");
+    return 2;
+  }
+  if (const std::string err = ReadLimitFlags(&options); !err.empty()) {
+    std::fprintf(stderr, "ckptd: %s\n", err.c_str());
+    return 2;
+  }
+  // Sweep often enough that a timed-out version aborts within ~25% of it.
+  options.maintenance_interval = std::min(
+      options.maintenance_interval, options.repository.pending_timeout / 4);
+  auto server = ckptd::service::Server::Start(options);
+  if (!server.ok()) {
+    spdlog::critical("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  ckptd::service::Server* raw = server->get();
+  // Started before --port_file is written: once the file exists, so does it.
+  std::unique_ptr<ckptd::service::HealthListener> health;
+  if (const std::string listen = absl::GetFlag(FLAGS_health_listen);
+      !listen.empty()) {
+    auto started = ckptd::service::HealthListener::Start(listen);
+    if (!started.ok()) {
+      spdlog::critical("cannot start: {}", started.status().ToString());
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
       return 1;
     }
-    const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
-    ckptd::service::Server* raw = server->get();
-    // Started before --port_file is written: once the file exists, so does it.
-    std::unique_ptr<ckptd::service::HealthListener> health;
-    if (const std::string listen = absl::GetFlag(FLAGS_health_listen);
-        !listen.empty()) {
-      auto started = ckptd::service::HealthListener::Start(listen);
-      if (!started.ok()) {
-        spdlog::critical("cannot start: {}", started.status().ToString());
-        if (const std::string metrics_port_file =
-                absl::GetFlag(FLAGS_metrics_port_file);
-            !metrics_port_file.empty()) {
-          if (const std::string err =
-                  WritePortFile(metrics_port_file, raw->metrics_port());
-              !err.empty()) {
-            spdlog::critical("cannot write --metrics_port_file: {}", err);
-            raw->Shutdown(absl::ZeroDuration());
-            raw->Wait();
-            return 1;
-          }
-          health = *std::move(started);
+    health = *std::move(started);
+  }
+  // The other ports' files first: once --port_file exists, they do too.
+  const std::pair<const char*, int> port_files[] = {
+      {"metrics_port_file", raw->metrics_port()},
+      {"http_port_file", raw->http_port()},
+      {"port_file", raw->port()},
+  };
+  for (const auto& [flag, port] : port_files) {
+    const std::string path = flag == std::string("metrics_port_file")
+                                 ? absl::GetFlag(FLAGS_metrics_port_file)
+                             : flag == std::string("http_port_file")
+                                 ? absl::GetFlag(FLAGS_http_port_file)
+                                 : absl::GetFlag(FLAGS_port_file);
+    if (path.empty()) continue;
+    if (const std::string err = WritePortFile(path, port); !err.empty()) {
+      spdlog::critical("cannot write --{}: {}", flag, err);
+      if (health != nullptr) health->Shutdown();
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+  }
+  ckptd::service::HealthListener* health_raw = health.get();
+  std::thread signal_thread([&signals, raw, health_raw, grace] {
+    for (;;) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (sig == SIGHUP) {
+        // A file that does not parse keeps the table in force.
+        if (absl::Status st = raw->ReloadAuth(); !st.ok()) {
+          spdlog::error("SIGHUP: kept the previous credentials: {}",
+                        std::string(st.message()));
         }
-        if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
-            !port_file.empty()) {
-          if (const std::string err = WritePortFile(port_file, raw->port());
-              !err.empty()) {
-            spdlog::critical("cannot write --port_file: {}", err);
-            raw->Shutdown(absl::ZeroDuration());
-            raw->Wait();
-            return 1;
-          }
-        }
-        if (const std::string port_file = absl::GetFlag(FLAGS_http_port_file);
-            !port_file.empty()) {
-          if (const std::string err =
-                  WritePortFile(port_file, raw->http_port());
-              !err.empty()) {
-            spdlog::critical("cannot write --http_port_file: {}", err);
-            raw->Shutdown(absl::ZeroDuration());
-            raw->Wait();
-            return 1;
-          }
-        }
-        ckptd::service::HealthListener* health_raw = health.get();
-        std::thread signal_thread([&signals, raw, health_raw, grace] {
-          for (;;) {
-            int sig = 0;
-            sigwait(&signals, &sig);
-            if (sig == SIGHUP) {
-              // A file that does not parse keeps the table in force.
-              if (absl::Status st = raw->ReloadAuth(); !st.ok()) {
-                spdlog::error("SIGHUP: kept the previous credentials: {}",
-                              std::string(st.message()));
-              }
-              continue;
-            }
-            spdlog::info("received signal {}", sig);
-            if (health_raw != nullptr) health_raw->SetServing(false);
-            raw->Shutdown(grace);
-            return;
-          }
-        });
-        (*server)->Wait();
-        signal_thread.join();
-        if (health != nullptr) health->Shutdown();
-        server->reset();
-        return 0;
+        continue;
       }
+      spdlog::info("received signal {}", sig);
+      if (health_raw != nullptr) health_raw->SetServing(false);
+      raw->Shutdown(grace);
+      return;
+    }
+  });
+  (*server)->Wait();
+  signal_thread.join();
+  if (health != nullptr) health->Shutdown();
+  server->reset();
+  return 0;
+}
