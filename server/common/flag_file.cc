@@ -77,13 +77,16 @@ class Expander {
       return absl::InvalidArgumentError(absl::StrCat(
           where, "--flagfile needs a file: --flagfile=/etc/ckptd/ckptd.flags"));
     }
-    for (absl::string_view path : absl::StrSplit(list, ',')) {
+    const std::vector<absl::string_view> paths = absl::StrSplit(list, ',');
+    for (absl::string_view path : paths) {
       if (path.empty()) {
         return absl::InvalidArgumentError(
             absl::StrCat(where, "--flagfile '", list,
                          "' has an empty file name; separate files with "
                          "single commas"));
       }
+    }
+    for (absl::string_view path : paths) {
       if (depth >= kMaxFlagfileDepth) {
         return absl::InvalidArgumentError(absl::StrCat(
             where, "--flagfile ", path, ": flag files nested more than ",

@@ -1,8 +1,12 @@
 // `ckpt health` (the real binary, CKPT_BINARY) against a real ckptd: on its
 // main port and on --health_listen, SERVING, NOT_SERVING during a graceful
 // shutdown, nothing listening, an unknown service, and bad arguments.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -124,6 +128,28 @@ TEST_F(HealthTest, NothingListeningExitsOneWithOneLineSayingUnreachable) {
   EXPECT_EQ(j["serving"], false);
   EXPECT_EQ(j["status"], "UNAVAILABLE");
   EXPECT_THAT(j["error"].get<std::string>(), HasSubstr("is unreachable"));
+}
+
+// A TCP listener that never speaks HTTP/2 (the kernel accepts, nobody
+// answers): the call waits for the connection until --timeout.
+TEST_F(HealthTest, AServerThatDoesNotAnswerExitsOneAfterTheTimeout) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string silent = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  const CkptResult r =
+      Ckpt({"--server", silent, "health", "--timeout", "300ms"});
+  ::close(fd);
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_EQ(r.err, absl::StrCat("ckpt: DEADLINE_EXCEEDED: ", silent,
+                                " did not answer within 300ms (--timeout)\n"))
+      << r;
 }
 
 TEST_F(HealthTest, AServiceTheServerDoesNotReportOnExitsOne) {

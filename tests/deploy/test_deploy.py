@@ -274,6 +274,12 @@ def test_each_flag_file_configures_a_working_ckptd(tmp_path, source):
             assert m, Path(log).read_text()
             r = ckpt("--server", f"127.0.0.1:{m.group(1)}", "health")  # plaintext, no token
             assert r.returncode == 0, r
+            if source == "docker":
+                # The image's HEALTHCHECK command itself, on this port.
+                cmd = dockerfile_healthcheck()
+                cmd[cmd.index("--server") + 1] = f"127.0.0.1:{m.group(1)}"
+                r = ckpt(*cmd[1:])
+                assert r.returncode == 0, r
         assert f"data dir {tmp_path / 'data'}" in Path(log).read_text()
 
 
@@ -367,6 +373,15 @@ def dockerfile_final_json(instruction: str) -> list[str]:
     return json.loads(args[0])
 
 
+def dockerfile_healthcheck() -> list[str]:
+    """The final stage's HEALTHCHECK command (exec form)."""
+    health = [a for i, a in dockerfile_stages()[-1] if i == "HEALTHCHECK"]
+    assert len(health) == 1
+    options, _, cmd = health[0].partition("CMD ")
+    assert "--interval=" in options and "--timeout=" in options
+    return json.loads(cmd)
+
+
 def test_dockerfile_builds_with_the_tested_script_and_preset():
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
@@ -422,11 +437,7 @@ def test_dockerfile_runtime_stage_runs_unprivileged_with_volume_and_healthcheck(
     copied = {dest + Path(src).name for src in binaries[0][1:-1]}
     assert entrypoint[0] in copied
 
-    health = [a for i, a in final if i == "HEALTHCHECK"]
-    assert len(health) == 1
-    options, _, cmd = health[0].partition("CMD ")
-    assert "--interval=" in options and "--timeout=" in options
-    cmd = json.loads(cmd)
+    cmd = dockerfile_healthcheck()
     assert cmd[0] in copied and cmd[1] == "health", cmd
     server = cmd[cmd.index("--server") + 1]
     health_host, health_port = host_port(flags["health_listen"])
