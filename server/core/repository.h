@@ -10,6 +10,7 @@
 //   repository_aliases.cc  SetAlias, DeleteAlias, SetPolicy, pins,
 //                          DeleteVersion, and the shared record helpers
 //   repository_gc.cc       retention, garbage collection (two phases)
+//   repository_backup.cc   online backup: snapshot, pins, link or copy
 // and its parts with their own locks or none:
 //   upload_tracker.h       suspended and active uploads (own mutex)
 //   alias_watchers.h       WatchRef subscriptions (own mutex)
