@@ -98,7 +98,8 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
         "ckptd_dedup_ratio",
         "Share of the tensor bytes of versions published since start that "
         "did not travel (1 - uploaded / offered); 0 before the first publish",
-        kGauge, offered > 0 && uploaded < offered ? 1 - uploaded / offered : 0));
+        kGauge,
+        offered > 0 && uploaded < offered ? 1 - uploaded / offered : 0));
 
     if (sources.repo != nullptr) {
       const core::RepositoryStats s = sources.repo->Stats();
@@ -109,10 +110,10 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
                         "Blobs an UploadBlobs stream is receiving right now",
                         kGauge, static_cast<double>(s.active_uploads)));
       out.push_back(One("ckptd_suspended_uploads",
-                        "Interrupted blob uploads kept for resume",
-                        kGauge, static_cast<double>(s.suspended_uploads)));
-      out.push_back(One("ckptd_stored_blobs", "Blobs in the blob store",
-                        kGauge, static_cast<double>(s.stored_blobs)));
+                        "Interrupted blob uploads kept for resume", kGauge,
+                        static_cast<double>(s.suspended_uploads)));
+      out.push_back(One("ckptd_stored_blobs", "Blobs in the blob store", kGauge,
+                        static_cast<double>(s.stored_blobs)));
       out.push_back(One("ckptd_stored_bytes",
                         "Tensor bytes of the blobs in the blob store (each "
                         "blob once, however many versions reference it)",
@@ -133,17 +134,16 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
                    "Blobs the scrub found corrupt (a checksum did not match) "
                    "or missing, by kind",
                    kCounter);
-        failures.metric.push_back(
-            Value(kCounter, static_cast<double>(c.blobs_corrupt),
-                  {{"kind", "corrupt"}}));
-        failures.metric.push_back(
-            Value(kCounter, static_cast<double>(c.blobs_missing),
-                  {{"kind", "missing"}}));
+        failures.metric.push_back(Value(kCounter,
+                                        static_cast<double>(c.blobs_corrupt),
+                                        {{"kind", "corrupt"}}));
+        failures.metric.push_back(Value(kCounter,
+                                        static_cast<double>(c.blobs_missing),
+                                        {{"kind", "missing"}}));
         out.push_back(std::move(failures));
         out.push_back(One("ckptd_scrub_last_pass_timestamp_seconds",
                           "Unix time the last scrub pass completed (0: none)",
-                          kGauge,
-                          static_cast<double>(c.last_pass_completed)));
+                          kGauge, static_cast<double>(c.last_pass_completed)));
       }
     }
 
@@ -155,8 +155,8 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
                           "Bytes free for ckptd on the data dir's file system",
                           kGauge, static_cast<double>(fs.f_bavail) * unit));
         out.push_back(One("ckptd_disk_total_bytes",
-                          "Size of the data dir's file system in bytes",
-                          kGauge, static_cast<double>(fs.f_blocks) * unit));
+                          "Size of the data dir's file system in bytes", kGauge,
+                          static_cast<double>(fs.f_blocks) * unit));
       }
     }
 
@@ -189,14 +189,16 @@ Metrics::Metrics()
       scrape_(std::make_shared<ScrapeCollector>(this)) {
   rpcs_ = &prometheus::BuildCounter()
                .Name("ckptd_rpcs_total")
-               .Help("Checkpoint RPCs finished, by method and gRPC status "
-                     "code")
+               .Help(
+                   "Checkpoint RPCs finished, by method and gRPC status "
+                   "code")
                .Register(*registry_);
   auto& durations =
       prometheus::BuildHistogram()
           .Name("ckptd_rpc_duration_seconds")
-          .Help("Time from the start of a Checkpoint RPC to its end, by "
-                "method (streams: the whole stream)")
+          .Help(
+              "Time from the start of a Checkpoint RPC to its end, by "
+              "method (streams: the whole stream)")
           .Register(*registry_);
   for (size_t i = 0; i < kMethodCount; ++i) {
     const MethodRule& rule = RuleFor(static_cast<Method>(i));
@@ -330,20 +332,18 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
     // Two threads: scrapes are rare and cheap.
-    exposer = std::make_unique<prometheus::Exposer>(
-        std::vector<std::string>{"listening_ports", listen, "num_threads",
-                                 "2"});
+    exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", "2"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on --metrics_listen '", listen,
-        "': the address is in use or not one of this host's (", e.what(),
-        ")"));
+        "': the address is in use or not one of this host's (", e.what(), ")"));
   }
   const std::vector<int> ports = exposer->GetListeningPorts();
   if (ports.size() != 1 || ports[0] <= 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on --metrics_listen '", listen,
-        "': the HTTP server reports no listening port"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on --metrics_listen '", listen,
+                     "': the HTTP server reports no listening port"));
   }
   exposer->RegisterCollectable(metrics->registry_);
   exposer->RegisterCollectable(metrics->scrape_);

@@ -79,12 +79,13 @@ std::string HttpGet(int port, const std::string& path) {
     ::close(fd);
     return "";
   }
-  const std::string request = absl::StrCat(
-      "GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  const std::string request =
+      absl::StrCat("GET ", path,
+                   " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
   size_t sent = 0;
   while (sent < request.size()) {
-    const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent,
-                             MSG_NOSIGNAL);
+    const ssize_t n =
+        ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) break;
     sent += static_cast<size_t>(n);
   }
@@ -262,14 +263,12 @@ std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = "",
   return ctx;
 }
 
-// The x-request-id the server sent back, from either metadata set.
+// The x-request-id the server sent back in its initial metadata.
 std::string RequestIdOf(const grpc::ClientContext& ctx) {
-  for (const auto* md : {&ctx.GetServerInitialMetadata(),
-                         &ctx.GetServerTrailingMetadata()}) {
-    auto it = md->find("x-request-id");
-    if (it != md->end()) return std::string(it->second.data(), it->second.size());
-  }
-  return "";
+  const auto& md = ctx.GetServerInitialMetadata();
+  auto it = md.find("x-request-id");
+  if (it == md.end()) return "";
+  return std::string(it->second.data(), it->second.size());
 }
 
 TEST(MetricsTest, PushPullAndAFailingCallMoveTheCountersByTheirAmounts) {
@@ -464,9 +463,9 @@ TEST(MetricsTest, AuthFailuresAreCountedByReason) {
   ASSERT_TRUE(writer.ok() && admin.ok());
   const std::string dir = ServerProcess::MakeTempDir("ckptd-metrics-auth");
   const std::string auth_file = dir + "/auth";
-  WriteFile(auth_file, absl::StrCat("w writer team-a sha256:",
-                                    Sha256Hex(*writer), "\nroot admin * sha256:",
-                                    Sha256Hex(*admin), "\n"));
+  WriteFile(auth_file,
+            absl::StrCat("w writer team-a sha256:", Sha256Hex(*writer),
+                         "\nroot admin * sha256:", Sha256Hex(*admin), "\n"));
   MetricsServer server({"--auth_file=" + auth_file});
   ASSERT_OK(server.Start(*writer));
   auto stub = server.Stub();
@@ -517,15 +516,15 @@ TEST(MetricsTest, AuthFailuresAreCountedByReason) {
             0);
   // The refusals that reached the service are RPCs by code too (the unknown
   // token was refused by the transport's auth step, before the service).
-  EXPECT_EQ(s.Get(Key("ckptd_rpcs_total", {{"method", "ListRuns"},
-                                           {"code", "UNAUTHENTICATED"}})),
+  EXPECT_EQ(s.Get(Key("ckptd_rpcs_total",
+                      {{"method", "ListRuns"}, {"code", "UNAUTHENTICATED"}})),
             2);
   EXPECT_EQ(s.Get(Key("ckptd_rpcs_total", {{"method", "DeleteVersion"},
                                            {"code", "PERMISSION_DENIED"}})),
             1);
-  EXPECT_EQ(s.Get(Key("ckptd_rpcs_total",
-                      {{"method", "ListRuns"}, {"code", "OK"}})),
-            1);
+  EXPECT_EQ(
+      s.Get(Key("ckptd_rpcs_total", {{"method", "ListRuns"}, {"code", "OK"}})),
+      1);
   // The log names the identity of the authorized call.
   EXPECT_THAT(server.process().LogTail(1 << 20),
               HasSubstr("method=ListRuns identity=root"));
@@ -596,9 +595,9 @@ TEST(MetricsTest, JsonLogsAreOneObjectPerLineWithTheRpcFields) {
     if (absl::StartsWith(msg, "ckptd listening on")) saw_listening = true;
     if (msg == "shutdown complete") saw_shutdown = true;
     if (msg != "rpc") continue;
-    for (const char* field : {"request_id", "method", "identity", "peer", "run",
-                              "ref", "bytes_in", "bytes_out", "duration_ms",
-                              "status"}) {
+    for (const char* field :
+         {"request_id", "method", "identity", "peer", "run", "ref", "bytes_in",
+          "bytes_out", "duration_ms", "status"}) {
       EXPECT_TRUE(j.contains(field)) << field << " missing in " << j.dump();
     }
     EXPECT_TRUE(j["bytes_in"].is_number_unsigned()) << j.dump();
@@ -658,8 +657,8 @@ struct CommandResult {
 CommandResult RunCkptd(std::vector<std::string> args) {
   const std::string dir = ServerProcess::MakeTempDir("ckptd-metrics-flags");
   const std::string out_path = dir + "/output";
-  args.insert(args.begin(), {ServerProcess::BinaryPath(),
-                             "--data_dir=" + dir + "/data"});
+  args.insert(args.begin(),
+              {ServerProcess::BinaryPath(), "--data_dir=" + dir + "/data"});
   CommandResult result;
   const pid_t pid = ::fork();
   if (pid == 0) {
@@ -675,7 +674,8 @@ CommandResult RunCkptd(std::vector<std::string> args) {
     ::_exit(127);
   }
   int status = 0;
-  const auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto guard =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (;;) {
     if (::waitpid(pid, &status, WNOHANG) == pid) break;
     if (ReadFile(out_path).find("ckptd listening on") != std::string::npos ||
@@ -740,10 +740,10 @@ TEST(MetricsFlagsTest, AMetricsPortInUseStopsTheStart) {
        absl::StrCat("--metrics_listen=127.0.0.1:", server.metrics_port())});
   EXPECT_FALSE(r.served);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr(absl::StrCat(
-                            "cannot serve metrics on --metrics_listen "
-                            "'127.0.0.1:",
-                            server.metrics_port(), "'")));
+  EXPECT_THAT(r.output,
+              HasSubstr(absl::StrCat("cannot serve metrics on --metrics_listen "
+                                     "'127.0.0.1:",
+                                     server.metrics_port(), "'")));
 }
 
 }  // namespace

@@ -286,9 +286,8 @@ TEST(MetricsExportTest, TheReadmeDocumentsEveryMetricName) {
   const std::string text = readme.str();
   for (absl::string_view name : service::kMetricNames) {
     // `name` or `name{labels}`
-    const bool listed =
-        absl::StrContains(text, absl::StrCat("`", name, "`")) ||
-        absl::StrContains(text, absl::StrCat("`", name, "{"));
+    const bool listed = absl::StrContains(text, absl::StrCat("`", name, "`")) ||
+                        absl::StrContains(text, absl::StrCat("`", name, "{"));
     EXPECT_TRUE(listed) << "README (Operations, Metrics and logs) does not "
                            "list "
                         << name;
