@@ -78,8 +78,10 @@
   function fmtNum(v) {
     if (v === null || v === undefined) return 'n/a';
     if (Number.isInteger(v)) return String(v);
-    const s = Math.abs(v) >= 1e-3 && Math.abs(v) < 1e6 ? v.toPrecision(6) : v.toExponential(4);
-    return s.includes('e') ? s : s.replace(/\.?0+$/, '');
+    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) {
+      return Number(v.toPrecision(5)).toExponential();  // shortest: 8e-5, 1.0365e-4
+    }
+    return v.toPrecision(6).replace(/\.?0+$/, '');
   }
 
   function fmtVersion(v) {
@@ -189,6 +191,13 @@
       ev.preventDefault();
       const token = input.value.trim();
       if (!token) return;
+      // A header carries printable ASCII only (tokens are base64url).
+      if (!/^[\x21-\x7e]+$/.test(token)) {
+        const note = document.getElementById('token-message');
+        note.className = 'error';
+        note.textContent = 'A token is printable ASCII without spaces (like ckptd_3q2Yb…); that one is not.';
+        return;
+      }
       sessionStorage.setItem(TOKEN_KEY, token);
       route();
     });

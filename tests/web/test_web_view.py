@@ -214,6 +214,14 @@ def test_auth_page_asks_for_a_token_and_filters_runs(auth_server, browser, scree
     assert browser.evaluate("document.getElementById('token') === document.activeElement") is True
     shoot(browser, screenshots, "token")
 
+    # A token a header cannot carry is refused before it is sent.
+    browser.type_text("ckptd_tökén with spaces")
+    browser.evaluate("document.getElementById('token-submit').click()")
+    assert browser.evaluate("document.body.dataset.state") == "need-token"
+    assert "printable ASCII" in browser.evaluate("document.getElementById('token-message').textContent")
+    assert browser.evaluate("sessionStorage.getItem('ckptd.token')") is None
+    browser.evaluate("document.getElementById('token').value = ''")
+
     # An unknown token is refused, and the form comes back saying so.
     browser.type_text("ckptd_not-a-token-anyone-has")
     browser.evaluate("document.getElementById('token-submit').click()")
