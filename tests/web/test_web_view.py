@@ -460,3 +460,30 @@ def test_port_in_use(tmp_path):
 def test_http_listen_off_by_default_and_in_help():
     out = subprocess.run([ckptd_binary(), "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "--http_listen  (default: \"\")" in out and "--http_port_file" in out
+
+
+def test_beside_the_metrics_endpoint(tmp_path):
+    """The web view and --metrics_listen are two civetweb servers in one
+    process: both answer, and ckptd still shuts down cleanly."""
+    import time
+    import urllib.request
+
+    from conftest import start_web_server
+
+    metrics_port_file = tmp_path / "metrics.port"
+    web = start_web_server(tmp_path, ["--metrics_listen=127.0.0.1:0", f"--metrics_port_file={metrics_port_file}"])
+    try:
+        deadline = time.monotonic() + 30
+        while not metrics_port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        metrics_port = int(metrics_port_file.read_text())
+        status, body = web.api("runs")
+        assert status == 200 and body["runs"] == []
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60) as resp:
+            assert resp.status == 200 and b"ckptd_" in resp.read()
+        status, _ = web.api("runs")
+        assert status == 200
+    finally:
+        code = web.proc.stop()
+    assert code == 0, web.proc.log()
