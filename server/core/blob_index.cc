@@ -9,6 +9,9 @@ void BlobIndex::AddStored(const Digest& digest, uint64_t size) {
     ++stored_count_;
     // Manifests counted before the blob was (Recover reads both).
     for (const auto& [run_id, n] : e.run_refs) run_bytes_[run_id] += size;
+    stored_bytes_ += size;
+  } else {
+    stored_bytes_ = stored_bytes_ - e.size + size;
   }
   e.stored = true;
   e.size = size;
@@ -122,6 +125,7 @@ BlobIndex::Garbage BlobIndex::MarkDeleting(const Digest& digest, Entry& e) {
   e.deleting = true;
   e.stored = false;
   --stored_count_;
+  stored_bytes_ -= e.size;
   return Garbage{digest, e.size};
 }
 
@@ -158,6 +162,7 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
     for (const auto& [run_id, n] : it->second.run_refs) {
       run_bytes_[run_id] += it->second.size;
     }
+    stored_bytes_ += it->second.size;
   }
   MaybeErase(digest);
 }

@@ -658,6 +658,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   if (published) {
     // Interrupted uploads of the version can no longer be resumed.
     uploads_.DropVersion(req.run(), req.version());
+    if (options_.on_publish) options_.on_publish(info);
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {
