@@ -56,6 +56,8 @@ enum class Method {
   kVerify,
   kGetAuditLog,
 };
+// The last Method + 1: update it with the enum (kRules, sized by it, stops
+// compiling when a method is added without it).
 inline constexpr size_t kMethodCount =
     static_cast<size_t>(Method::kGetAuditLog) + 1;
 
