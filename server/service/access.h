@@ -57,7 +57,10 @@ enum class Method {
   kGetAuditLog,
   kBackup,
 };
-inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackup) + 1;
+// The last Method + 1: update it with the enum (kRules, sized by it, stops
+// compiling when a method is added without it).
+inline constexpr size_t kMethodCount =
+    static_cast<size_t>(Method::kBackup) + 1;
 
 struct MethodRule {
   Method method;
