@@ -1159,349 +1159,344 @@ absl::Status CmdAdmin(Session& s) {
     return UsageError("admin needs a subcommand: backup");
   }
   return it->second(s);
-  // A gRPC service name as grpc.health.v1 takes it: ckptd.v1.Checkpoint.
-  absl::Status CheckServiceName(absl::string_view name) {
-    const bool ok =
-        !name.empty() && name.front() != '.' && name.back() != '.' &&
-        std::all_of(name.begin(), name.end(), [](char c) {
-          return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
-                 c == '_' || c == '.';
-        });
-    if (ok) return absl::OkStatus();
+}
+
+// A gRPC service name as grpc.health.v1 takes it: ckptd.v1.Checkpoint.
+absl::Status CheckServiceName(absl::string_view name) {
+  const bool ok = !name.empty() && name.front() != '.' && name.back() != '.' &&
+                  std::all_of(name.begin(), name.end(), [](char c) {
+                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                           c == '_' || c == '.';
+                  });
+  if (ok) return absl::OkStatus();
+  return UsageError(absl::StrCat(
+      "--service '", name,
+      "' is not a gRPC service name such as ckptd.v1.Checkpoint (letters, "
+      "digits, '_' and '.'); leave it out to ask about the whole server"));
+}
+
+// gRPC messages may span lines; a health check reports one.
+std::string OneLine(absl::string_view text) {
+  std::string out(text);
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  return out;
+}
+
+// ckpt health [--service NAME] [--timeout 5s]: one grpc.health.v1 Check.
+// OK only for SERVING; every other outcome is an error whose message is the
+// one line a probe log shows.
+absl::Status CmdHealth(Session& s) {
+  const Args& a = s.args();
+  absl::Duration timeout;
+  if (!absl::ParseDuration(a.timeout, &timeout) ||
+      timeout <= absl::ZeroDuration() || timeout == absl::InfiniteDuration()) {
     return UsageError(absl::StrCat(
-        "--service '", name,
-        "' is not a gRPC service name such as ckptd.v1.Checkpoint (letters, "
-        "digits, '_' and '.'); leave it out to ask about the whole server"));
+        "--timeout '", a.timeout,
+        "' is not a positive duration: give a number and a unit, e.g. 5s or "
+        "500ms"));
   }
+  if (!a.service.empty()) CKPTD_RETURN_IF_ERROR(CheckServiceName(a.service));
+  CKPTD_ASSIGN_OR_RETURN(ClientOptions options, s.client_options());
+  options.rpc_timeout_seconds = absl::ToDoubleSeconds(timeout);
+  const std::string what =
+      a.service.empty()
+          ? options.address
+          : absl::StrCat(options.address, " (service ", a.service, ")");
 
-  // gRPC messages may span lines; a health check reports one.
-  std::string OneLine(absl::string_view text) {
-    std::string out(text);
-    std::replace(out.begin(), out.end(), '\n', ' ');
-    return out;
-  }
-
-  // ckpt health [--service NAME] [--timeout 5s]: one grpc.health.v1 Check.
-  // OK only for SERVING; every other outcome is an error whose message is the
-  // one line a probe log shows.
-  absl::Status CmdHealth(Session & s) {
-    const Args& a = s.args();
-    absl::Duration timeout;
-    if (!absl::ParseDuration(a.timeout, &timeout) ||
-        timeout <= absl::ZeroDuration() ||
-        timeout == absl::InfiniteDuration()) {
-      return UsageError(absl::StrCat(
-          "--timeout '", a.timeout,
-          "' is not a positive duration: give a number and a unit, e.g. 5s or "
-          "500ms"));
+  const absl::StatusOr<ServingStatus> serving = CheckHealth(options, a.service);
+  absl::Status result;
+  if (!serving.ok()) {
+    const std::string why = OneLine(serving.status().message());
+    switch (serving.status().code()) {
+      case absl::StatusCode::kUnavailable:
+        result = absl::UnavailableError(
+            absl::StrCat(what, " is unreachable: ", why));
+        break;
+      case absl::StatusCode::kDeadlineExceeded:
+        result = absl::DeadlineExceededError(
+            absl::StrCat(what, " did not answer within ",
+                         absl::FormatDuration(timeout), " (--timeout)"));
+        break;
+      case absl::StatusCode::kNotFound:
+        result = absl::NotFoundError(absl::StrCat(
+            options.address, " does not report on service '", a.service,
+            "'; leave out --service to ask about the whole server"));
+        break;
+      default:
+        result = absl::Status(serving.status().code(),
+                              absl::StrCat(what, ": ", why));
     }
-    if (!a.service.empty()) CKPTD_RETURN_IF_ERROR(CheckServiceName(a.service));
-    CKPTD_ASSIGN_OR_RETURN(ClientOptions options, s.client_options());
-    options.rpc_timeout_seconds = absl::ToDoubleSeconds(timeout);
-    const std::string what =
-        a.service.empty()
-            ? options.address
-            : absl::StrCat(options.address, " (service ", a.service, ")");
-
-    const absl::StatusOr<ServingStatus> serving =
-        CheckHealth(options, a.service);
-    absl::Status result;
-    if (!serving.ok()) {
-      const std::string why = OneLine(serving.status().message());
-      switch (serving.status().code()) {
-        case absl::StatusCode::kUnavailable:
-          result = absl::UnavailableError(
-              absl::StrCat(what, " is unreachable: ", why));
-          break;
-        case absl::StatusCode::kDeadlineExceeded:
-          result = absl::DeadlineExceededError(
-              absl::StrCat(what, " did not answer within ",
-                           absl::FormatDuration(timeout), " (--timeout)"));
-          break;
-        case absl::StatusCode::kNotFound:
-          result = absl::NotFoundError(absl::StrCat(
-              options.address, " does not report on service '", a.service,
-              "'; leave out --service to ask about the whole server"));
-          break;
-        default:
-          result = absl::Status(serving.status().code(),
-                                absl::StrCat(what, ": ", why));
-      }
-    } else if (*serving != ServingStatus::kServing) {
-      result = absl::UnavailableError(
-          absl::StrCat(what, " is ", ServingStatusName(*serving),
-                       *serving == ServingStatus::kNotServing
-                           ? " (starting up or shutting down)"
-                           : ""));
-    }
-    const std::string state = serving.ok()
-                                  ? ServingStatusName(*serving)
-                                  : absl::StatusCodeToString(result.code());
-    if (s.json()) {
-      Json j = {{"address", options.address},
-                {"service", a.service},
-                {"status", state},
-                {"serving", result.ok()}};
-      if (!result.ok()) j["error"] = std::string(result.message());
-      s.PrintJson(j);
-    } else if (result.ok()) {
-      s.out() << what << ": SERVING\n";
-    }
-    return result;
+  } else if (*serving != ServingStatus::kServing) {
+    result = absl::UnavailableError(
+        absl::StrCat(what, " is ", ServingStatusName(*serving),
+                     *serving == ServingStatus::kNotServing
+                         ? " (starting up or shutting down)"
+                         : ""));
   }
-
-  // ---------------------------------------------------------------------------
-  // CLI11 wiring.
-
-  using Handler = std::function<absl::Status(Session&)>;
-
-  CLI::App* AddCommand(CLI::App & app,
-                       std::map<std::string, Handler> & handlers,
-                       const std::string& name, const std::string& description,
-                       const std::string& example, Handler handler) {
-    CLI::App* cmd = app.add_subcommand(name, description);
-    cmd->footer(absl::StrCat("Example:\n  ", example, "\n"));
-    handlers[name] = std::move(handler);
-    return cmd;
+  const std::string state = serving.ok()
+                                ? ServingStatusName(*serving)
+                                : absl::StatusCodeToString(result.code());
+  if (s.json()) {
+    Json j = {{"address", options.address},
+              {"service", a.service},
+              {"status", state},
+              {"serving", result.ok()}};
+    if (!result.ok()) j["error"] = std::string(result.message());
+    s.PrintJson(j);
+  } else if (result.ok()) {
+    s.out() << what << ": SERVING\n";
   }
+  return result;
+}
 
-  // Everything CLI11 needs is bound to `args`; returns the handlers by name.
-  std::map<std::string, Handler> DefineCommands(CLI::App & app, Args & args) {
-    std::map<std::string, Handler> h;
-    app.fallthrough();  // global flags may also follow the command
-    app.require_subcommand(1);
-    app.add_option("--server", args.server,
-                   "ckptd address (default: $CKPTD_SERVER, else "
-                   "127.0.0.1:50051)");
-    app.add_flag("--json", args.json, "Print JSON for scripts");
-    app.add_option("--token", args.token,
-                   "Bearer token for a server with --auth_file (default: "
-                   "$CKPTD_TOKEN)");
-    app.add_option("--tls_ca", args.tls_ca,
-                   "PEM file of the CA that signed the server's certificate; "
-                   "switches to TLS (default: $CKPTD_TLS_CA)");
-    app.add_option("--tls_cert", args.tls_cert,
-                   "PEM file of this client's certificate, for mTLS (default: "
-                   "$CKPTD_TLS_CERT)");
-    app.add_option("--tls_key", args.tls_key,
-                   "PEM file of the client certificate's key (default: "
-                   "$CKPTD_TLS_KEY)");
-    app.footer(
-        "REF is a version number, last, best or an alias; RUN alone means "
-        "RUN@last where that makes sense.\nEnvironment: CKPTD_SERVER "
-        "(address), "
-        "CKPTD_TOKEN (bearer token), CKPTD_TLS_CA, CKPTD_TLS_CERT, "
-        "CKPTD_TLS_KEY (PEM files).\nExample:\n  ckpt --server "
-        "ckptd:50051 show llama@best\n");
+// ---------------------------------------------------------------------------
+// CLI11 wiring.
 
-    AddCommand(app, h, "runs", "List runs", "ckpt runs", CmdRuns);
+using Handler = std::function<absl::Status(Session&)>;
 
-    CLI::App* token =
-        AddCommand(app, h, "token", "Make credentials for ckptd's --auth_file",
-                   "ckpt token new alice writer 'llama-*'", CmdTokenNew);
-    token->require_subcommand(1);
-    CLI::App* token_new = token->add_subcommand(
-        "new",
-        "Print a fresh random bearer token (256 bits) and the --auth_file line "
-        "that admits it");
-    token_new->add_option("IDENTITY", args.identity, "Who the token is for")
-        ->required();
-    token_new->add_option("ROLE", args.role, "reader, writer or admin")
-        ->required();
-    token_new
-        ->add_option("PATTERNS", args.patterns,
-                     "Comma list of run-name globs, e.g. 'llama-*,bert' "
-                     "or '*'")
-        ->required();
+CLI::App* AddCommand(CLI::App& app, std::map<std::string, Handler>& handlers,
+                     const std::string& name, const std::string& description,
+                     const std::string& example, Handler handler) {
+  CLI::App* cmd = app.add_subcommand(name, description);
+  cmd->footer(absl::StrCat("Example:\n  ", example, "\n"));
+  handlers[name] = std::move(handler);
+  return cmd;
+}
 
-    CLI::App* health = AddCommand(
-        app, h, "health",
-        "Ask the server's grpc.health.v1 service whether it serves: exit 0 "
-        "when SERVING, 1 otherwise (one line says why)",
-        "ckpt health --server 127.0.0.1:50052 --timeout 3s", CmdHealth);
-    health->add_option("--service", args.service,
-                       "Service to ask about (default: the server as a whole)");
-    health->add_option(
-        "--timeout", args.timeout,
-        "How long to wait for the answer, e.g. 3s or 500ms (default "
-        "5s)");
+// Everything CLI11 needs is bound to `args`; returns the handlers by name.
+std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
+  std::map<std::string, Handler> h;
+  app.fallthrough();  // global flags may also follow the command
+  app.require_subcommand(1);
+  app.add_option("--server", args.server,
+                 "ckptd address (default: $CKPTD_SERVER, else "
+                 "127.0.0.1:50051)");
+  app.add_flag("--json", args.json, "Print JSON for scripts");
+  app.add_option("--token", args.token,
+                 "Bearer token for a server with --auth_file (default: "
+                 "$CKPTD_TOKEN)");
+  app.add_option("--tls_ca", args.tls_ca,
+                 "PEM file of the CA that signed the server's certificate; "
+                 "switches to TLS (default: $CKPTD_TLS_CA)");
+  app.add_option("--tls_cert", args.tls_cert,
+                 "PEM file of this client's certificate, for mTLS (default: "
+                 "$CKPTD_TLS_CERT)");
+  app.add_option("--tls_key", args.tls_key,
+                 "PEM file of the client certificate's key (default: "
+                 "$CKPTD_TLS_KEY)");
+  app.footer(
+      "REF is a version number, last, best or an alias; RUN alone means "
+      "RUN@last where that makes sense.\nEnvironment: CKPTD_SERVER "
+      "(address), "
+      "CKPTD_TOKEN (bearer token), CKPTD_TLS_CA, CKPTD_TLS_CERT, "
+      "CKPTD_TLS_KEY (PEM files).\nExample:\n  ckpt --server "
+      "ckptd:50051 show llama@best\n");
 
-    CLI::App* audit = AddCommand(
-        app, h, "audit",
-        "Who moved aliases, changed policies and deleted versions, and when",
-        "ckpt audit llama", CmdAudit);
-    audit->add_option("RUN", args.run, "Run name (default: every run; admin)");
-    audit->add_option("--limit", args.limit,
-                      "Newest events to show (default 1000)");
+  AddCommand(app, h, "runs", "List runs", "ckpt runs", CmdRuns);
 
-    CLI::App* c = AddCommand(
-        app, h, "ls", "List the versions of a run (filters combine with AND)",
-        "ckpt ls llama --metric val_loss --min-step 1000 --label "
-        "git_sha=abc123",
-        CmdLs);
-    c->add_option("RUN", args.run, "Run name")->required();
-    c->add_option("--metric", args.metric_present,
-                  "Only versions that report this metric");
-    CLI::Option* min_step = c->add_option("--min-step", args.min_step_value,
-                                          "Only versions with step >= N");
-    CLI::Option* max_step = c->add_option("--max-step", args.max_step_value,
-                                          "Only versions with step <= N");
-    c->add_option("--label", args.labels,
-                  "Only versions with label K=V (repeatable)");
-    c->callback([&args, min_step, max_step] {
-      if (min_step->count() > 0) args.min_step = args.min_step_value;
-      if (max_step->count() > 0) args.max_step = args.max_step_value;
-    });
+  CLI::App* token =
+      AddCommand(app, h, "token", "Make credentials for ckptd's --auth_file",
+                 "ckpt token new alice writer 'llama-*'", CmdTokenNew);
+  token->require_subcommand(1);
+  CLI::App* token_new = token->add_subcommand(
+      "new",
+      "Print a fresh random bearer token (256 bits) and the --auth_file line "
+      "that admits it");
+  token_new->add_option("IDENTITY", args.identity, "Who the token is for")
+      ->required();
+  token_new->add_option("ROLE", args.role, "reader, writer or admin")
+      ->required();
+  token_new
+      ->add_option("PATTERNS", args.patterns,
+                   "Comma list of run-name globs, e.g. 'llama-*,bert' "
+                   "or '*'")
+      ->required();
 
-    c = AddCommand(app, h, "show",
-                   "Show a version: metadata, env, metrics, aliases, shards, "
-                   "tensors",
-                   "ckpt show llama@best", CmdShow);
-    c->add_option("RUN[@REF]", args.target, "Version (default RUN@last)")
-        ->required();
+  CLI::App* health = AddCommand(
+      app, h, "health",
+      "Ask the server's grpc.health.v1 service whether it serves: exit 0 "
+      "when SERVING, 1 otherwise (one line says why)",
+      "ckpt health --server 127.0.0.1:50052 --timeout 3s", CmdHealth);
+  health->add_option("--service", args.service,
+                     "Service to ask about (default: the server as a whole)");
+  health->add_option(
+      "--timeout", args.timeout,
+      "How long to wait for the answer, e.g. 3s or 500ms (default "
+      "5s)");
 
-    c = AddCommand(app, h, "metrics",
-                   "Metric history of a run as a table and sparklines",
-                   "ckpt metrics llama val_loss", CmdMetrics);
-    c->add_option("RUN", args.run, "Run name")->required();
-    c->add_option("METRIC", args.name, "Only this metric");
+  CLI::App* audit = AddCommand(
+      app, h, "audit",
+      "Who moved aliases, changed policies and deleted versions, and when",
+      "ckpt audit llama", CmdAudit);
+  audit->add_option("RUN", args.run, "Run name (default: every run; admin)");
+  audit->add_option("--limit", args.limit,
+                    "Newest events to show (default 1000)");
 
-    c = AddCommand(app, h, "pull", "Download a version as a .safetensors file",
-                   "ckpt pull llama@best -o model.safetensors --keys model",
-                   CmdPull);
-    c->add_option("RUN[@REF]", args.target, "Version (default RUN@last)")
-        ->required();
-    c->add_option("-o,--output", args.output, "Output FILE.safetensors")
-        ->required();
-    c->add_option("--keys", args.keys,
-                  "Dotted key prefixes to export, e.g. model (default: all)");
-    c->add_option("--rank", args.rank, "Shard to export (default 0)");
+  CLI::App* c = AddCommand(
+      app, h, "ls", "List the versions of a run (filters combine with AND)",
+      "ckpt ls llama --metric val_loss --min-step 1000 --label "
+      "git_sha=abc123",
+      CmdLs);
+  c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("--metric", args.metric_present,
+                "Only versions that report this metric");
+  CLI::Option* min_step = c->add_option("--min-step", args.min_step_value,
+                                        "Only versions with step >= N");
+  CLI::Option* max_step = c->add_option("--max-step", args.max_step_value,
+                                        "Only versions with step <= N");
+  c->add_option("--label", args.labels,
+                "Only versions with label K=V (repeatable)");
+  c->callback([&args, min_step, max_step] {
+    if (min_step->count() > 0) args.min_step = args.min_step_value;
+    if (max_step->count() > 0) args.max_step = args.max_step_value;
+  });
 
-    c = AddCommand(app, h, "push",
-                   "Upload a .safetensors file as a new version of a run",
-                   "ckpt push llama model.safetensors --step 1000 --metric "
-                   "val_loss=1.9 --label git_sha=abc123",
-                   CmdPush);
-    c->add_option("RUN", args.run, "Run name")->required();
-    c->add_option("FILE", args.file, "FILE.safetensors to upload")->required();
-    c->add_option("--step", args.step, "Training step")->required();
-    c->add_option("--epoch", args.epoch, "Epoch (default 0)");
-    c->add_option("--metric", args.metrics, "Metric k=v (repeatable)");
-    c->add_option("--label", args.labels, "Label k=v (repeatable)");
+  c = AddCommand(app, h, "show",
+                 "Show a version: metadata, env, metrics, aliases, shards, "
+                 "tensors",
+                 "ckpt show llama@best", CmdShow);
+  c->add_option("RUN[@REF]", args.target, "Version (default RUN@last)")
+      ->required();
 
-    c = AddCommand(
-        app, h, "alias",
-        "Point an alias at a version (also: ckpt alias RUN NAME REF)",
-        "ckpt alias llama@12 prod", CmdAlias);
-    c->add_option("RUN@REF", args.run, "Version: N, last, best or an alias")
-        ->required();
-    c->add_option("NAME", args.name, "Alias name")->required();
-    c->add_option(
-        "REF", args.ref,
-        "Version, when the first argument is a plain RUN (old order)");
+  c = AddCommand(app, h, "metrics",
+                 "Metric history of a run as a table and sparklines",
+                 "ckpt metrics llama val_loss", CmdMetrics);
+  c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("METRIC", args.name, "Only this metric");
 
-    c = AddCommand(app, h, "unalias", "Remove an alias",
-                   "ckpt unalias llama prod", CmdUnalias);
-    c->add_option("RUN", args.run, "Run name")->required();
-    c->add_option("NAME", args.name, "Alias name")->required();
+  c = AddCommand(app, h, "pull", "Download a version as a .safetensors file",
+                 "ckpt pull llama@best -o model.safetensors --keys model",
+                 CmdPull);
+  c->add_option("RUN[@REF]", args.target, "Version (default RUN@last)")
+      ->required();
+  c->add_option("-o,--output", args.output, "Output FILE.safetensors")
+      ->required();
+  c->add_option("--keys", args.keys,
+                "Dotted key prefixes to export, e.g. model (default: all)");
+  c->add_option("--rank", args.rank, "Shard to export (default 0)");
 
-    c = AddCommand(app, h, "pin", "Pin a version so retention never deletes it",
-                   "ckpt pin llama@12",
-                   [](Session& s) { return CmdPin(s, /*pin=*/true); });
-    c->add_option("RUN@REF", args.target, "Version")->required();
+  c = AddCommand(app, h, "push",
+                 "Upload a .safetensors file as a new version of a run",
+                 "ckpt push llama model.safetensors --step 1000 --metric "
+                 "val_loss=1.9 --label git_sha=abc123",
+                 CmdPush);
+  c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("FILE", args.file, "FILE.safetensors to upload")->required();
+  c->add_option("--step", args.step, "Training step")->required();
+  c->add_option("--epoch", args.epoch, "Epoch (default 0)");
+  c->add_option("--metric", args.metrics, "Metric k=v (repeatable)");
+  c->add_option("--label", args.labels, "Label k=v (repeatable)");
 
-    c = AddCommand(app, h, "unpin", "Unpin a version", "ckpt unpin llama@12",
-                   [](Session& s) { return CmdPin(s, /*pin=*/false); });
-    c->add_option("RUN@REF", args.target, "Version")->required();
+  c = AddCommand(app, h, "alias",
+                 "Point an alias at a version (also: ckpt alias RUN NAME REF)",
+                 "ckpt alias llama@12 prod", CmdAlias);
+  c->add_option("RUN@REF", args.run, "Version: N, last, best or an alias")
+      ->required();
+  c->add_option("NAME", args.name, "Alias name")->required();
+  c->add_option("REF", args.ref,
+                "Version, when the first argument is a plain RUN (old order)");
 
-    c = AddCommand(app, h, "rm", "Delete a version (pinned versions refuse)",
-                   "ckpt rm llama@3", CmdRm);
-    c->add_option("RUN@REF", args.target, "Version")->required();
+  c = AddCommand(app, h, "unalias", "Remove an alias",
+                 "ckpt unalias llama prod", CmdUnalias);
+  c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("NAME", args.name, "Alias name")->required();
 
-    c = AddCommand(
-        app, h, "policy",
-        "Show a run's best/retention policy, or change it with flags (also "
-        "before the run's first push)",
-        "ckpt policy llama --monitor val_loss --mode min --keep-last 3",
-        CmdPolicy);
-    c->add_option("RUN", args.run, "Run name")->required();
-    CLI::Option* monitor = c->add_option(
-        "--monitor", args.monitor, "Metric that defines best (\"\" for none)");
-    CLI::Option* mode = c->add_option("--mode", args.mode, "min or max")
-                            ->check(CLI::IsMember({"min", "max"}));
-    CLI::Option* keep_last =
-        c->add_option("--keep-last", args.keep_last, "Keep the N newest");
-    CLI::Option* keep_best =
-        c->add_option("--keep-best", args.keep_best, "Keep the N best");
-    CLI::Option* keep_every =
-        c->add_option("--keep-every-n-steps", args.keep_every_n_steps,
-                      "Keep versions whose step is a multiple of N");
-    c->add_flag("--clear-retention", args.clear_retention,
-                "Unset keep-last/keep-best/keep-every-n-steps first");
-    c->callback([&args, monitor, mode, keep_last, keep_best, keep_every] {
-      PolicyEdit& e = args.policy;
-      if (monitor->count() > 0) e.monitor = args.monitor;
-      if (mode->count() > 0) e.mode = args.mode;
-      if (keep_last->count() > 0) e.keep_last = args.keep_last;
-      if (keep_best->count() > 0) e.keep_best = args.keep_best;
-      if (keep_every->count() > 0)
-        e.keep_every_n_steps = args.keep_every_n_steps;
-      e.clear_retention = args.clear_retention;
-    });
+  c = AddCommand(app, h, "pin", "Pin a version so retention never deletes it",
+                 "ckpt pin llama@12",
+                 [](Session& s) { return CmdPin(s, /*pin=*/true); });
+  c->add_option("RUN@REF", args.target, "Version")->required();
 
-    AddCommand(app, h, "gc", "Delete blobs no version references", "ckpt gc",
-               CmdGc);
+  c = AddCommand(app, h, "unpin", "Unpin a version", "ckpt unpin llama@12",
+                 [](Session& s) { return CmdPin(s, /*pin=*/false); });
+  c->add_option("RUN@REF", args.target, "Version")->required();
 
-    c = AddCommand(app, h, "watch",
-                   "Print a line each time a ref moves (until Ctrl-C)",
-                   "ckpt watch llama@best", CmdWatch);
-    c->add_option("RUN[@REF]", args.target, "Ref to watch (default RUN@last)")
-        ->required();
+  c = AddCommand(app, h, "rm", "Delete a version (pinned versions refuse)",
+                 "ckpt rm llama@3", CmdRm);
+  c->add_option("RUN@REF", args.target, "Version")->required();
 
-    c = AddCommand(app, h, "history",
-                   "Alias audit log: time, alias, from -> to, actor",
-                   "ckpt history llama prod", CmdHistory);
-    c->add_option("RUN", args.run, "Run name")->required();
-    c->add_option("ALIAS", args.name, "Only this alias");
+  c = AddCommand(
+      app, h, "policy",
+      "Show a run's best/retention policy, or change it with flags (also "
+      "before the run's first push)",
+      "ckpt policy llama --monitor val_loss --mode min --keep-last 3",
+      CmdPolicy);
+  c->add_option("RUN", args.run, "Run name")->required();
+  CLI::Option* monitor = c->add_option(
+      "--monitor", args.monitor, "Metric that defines best (\"\" for none)");
+  CLI::Option* mode = c->add_option("--mode", args.mode, "min or max")
+                          ->check(CLI::IsMember({"min", "max"}));
+  CLI::Option* keep_last =
+      c->add_option("--keep-last", args.keep_last, "Keep the N newest");
+  CLI::Option* keep_best =
+      c->add_option("--keep-best", args.keep_best, "Keep the N best");
+  CLI::Option* keep_every =
+      c->add_option("--keep-every-n-steps", args.keep_every_n_steps,
+                    "Keep versions whose step is a multiple of N");
+  c->add_flag("--clear-retention", args.clear_retention,
+              "Unset keep-last/keep-best/keep-every-n-steps first");
+  c->callback([&args, monitor, mode, keep_last, keep_best, keep_every] {
+    PolicyEdit& e = args.policy;
+    if (monitor->count() > 0) e.monitor = args.monitor;
+    if (mode->count() > 0) e.mode = args.mode;
+    if (keep_last->count() > 0) e.keep_last = args.keep_last;
+    if (keep_best->count() > 0) e.keep_best = args.keep_best;
+    if (keep_every->count() > 0) e.keep_every_n_steps = args.keep_every_n_steps;
+    e.clear_retention = args.clear_retention;
+  });
 
-    c = AddCommand(app, h, "verify",
-                   "Re-check stored bytes against their digests",
-                   "ckpt verify llama@best", CmdVerify);
-    c->add_option("RUN[@REF]", args.target,
-                  "Version (default: every version of RUN)")
-        ->required();
+  AddCommand(app, h, "gc", "Delete blobs no version references", "ckpt gc",
+             CmdGc);
 
-    CLI::App* admin =
-        AddCommand(app, h, "admin", "Server operations (admin)",
-                   "ckpt admin backup /var/backups/ckptd-1", CmdAdmin);
-    admin->require_subcommand(1);
-    CLI::App* backup = admin->add_subcommand(
-        "backup",
-        "Online backup of every committed version into DIR on the server "
-        "(pushes go on); restore: ckptd --data_dir DIR");
-    backup->footer(
-        "DIR is a path on the server's filesystem: absolute, not existing yet "
-        "(its parent must) or empty. Hard links where DIR is on the data dir's "
-        "filesystem, verified copies elsewhere.\nExample:\n  ckpt admin "
-        "backup /var/backups/ckptd-$(date +%F)\n");
-    backup->add_option("DIR", args.backup_dir, "Absolute path on the server")
-        ->required();
-    backup->add_option("--timeout", args.backup_timeout,
-                       "Give up after this long, e.g. 2h (default: no limit); "
-                       "the server then removes the partial backup");
-    backup->callback([&args] { args.admin_command = "backup"; });
-    return h;
+  c = AddCommand(app, h, "watch",
+                 "Print a line each time a ref moves (until Ctrl-C)",
+                 "ckpt watch llama@best", CmdWatch);
+  c->add_option("RUN[@REF]", args.target, "Ref to watch (default RUN@last)")
+      ->required();
+
+  c = AddCommand(app, h, "history",
+                 "Alias audit log: time, alias, from -> to, actor",
+                 "ckpt history llama prod", CmdHistory);
+  c->add_option("RUN", args.run, "Run name")->required();
+  c->add_option("ALIAS", args.name, "Only this alias");
+
+  c = AddCommand(app, h, "verify",
+                 "Re-check stored bytes against their digests",
+                 "ckpt verify llama@best", CmdVerify);
+  c->add_option("RUN[@REF]", args.target,
+                "Version (default: every version of RUN)")
+      ->required();
+
+  CLI::App* admin =
+      AddCommand(app, h, "admin", "Server operations (admin)",
+                 "ckpt admin backup /var/backups/ckptd-1", CmdAdmin);
+  admin->require_subcommand(1);
+  CLI::App* backup = admin->add_subcommand(
+      "backup",
+      "Online backup of every committed version into DIR on the server "
+      "(pushes go on); restore: ckptd --data_dir DIR");
+  backup->footer(
+      "DIR is a path on the server's filesystem: absolute, not existing yet "
+      "(its parent must) or empty. Hard links where DIR is on the data dir's "
+      "filesystem, verified copies elsewhere.\nExample:\n  ckpt admin "
+      "backup /var/backups/ckptd-$(date +%F)\n");
+  backup->add_option("DIR", args.backup_dir, "Absolute path on the server")
+      ->required();
+  backup->add_option("--timeout", args.backup_timeout,
+                     "Give up after this long, e.g. 2h (default: no limit); "
+                     "the server then removes the partial backup");
+  backup->callback([&args] { args.admin_command = "backup"; });
+  return h;
+}
+
+int Fail(const CliContext& context, const absl::Status& status) {
+  if (IsUsageError(status)) {
+    *context.err << "ckpt: " << status.message() << "\n";
+    return kExitUsage;
   }
-
-  int Fail(const CliContext& context, const absl::Status& status) {
-    if (IsUsageError(status)) {
-      *context.err << "ckpt: " << status.message() << "\n";
-      return kExitUsage;
-    }
-    *context.err << "ckpt: " << absl::StatusCodeToString(status.code()) << ": "
-                 << status.message() << "\n";
-    return kExitFailure;
-  }
+  *context.err << "ckpt: " << absl::StatusCodeToString(status.code()) << ": "
+               << status.message() << "\n";
+  return kExitFailure;
+}
 
 }  // namespace
 
