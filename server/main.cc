@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -19,12 +20,16 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "grpc/support/log.h"
+#include "server/common/flag_file.h"
+#include "server/common/structured_log.h"
+#include "server/service/health_listener.h"
 #include "server/service/server.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -68,6 +73,17 @@ ABSL_FLAG(bool, insecure_no_auth, false,
           "Allow a non-loopback --listen without --auth_file: every caller "
           "can read, overwrite and delete everything. For isolated networks "
           "only.");
+// The web view (server/service/web_view.h).
+ABSL_FLAG(std::string, http_listen, "",
+          "Serve the read-only web view (runs, versions, metric charts, "
+          "alias and audit history) over HTTP on HOST:PORT, HOST an IPv4 "
+          "address or localhost; port 0 picks a free port (written to "
+          "--http_port_file). Loopback only; with --auth_file the page asks "
+          "for a bearer token. Empty: no web view.");
+ABSL_FLAG(std::string, http_port_file, "",
+          "Once the web view listens, write its port to this file, as "
+          "--port_file does for --listen. Needs --http_listen. Empty: no "
+          "file.");
 // Integrity (README, Operations > Integrity).
 ABSL_FLAG(absl::Duration, scrub_interval, absl::Hours(24),
           "Background scrub: every this long (counted from the end of the "
@@ -117,8 +133,55 @@ ABSL_FLAG(uint64_t, max_label_value_bytes, 4096,
 ABSL_FLAG(uint64_t, max_find_missing_digests, 100'000,
           "Digests in one FindMissingBlobs request (clients send at most "
           "100,000 and halve a batch the server refuses).");
+// Deployment: a plaintext health port for probes (--flagfile: see
+// server/common/flag_file.h and PrintHelp).
+ABSL_FLAG(std::string, health_listen, "",
+          "Also serve grpc.health.v1, and nothing else, in plaintext and "
+          "without credentials on this HOST:PORT (e.g. 0.0.0.0:50052): for "
+          "probes that cannot do TLS or send a token (Kubernetes gRPC probes, "
+          "`ckpt health` in a container HEALTHCHECK). It reports what the "
+          "main port's health reports. Empty: not served.");
 
 namespace {
+
+// What ExpandFlagfiles needs to check a flag file's lines.
+ckptd::FlagKind LookupFlag(absl::string_view name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr) return ckptd::FlagKind::kUnknown;
+  return flag->IsOfType<bool>() ? ckptd::FlagKind::kBool
+                                : ckptd::FlagKind::kValue;
+}
+
+}  // namespace
+
+// Metrics and logs (README: Operations, Metrics and logs).
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
+          "HOST an IPv4 address or localhost. Port 0 picks a free port "
+          "(written to --metrics_port_file). Loopback only unless "
+          "--auth_file or --insecure_no_auth is given (the endpoint itself "
+          "has no authentication and no TLS). Empty (the default): no "
+          "metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Once the metrics endpoint listens, write its port to this file, "
+          "as --port_file does for gRPC (written before --port_file). Needs "
+          "--metrics_listen. Empty: no file.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (the default) or json (one JSON "
+          "object per line: time, level, msg and, for the line each RPC "
+          "writes, its fields).");
+
+namespace {
+
+// With --log_format json, gRPC's own log lines go through spdlog too, so
+// that every line on stderr is JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
+}
 
 // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
 std::vector<char*> NormalizeFlagNames(int argc, char** argv,
@@ -166,7 +229,11 @@ void PrintHelp() {
   }
   absl::StrAppend(&out,
                   "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
-                  "--helpfull lists every flag, also gRPC's and Abseil's.\n");
+                  "--flagfile=FILE reads flags from FILE: one --name=value "
+                  "per line, '#' starts a comment line (deploy/ckptd.flags "
+                  "is an example); a flag after --flagfile overrides the "
+                  "file's, one before it is overridden. --helpfull lists "
+                  "every flag, also gRPC's and Abseil's.\n");
   std::fputs(out.c_str(), stdout);
 }
 
@@ -223,46 +290,32 @@ std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
                         "carries a chunk of up to 4 MiB");
   }
   options->max_message_bytes = message;
-  const std::pair<const char*, uint64_t> sizes[] = {
-      {"max_manifest_entries", absl::GetFlag(FLAGS_max_manifest_entries)},
-      {"max_manifest_bytes", absl::GetFlag(FLAGS_max_manifest_bytes)},
-      {"max_key_segment_bytes", absl::GetFlag(FLAGS_max_key_segment_bytes)},
-      {"max_list_length", absl::GetFlag(FLAGS_max_list_length)},
-      {"max_metrics", absl::GetFlag(FLAGS_max_metrics)},
-      {"max_metric_name_bytes", absl::GetFlag(FLAGS_max_metric_name_bytes)},
-      {"max_labels", absl::GetFlag(FLAGS_max_labels)},
-      {"max_label_key_bytes", absl::GetFlag(FLAGS_max_label_key_bytes)},
-      {"max_label_value_bytes", absl::GetFlag(FLAGS_max_label_value_bytes)},
-      {"max_find_missing_digests",
-       absl::GetFlag(FLAGS_max_find_missing_digests)},
+  // Each flag read once into its limit; the first bad one is reported.
+  std::string err;
+  auto take = [&err](const char* name, const auto& flag, auto* limit) {
+    const auto value = absl::GetFlag(flag);
+    if (value < 1 && err.empty()) {
+      err = absl::StrCat("--", name, "=", value, " must be at least 1");
+    }
+    *limit = value;
   };
-  for (const auto& [name, value] : sizes) {
-    if (value == 0) {
-      return absl::StrCat("--", name, "=0 must be at least 1");
-    }
-  }
-  for (const auto& [name, value] :
-       {std::pair<const char*, int>{"max_key_depth",
-                                    absl::GetFlag(FLAGS_max_key_depth)},
-        std::pair<const char*, int>{"max_value_depth",
-                                    absl::GetFlag(FLAGS_max_value_depth)}}) {
-    if (value < 1) {
-      return absl::StrCat("--", name, "=", value, " must be at least 1");
-    }
-  }
-  l.manifest_entries = absl::GetFlag(FLAGS_max_manifest_entries);
-  l.manifest_bytes = absl::GetFlag(FLAGS_max_manifest_bytes);
-  l.key_depth = absl::GetFlag(FLAGS_max_key_depth);
-  l.key_segment_bytes = absl::GetFlag(FLAGS_max_key_segment_bytes);
-  l.value_depth = absl::GetFlag(FLAGS_max_value_depth);
-  l.list_length = absl::GetFlag(FLAGS_max_list_length);
-  l.metrics = absl::GetFlag(FLAGS_max_metrics);
-  l.metric_name_bytes = absl::GetFlag(FLAGS_max_metric_name_bytes);
-  l.labels = absl::GetFlag(FLAGS_max_labels);
-  l.label_key_bytes = absl::GetFlag(FLAGS_max_label_key_bytes);
-  l.label_value_bytes = absl::GetFlag(FLAGS_max_label_value_bytes);
-  l.find_missing_digests = absl::GetFlag(FLAGS_max_find_missing_digests);
-  return "";
+  take("max_manifest_entries", FLAGS_max_manifest_entries, &l.manifest_entries);
+  take("max_manifest_bytes", FLAGS_max_manifest_bytes, &l.manifest_bytes);
+  take("max_key_segment_bytes", FLAGS_max_key_segment_bytes,
+       &l.key_segment_bytes);
+  take("max_list_length", FLAGS_max_list_length, &l.list_length);
+  take("max_metrics", FLAGS_max_metrics, &l.metrics);
+  take("max_metric_name_bytes", FLAGS_max_metric_name_bytes,
+       &l.metric_name_bytes);
+  take("max_labels", FLAGS_max_labels, &l.labels);
+  take("max_label_key_bytes", FLAGS_max_label_key_bytes, &l.label_key_bytes);
+  take("max_label_value_bytes", FLAGS_max_label_value_bytes,
+       &l.label_value_bytes);
+  take("max_find_missing_digests", FLAGS_max_find_missing_digests,
+       &l.find_missing_digests);
+  take("max_key_depth", FLAGS_max_key_depth, &l.key_depth);
+  take("max_value_depth", FLAGS_max_value_depth, &l.value_depth);
+  return err;
 }
 
 }  // namespace
@@ -278,11 +331,38 @@ int main(int argc, char** argv) {
     PrintHelp();
     return 0;
   }
+  absl::StatusOr<std::vector<std::string>> expanded = ckptd::ExpandFlagfiles(
+      std::vector<std::string>(argv, argv + argc), LookupFlag);
+  if (!expanded.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(expanded.status().message()).c_str());
+    return 2;
+  }
+  std::vector<char*> expanded_argv;
+  for (std::string& arg : *expanded) expanded_argv.push_back(arg.data());
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> args = NormalizeFlagNames(
+      static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
+  const auto log_format =
+      ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(log_format.status().message()).c_str());
+    return 2;
+  }
+  ckptd::InstallStderrLogger(*log_format);
+  if (*log_format == ckptd::LogFormat::kJson) {
+    gpr_set_log_function(&GrpcLogToSpdlog);
+  }
+  if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
+      !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --metrics_port_file needs --metrics_listen (the "
+                 "metrics endpoint is off without it)\n");
+    return 2;
+  }
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
@@ -319,6 +399,14 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (!absl::GetFlag(FLAGS_http_port_file).empty() &&
+      absl::GetFlag(FLAGS_http_listen).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --http_port_file needs --http_listen (e.g. "
+                 "--http_listen=127.0.0.1:0)\n");
+    return 2;
+  }
+
   // Signals are taken by one thread with sigwait, before gRPC starts any.
   sigset_t signals;
   sigemptyset(&signals);
@@ -336,6 +424,8 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
   options.repository.scrub_interval = absl::GetFlag(FLAGS_scrub_interval);
   options.repository.scrub_bytes_per_sec =
@@ -364,17 +454,42 @@ int main(int argc, char** argv) {
   }
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   ckptd::service::Server* raw = server->get();
-  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
-      !port_file.empty()) {
-    if (const std::string err = WritePortFile(port_file, raw->port());
-        !err.empty()) {
-      spdlog::critical("cannot write --port_file: {}", err);
+  // Started before --port_file is written: once the file exists, so does it.
+  std::unique_ptr<ckptd::service::HealthListener> health;
+  if (const std::string listen = absl::GetFlag(FLAGS_health_listen);
+      !listen.empty()) {
+    auto started = ckptd::service::HealthListener::Start(listen);
+    if (!started.ok()) {
+      spdlog::critical("cannot start: {}", started.status().ToString());
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+    health = *std::move(started);
+  }
+  // The other ports' files first: once --port_file exists, they do too.
+  const std::pair<const char*, int> port_files[] = {
+      {"metrics_port_file", raw->metrics_port()},
+      {"http_port_file", raw->http_port()},
+      {"port_file", raw->port()},
+  };
+  for (const auto& [flag, port] : port_files) {
+    const std::string path = flag == std::string("metrics_port_file")
+                                 ? absl::GetFlag(FLAGS_metrics_port_file)
+                             : flag == std::string("http_port_file")
+                                 ? absl::GetFlag(FLAGS_http_port_file)
+                                 : absl::GetFlag(FLAGS_port_file);
+    if (path.empty()) continue;
+    if (const std::string err = WritePortFile(path, port); !err.empty()) {
+      spdlog::critical("cannot write --{}: {}", flag, err);
+      if (health != nullptr) health->Shutdown();
       raw->Shutdown(absl::ZeroDuration());
       raw->Wait();
       return 1;
     }
   }
-  std::thread signal_thread([&signals, raw, grace] {
+  ckptd::service::HealthListener* health_raw = health.get();
+  std::thread signal_thread([&signals, raw, health_raw, grace] {
     for (;;) {
       int sig = 0;
       sigwait(&signals, &sig);
@@ -387,12 +502,14 @@ int main(int argc, char** argv) {
         continue;
       }
       spdlog::info("received signal {}", sig);
+      if (health_raw != nullptr) health_raw->SetServing(false);
       raw->Shutdown(grace);
       return;
     }
   });
   (*server)->Wait();
   signal_thread.join();
+  if (health != nullptr) health->Shutdown();
   server->reset();
   return 0;
 }

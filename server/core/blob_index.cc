@@ -14,12 +14,14 @@ void BlobIndex::AddStored(const Digest& digest, uint64_t size, bool replaced) {
     ++stored_count_;
     // Manifests counted before the blob was (Recover reads both).
     for (const auto& [run_id, n] : e.run_refs) run_bytes_[run_id] += size;
+    stored_bytes_ += size;
   } else if (e.size != size) {
     // A damaged file may have been listed at its file size; its
     // replacement has the real one.
     for (const auto& [run_id, n] : e.run_refs) {
       run_bytes_[run_id] = run_bytes_[run_id] - e.size + size;
     }
+    stored_bytes_ = stored_bytes_ - e.size + size;
   }
   e.stored = true;
   e.size = size;
@@ -180,6 +182,7 @@ BlobIndex::Garbage BlobIndex::MarkDeleting(const Digest& digest, Entry& e) {
   e.deleting = true;
   e.stored = false;
   --stored_count_;
+  stored_bytes_ -= e.size;
   return Garbage{digest, e.size, e.quarantined};
 }
 
@@ -216,6 +219,7 @@ void BlobIndex::FinishDelete(const Digest& digest, bool deleted) {
     for (const auto& [run_id, n] : it->second.run_refs) {
       run_bytes_[run_id] += it->second.size;
     }
+    stored_bytes_ += it->second.size;
   } else if (it->second.quarantined) {
     it->second.quarantined = false;
     --quarantined_count_;

@@ -110,6 +110,8 @@ class BlobIndex {
   // Calls fn(run, RunBytes(run)) for every run that references a blob.
   void ForEachRunBytes(
       absl::FunctionRef<void(absl::string_view run, uint64_t bytes)> fn) const;
+  // Sum of the sizes of the stored blobs (not those being deleted).
+  uint64_t stored_bytes() const { return stored_bytes_; }
 
  private:
   struct Entry {
@@ -140,6 +142,7 @@ class BlobIndex {
   std::vector<uint64_t> run_bytes_;
   std::vector<Digest> candidates_;
   size_t stored_count_ = 0;
+  uint64_t stored_bytes_ = 0;
   size_t quarantined_count_ = 0;
   uint64_t next_generation_ = 1;
 };

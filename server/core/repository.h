@@ -10,6 +10,7 @@
 //   repository_aliases.cc  SetAlias, DeleteAlias, SetPolicy, pins,
 //                          DeleteVersion, and the shared record helpers
 //   repository_gc.cc       retention, garbage collection (two phases)
+//   repository_backup.cc   online backup: snapshot, pins, link or copy
 //   repository_integrity.cc  quarantine of corrupt blobs and healing,
 //                          checked reads (ReadLease::Open), Verify, scrub
 // and its parts with their own locks or none:
@@ -85,6 +86,7 @@
 #include "server/core/best_selector.h"
 #include "server/core/blob_index.h"
 #include "server/core/limits.h"
+#include "server/core/repository_stats.h"
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
@@ -121,6 +123,10 @@ struct RepositoryOptions {
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
   rocksdb::Env* metadata_env = nullptr;
+  // Called once per published version (the shard that completed it), with
+  // its record, after the publish is durable and outside the repository's
+  // locks (on the committing thread); for metrics. May be empty.
+  std::function<void(const v1::VersionInfo&)> on_publish;
   // Background scrub: a pass re-reads every stored blob and checks it
   // against its digest, quarantining corrupt ones. A pass starts
   // `scrub_interval` after the end of the previous one (persisted, so
@@ -266,8 +272,6 @@ class Repository {
   absl::StatusOr<std::unique_ptr<BlobUpload>> StartBlobUpload(
       const std::string& run, uint64_t version, const Digest& digest,
       uint64_t blob_size, uint64_t offset, const Actor& actor = Actor());
-  // Stored bytes counted against run_quota_bytes (see RepositoryOptions).
-  uint64_t RunUsage(const std::string& run) ABSL_LOCKS_EXCLUDED(mu_);
   // Validates that (run, version) names a pending version.
   absl::Status CheckPending(const std::string& run, uint64_t version);
   absl::StatusOr<v1::QueryUploadResponse> QueryUpload(
@@ -341,6 +345,17 @@ class Repository {
   absl::StatusOr<std::vector<Digest>> RunScrubPass();
   ScrubStats GetScrubStats();
 
+  // ---- Backup (repository_backup.cc) ----
+  // Writes a consistent backup of every committed version into req.dir()
+  // while pushes go on: a metadata snapshot plus the blobs it references
+  // (hard links where possible), all durable on return; DIR is then a data
+  // dir (restore: ckptd --data_dir DIR). The protocol is described in
+  // repository_backup.cc. `cancelled` is polled between blobs; when it
+  // says so the backup stops and removes what it wrote. One at a time.
+  absl::StatusOr<v1::BackupResponse> Backup(
+      const v1::BackupRequest& req, const Actor& actor,
+      const std::function<bool()>& cancelled = nullptr);
+
   // Calls `fn` after each committed move of `alias` in `run`, with the new
   // target, in commit order; sets `*current` to the target at the time of
   // registration (empty if the alias does not exist yet). `fn` runs under
@@ -351,6 +366,10 @@ class Repository {
                                  AliasWatchers::Callback fn,
                                  std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
+
+  // What the repository holds now (repository_query.cc). Takes mu_ briefly,
+  // does no I/O: cheap enough for every metrics scrape.
+  RepositoryStats Stats();
 
  private:
   friend class BlobUpload;
@@ -503,6 +522,20 @@ class Repository {
   void ReleaseRead(const absl::flat_hash_set<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // ---- Backup helpers (repository_backup.cc) ----
+  // Pins `digests` against GC (in slices of mu_) as a read lease does, and
+  // fills `sizes`; DATA_LOSS naming the first digest the index lacks.
+  absl::StatusOr<std::unique_ptr<ReadLease>> PinForBackup(
+      const std::vector<Digest>& digests, std::vector<uint64_t>* sizes)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // While a backup takes its snapshot and pins its blobs, no garbage is
+  // taken: CollectNewGarbage leaves it for later, CollectGarbage waits.
+  void HoldGc() ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseGc() ABSL_LOCKS_EXCLUDED(mu_);  // and collects what waited
+  bool NoGcHold() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return gc_holds_ == 0;
+  }
+
   // ---- Integrity helpers (repository_integrity.cc) ----
   // Loads the quarantine records into the BlobIndex (dropping those of
   // blobs no longer stored).
@@ -563,6 +596,8 @@ class Repository {
   int64_t ReadScrubTime(absl::string_view key);
 
   const RepositoryOptions options_;
+  // The data dir (OpenDataDir); empty when opened over a given blob store.
+  std::string data_dir_;
   std::unique_ptr<storage::MetadataStore> meta_;
   std::shared_ptr<storage::BlobStore> blobs_;
   UploadTracker uploads_;
@@ -572,6 +607,10 @@ class Repository {
   absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
   BlobIndex index_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> audit_seq_{0};  // orders same-nanosecond records
+  int gc_holds_ ABSL_GUARDED_BY(mu_) = 0;
+  // The target of the backup in progress; empty when none runs.
+  absl::Mutex backup_mu_;
+  std::string backup_running_ ABSL_GUARDED_BY(backup_mu_);
 
   // The scrub's own state; never held together with mu_.
   absl::Mutex scrub_mu_;

@@ -97,6 +97,8 @@ void Repository::CollectNewGarbage(absl::string_view why) {
   std::vector<BlobIndex::Garbage> garbage;
   {
     absl::MutexLock lock(&mu_);
+    // A backup is choosing its blobs; ReleaseGc collects this garbage.
+    if (gc_holds_ > 0) return;
     garbage = index_.TakeNewGarbage();
   }
   if (garbage.empty()) return;
@@ -111,7 +113,8 @@ absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage(
     const Actor& actor) {
   std::vector<BlobIndex::Garbage> garbage;
   {
-    absl::MutexLock lock(&mu_);
+    // Waits out a backup choosing its blobs (a snapshot and a pin pass).
+    absl::MutexLock lock(&mu_, absl::Condition(this, &Repository::NoGcHold));
     garbage = index_.TakeAllGarbage();
   }
   v1::CollectGarbageResponse resp;

@@ -59,6 +59,7 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
                          storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
+  repo->data_dir_ = data_dir;
   CKPTD_RETURN_IF_ERROR(repo->Recover());
   repo->StartScrubber();
   return repo;

@@ -394,11 +394,6 @@ uint64_t Repository::UsageLocked(const Actor::RunFilter& writes) const {
   return bytes;
 }
 
-uint64_t Repository::RunUsage(const std::string& run) {
-  absl::MutexLock lock(&mu_);
-  return UsageLocked(run);
-}
-
 absl::Status Repository::CheckQuotaLocked(absl::string_view run,
                                           const Actor& actor,
                                           uint64_t adding) const {
@@ -676,6 +671,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
   if (published) {
     // Interrupted uploads of the version can no longer be resumed.
     uploads_.DropVersion(req.run(), req.version());
+    if (options_.on_publish) options_.on_publish(info);
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {

@@ -124,4 +124,14 @@ void UploadTracker::Clear() {
   cleared.swap(suspended_);
 }
 
+size_t UploadTracker::active_count() {
+  absl::MutexLock lock(&mu_);
+  return active_.size();
+}
+
+size_t UploadTracker::suspended_count() {
+  absl::MutexLock lock(&mu_);
+  return suspended_.size();
+}
+
 }  // namespace ckptd::core

@@ -77,6 +77,9 @@ class UploadTracker {
   int ExpireOlderThan(absl::Time cutoff);
   // Drops every suspended upload (their temp files go with the writers).
   void Clear();
+  // Digests being received right now, and suspended uploads (for metrics).
+  size_t active_count();
+  size_t suspended_count();
 
  private:
   struct Suspended {

@@ -32,6 +32,9 @@ struct ServerOptions {
   // refuses to listen on a non-loopback address unless insecure_no_auth.
   std::string auth_file;
   bool insecure_no_auth = false;
+  // The read-only web view (web_view.h) on HOST:PORT; empty: off. Same
+  // identities as the gRPC port; loopback only (plain HTTP).
+  std::string http_listen;
   std::string data_dir = "./ckptd-data";
   // Threads for disk and RocksDB work.
   int io_threads = 16;
@@ -42,6 +45,9 @@ struct ServerOptions {
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
   absl::Duration maintenance_interval = absl::Seconds(10);
+  // Prometheus metrics over HTTP (metrics.h) on IPV4:PORT; empty: none.
+  // Loopback only unless auth_file or insecure_no_auth, as for `listen`.
+  std::string metrics_listen;
   core::RepositoryOptions repository;
 };
 
@@ -56,6 +62,10 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const;
+  // The port the metrics endpoint bound; 0 without metrics_listen.
+  int metrics_port() const;
+  // The web view's port; 0 when http_listen is empty.
+  int http_port() const;
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);

@@ -90,6 +90,19 @@ class BlobStore {
   // Removes partial blobs left behind by an earlier process. Call once after
   // opening, before any writer exists.
   virtual absl::Status RemoveTemporaries() = 0;
+
+  // For backups: makes blob `digest` of `source` present in this store
+  // without copying its bytes, where both stores share the storage (file
+  // stores on one filesystem: a hard link). Returns false when they do not
+  // (another filesystem, hard links refused, another kind of store): the
+  // caller then copies the blob through NewWriter. A linked blob's name is
+  // durable only after SyncLinks(). NOT_FOUND when `source` lacks the blob.
+  virtual absl::StatusOr<bool> LinkFrom(BlobStore& source,
+                                        const Digest& digest) {
+    return false;
+  }
+  // Makes the names LinkFrom added durable.
+  virtual absl::Status SyncLinks() { return absl::OkStatus(); }
 };
 
 // Opens (creating if needed) a store of files under `dir`. The layout is

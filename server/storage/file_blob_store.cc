@@ -48,6 +48,11 @@
 // then rename(2)s over blobs/<xx>/<digest> whether or not it exists — an
 // atomic replacement: a crash leaves the old file or the new one — and 4.
 // Delete is unlink + fsync of the fan-out directory.
+// LinkFrom (backups) hard-links a committed blob file of another store into
+// this one's fan-out directory; committed files are never written again
+// (a repair renames a new file over the name), so the link shares immutable
+// bytes. SyncLinks fsyncs the fan-out directories that got links, then
+// blobs/.
 //
 // What a crash leaves behind: files in tmp/ (partial, or complete but not
 // renamed) — RemoveTemporaries() unlinks them on the next start. It only
@@ -65,6 +70,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -401,12 +407,17 @@ class FileBlobStore final : public BlobStore {
   absl::Status ForEach(
       absl::FunctionRef<void(const Digest& digest, uint64_t size)> fn) override;
   absl::Status RemoveTemporaries() override;
+  absl::StatusOr<bool> LinkFrom(BlobStore& source,
+                                const Digest& digest) override;
+  absl::Status SyncLinks() override;
 
  private:
   const std::string dir_;
   const std::string blobs_dir_;
   const std::string tmp_dir_;
   std::atomic<uint64_t> next_tmp_seq_{0};
+  // Fan-out directories that LinkFrom added names to since SyncLinks.
+  std::array<std::atomic<bool>, kFanOut> linked_into_{};
 };
 
 // ---------------------------------------------------------------------------
@@ -816,6 +827,43 @@ absl::Status FileBlobStore::RemoveTemporaries() {
     }
   }
   return FsyncDir(tmp_dir_);
+}
+
+absl::StatusOr<bool> FileBlobStore::LinkFrom(BlobStore& source,
+                                             const Digest& digest) {
+  const auto* from_store = dynamic_cast<const FileBlobStore*>(&source);
+  if (from_store == nullptr || from_store == this) return false;
+  const std::string from = BlobPath(from_store->blobs_dir_, digest);
+  const std::string to = BlobPath(blobs_dir_, digest);
+  if (::link(from.c_str(), to.c_str()) != 0) {
+    switch (errno) {
+      case EEXIST:  // linked (or copied) before: the name is taken by it
+        break;
+      case EXDEV:  // another filesystem
+      case EPERM:  // the filesystem has no hard links (or refuses them)
+      case EMLINK:
+      case EOPNOTSUPP:
+        return false;
+      case ENOENT:
+        return absl::NotFoundError(absl::StrCat(
+            "blob ", digest.Hex(), " is not stored (no file ", from, ")"));
+      default:
+        return ckptd::ErrnoToStatus(
+            errno, absl::StrCat("hard-link blob file ", from, " to ", to));
+    }
+  }
+  linked_into_[digest.bytes[0]].store(true, std::memory_order_relaxed);
+  return true;
+}
+
+absl::Status FileBlobStore::SyncLinks() {
+  bool any = false;
+  for (int i = 0; i < kFanOut; ++i) {
+    if (!linked_into_[i].exchange(false)) continue;
+    any = true;
+    CKPTD_RETURN_IF_ERROR(FsyncDir(FanOutDir(blobs_dir_, i)));
+  }
+  return any ? FsyncDir(blobs_dir_) : absl::OkStatus();
 }
 
 }  // namespace

@@ -132,6 +132,12 @@ class MetadataStore {
   // The last key (and value) with this prefix, if any.
   absl::StatusOr<std::optional<std::pair<std::string, std::string>>> Last(
       absl::string_view prefix);
+  // An openable copy of the database as of one instant, in `dir` (which
+  // must not exist; its parent must): RocksDB's checkpoint (memtables
+  // flushed first; table files hard-linked on one filesystem, else copied),
+  // then every file in it fsynced. Writes may go on meanwhile. Backups
+  // (server/core/repository_backup.cc) use it.
+  absl::Status Checkpoint(const std::string& dir);
 
  private:
   explicit MetadataStore(std::unique_ptr<rocksdb::DB> db);

@@ -59,9 +59,9 @@ using ::testing::StartsWith;
 using Json = nlohmann::json;
 
 const char* const kCommands[] = {
-    "runs",  "ls",      "show",    "metrics", "pull",  "push",
-    "alias", "unalias", "pin",     "unpin",   "rm",    "policy",
-    "gc",    "watch",   "history", "verify",  "token", "audit"};
+    "runs",    "ls",     "show",  "metrics", "pull",   "push",  "alias",
+    "unalias", "pin",    "unpin", "rm",      "policy", "gc",    "watch",
+    "history", "verify", "token", "audit",   "admin",  "health"};
 
 std::vector<TestTensor> SampleTensors(uint32_t seed) {
   return {
@@ -1000,6 +1000,53 @@ TEST_F(CkptCliTest, VerifyListsDamagedVersionsAndRmForceMovesAliases) {
   ASSERT_EQ(r.exit_code, 0) << r;
   EXPECT_THAT(r.out, HasSubstr("2 -> 1")) << r;
   EXPECT_THAT(r.out, HasSubstr("1 -> (deleted)")) << r;
+TEST_F(CkptCliTest, AdminBackupWritesADataDirAndRefusesBadDirs) {
+  const std::string run = Run();
+  PushSample(run, 1, 1);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> usage = {
+      {{"admin"}, "A subcommand is required"},
+      {{"admin", "backup"}, "DIR is required"},
+      {{"admin", "backup", "backups/today"},
+       "backup DIR 'backups/today' must be an absolute path: it names a "
+       "directory on the server's filesystem"},
+      {{"admin", "backup", Path("x"), "--timeout", "soon"},
+       "bad --timeout 'soon'"},
+      {{"admin", "backup", Path("x"), "--timeout", "0s"},
+       "give a positive duration"},
+  };
+  for (const Case& c : usage) {
+    const CkptResult r = Ckpt(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << r;
+  }
+  EXPECT_FALSE(FileExists(Path("x")));
+
+  const std::string dir = Path(absl::StrCat(run, "-backup"));
+  CkptResult r = Ckpt({"admin", "backup", dir, "--timeout", "10m"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, StartsWith(absl::StrCat("backed up to ", dir, "\n")));
+  EXPECT_THAT(r.out, HasSubstr("pending left out)"));
+  EXPECT_THAT(r.out, HasSubstr(" linked, 0 copied)"));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("ckptd --data_dir ", dir, "\n")));
+  EXPECT_TRUE(FileExists(dir + "/BACKUP"));
+  EXPECT_TRUE(FileExists(dir + "/meta/CURRENT"));
+
+  // The server's refusal comes back verbatim.
+  r = Ckpt({"admin", "backup", dir});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: FAILED_PRECONDITION: backup dir "));
+  EXPECT_THAT(r.err, HasSubstr("is not empty"));
+
+  const Json j = ParseJson(
+      Ckpt({"--json", "admin", "backup", absl::StrCat(dir, "-json")}));
+  EXPECT_GE(j["versions"].get<uint64_t>(), 1u);
+  EXPECT_GT(j["blobs"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["blobs_linked"], j["blobs"]);
+  EXPECT_EQ(j["dir"], absl::StrCat(dir, "-json"));
 }
 
 // `watch` prints the ref's current target first (the server's WatchRef
