@@ -8,7 +8,14 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev librocksdb-dev libxxhash-dev
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
+  # Prometheus metrics (--metrics_listen): prometheus-cpp core and pull.
+  prometheus-cpp-dev
+  # The web view: its HTTP server, and the browser its tests drive.
+  libcivetweb-dev chromium
   pybind11-dev python3-dev python3-torch python3-numpy python3-pytest
+  # tests/deploy: systemd-analyze and systemd-sysusers check the unit, the
+  # YAML parser reads the k8s manifests.
+  systemd python3-yaml
   # The `clang` preset (lock annotations checked by -Wthread-safety), the
   # format check (.ci/check-format) and clang's sanitizer runtimes.
   clang-16 clang-format-16 libclang-rt-16-dev

@@ -8,8 +8,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/commandlineflag.h"
@@ -18,13 +20,17 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "grpc/support/log.h"
+#include "server/common/flag_file.h"
+#include "server/common/structured_log.h"
+#include "server/service/health_listener.h"
 #include "server/service/inflight_budget.h"
 #include "server/service/server.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -64,7 +70,7 @@ ABSL_FLAG(std::string, auth_file, "",
           "writer or admin; RUN_PATTERNS a comma list of globs; CREDENTIAL "
           "sha256:HEX (of a token from `ckpt token new`) or cert:CN. "
           "Re-read on SIGHUP. Empty: no authentication, loopback only.");
-// Resources (README: Limits and resources).
+// Resources (README: Operations, Memory and disk).
 ABSL_FLAG(uint64_t, max_inflight_bytes, 256 << 20,
           "Blob bytes held in memory at once, server-wide (uploads being "
           "received and written, reads being sent): each stream moving a "
@@ -81,8 +87,115 @@ ABSL_FLAG(bool, insecure_no_auth, false,
           "Allow a non-loopback --listen without --auth_file: every caller "
           "can read, overwrite and delete everything. For isolated networks "
           "only.");
+// The web view (server/service/web_view.h).
+ABSL_FLAG(std::string, http_listen, "",
+          "Serve the read-only web view (runs, versions, metric charts, "
+          "alias and audit history) over HTTP on HOST:PORT, HOST an IPv4 "
+          "address or localhost; port 0 picks a free port (written to "
+          "--http_port_file). Loopback only; with --auth_file the page asks "
+          "for a bearer token. Empty: no web view.");
+ABSL_FLAG(std::string, http_port_file, "",
+          "Once the web view listens, write its port to this file, as "
+          "--port_file does for --listen. Needs --http_listen. Empty: no "
+          "file.");
+// Integrity (README, Operations > Integrity).
+ABSL_FLAG(absl::Duration, scrub_interval, absl::Hours(24),
+          "Background scrub: every this long (counted from the end of the "
+          "previous pass, across restarts) re-read every stored blob and "
+          "check it against its digest; a corrupt blob is quarantined, so "
+          "the next push of its bytes uploads them again and heals every "
+          "version that uses it. 0 turns the scrub off.");
+ABSL_FLAG(int64_t, scrub_bytes_per_sec, int64_t{64} << 20,
+          "Read rate of a scrub pass, at most, in bytes per second (default "
+          "67108864 = 64 MiB/s). Must be positive; --scrub_interval=0 turns "
+          "the scrub off.");
+
+ABSL_FLAG(uint64_t, run_quota_bytes, 0,
+          "Stored bytes one run may hold (each blob its versions reference "
+          "counted once, plus its pending uploads); a new version or an "
+          "upload that would cross it gets RESOURCE_EXHAUSTED before "
+          "anything is written. 0: no quota.");
+ABSL_FLAG(uint64_t, identity_quota_bytes, 0,
+          "Stored bytes of all the runs one identity (--auth_file) may "
+          "write, together; enforced like --run_quota_bytes. Needs "
+          "--auth_file. 0: no quota.");
+
+// Limits on what one request may carry (server/core/limits.h). A request
+// over one gets INVALID_ARGUMENT naming the limit and its flag.
+ABSL_FLAG(int, max_message_bytes, 256 << 20,
+          "Largest gRPC message received or sent, in bytes (a manifest of "
+          "100k tensors is ~10 MiB).");
+ABSL_FLAG(uint64_t, max_manifest_entries, 2'000'000,
+          "Entries (containers, values, tensors) in one shard manifest.");
+ABSL_FLAG(uint64_t, max_manifest_bytes, 192 << 20,
+          "Serialized bytes of one shard manifest.");
+ABSL_FLAG(int, max_key_depth, 64,
+          "Segments in one key path (model.layers.0.weight has 4).");
+ABSL_FLAG(uint64_t, max_key_segment_bytes, 1024,
+          "Bytes in one string segment of a key path.");
+ABSL_FLAG(int, max_value_depth, 32,
+          "Nesting of lists in a value leaf (e.g. optimizer param_groups).");
+ABSL_FLAG(uint64_t, max_list_length, 1'000'000, "Items in one list value.");
+ABSL_FLAG(uint64_t, max_metrics, 1024, "Metrics in one shard commit.");
+ABSL_FLAG(uint64_t, max_metric_name_bytes, 256,
+          "Bytes in a metric name (clients refuse more than 256).");
+ABSL_FLAG(uint64_t, max_labels, 256, "Labels on one version.");
+ABSL_FLAG(uint64_t, max_label_key_bytes, 256, "Bytes in a label key.");
+ABSL_FLAG(uint64_t, max_label_value_bytes, 4096,
+          "Bytes in a label value, and in each environment field (torch, "
+          "CUDA and Python versions, hostname).");
+ABSL_FLAG(uint64_t, max_find_missing_digests, 100'000,
+          "Digests in one FindMissingBlobs request (clients send at most "
+          "100,000 and halve a batch the server refuses).");
+// Deployment: a plaintext health port for probes (--flagfile: see
+// server/common/flag_file.h and PrintHelp).
+ABSL_FLAG(std::string, health_listen, "",
+          "Also serve grpc.health.v1, and nothing else, in plaintext and "
+          "without credentials on this HOST:PORT (e.g. 0.0.0.0:50052): for "
+          "probes that cannot do TLS or send a token (Kubernetes gRPC probes, "
+          "`ckpt health` in a container HEALTHCHECK). It reports what the "
+          "main port's health reports. Empty: not served.");
 
 namespace {
+
+// What ExpandFlagfiles needs to check a flag file's lines.
+ckptd::FlagKind LookupFlag(absl::string_view name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr) return ckptd::FlagKind::kUnknown;
+  return flag->IsOfType<bool>() ? ckptd::FlagKind::kBool
+                                : ckptd::FlagKind::kValue;
+}
+
+}  // namespace
+
+// Metrics and logs (README: Operations, Metrics and logs).
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, "
+          "HOST an IPv4 address or localhost. Port 0 picks a free port "
+          "(written to --metrics_port_file). Loopback only unless "
+          "--auth_file or --insecure_no_auth is given (the endpoint itself "
+          "has no authentication and no TLS). Empty (the default): no "
+          "metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Once the metrics endpoint listens, write its port to this file, "
+          "as --port_file does for gRPC (written before --port_file). Needs "
+          "--metrics_listen. Empty: no file.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (the default) or json (one JSON "
+          "object per line: time, level, msg and, for the line each RPC "
+          "writes, its fields).");
+
+namespace {
+
+// With --log_format json, gRPC's own log lines go through spdlog too, so
+// that every line on stderr is JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  spdlog::log(level, "grpc {}:{}: {}", args->file, args->line, args->message);
+}
 
 // Accepts --data-dir as well as --data_dir (Abseil flag names use '_').
 std::vector<char*> NormalizeFlagNames(int argc, char** argv,
@@ -146,7 +259,11 @@ void PrintHelp() {
   }
   absl::StrAppend(&out,
                   "\nFlag names take '-' or '_' (--data-dir = --data_dir). "
-                  "--helpfull lists every flag, also gRPC's and Abseil's.\n");
+                  "--flagfile=FILE reads flags from FILE: one --name=value "
+                  "per line, '#' starts a comment line (deploy/ckptd.flags "
+                  "is an example); a flag after --flagfile overrides the "
+                  "file's, one before it is overridden. --helpfull lists "
+                  "every flag, also gRPC's and Abseil's.\n");
   std::fputs(out.c_str(), stdout);
 }
 
@@ -193,6 +310,44 @@ std::string WritePortFile(const std::string& path, int port) {
   return "";
 }
 
+// Copies the limit flags into `options`; "" or what is wrong with one.
+std::string ReadLimitFlags(ckptd::service::ServerOptions* options) {
+  ckptd::core::Limits& l = options->repository.limits;
+  const int message = absl::GetFlag(FLAGS_max_message_bytes);
+  if (message < (8 << 20)) {
+    return absl::StrCat("--max_message_bytes=", message,
+                        " is below 8 MiB (8388608): an upload message "
+                        "carries a chunk of up to 4 MiB");
+  }
+  options->max_message_bytes = message;
+  // Each flag read once into its limit; the first bad one is reported.
+  std::string err;
+  auto take = [&err](const char* name, const auto& flag, auto* limit) {
+    const auto value = absl::GetFlag(flag);
+    if (value < 1 && err.empty()) {
+      err = absl::StrCat("--", name, "=", value, " must be at least 1");
+    }
+    *limit = value;
+  };
+  take("max_manifest_entries", FLAGS_max_manifest_entries, &l.manifest_entries);
+  take("max_manifest_bytes", FLAGS_max_manifest_bytes, &l.manifest_bytes);
+  take("max_key_segment_bytes", FLAGS_max_key_segment_bytes,
+       &l.key_segment_bytes);
+  take("max_list_length", FLAGS_max_list_length, &l.list_length);
+  take("max_metrics", FLAGS_max_metrics, &l.metrics);
+  take("max_metric_name_bytes", FLAGS_max_metric_name_bytes,
+       &l.metric_name_bytes);
+  take("max_labels", FLAGS_max_labels, &l.labels);
+  take("max_label_key_bytes", FLAGS_max_label_key_bytes, &l.label_key_bytes);
+  take("max_label_value_bytes", FLAGS_max_label_value_bytes,
+       &l.label_value_bytes);
+  take("max_find_missing_digests", FLAGS_max_find_missing_digests,
+       &l.find_missing_digests);
+  take("max_key_depth", FLAGS_max_key_depth, &l.key_depth);
+  take("max_value_depth", FLAGS_max_value_depth, &l.value_depth);
+  return err;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,11 +361,38 @@ int main(int argc, char** argv) {
     PrintHelp();
     return 0;
   }
+  absl::StatusOr<std::vector<std::string>> expanded = ckptd::ExpandFlagfiles(
+      std::vector<std::string>(argv, argv + argc), LookupFlag);
+  if (!expanded.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(expanded.status().message()).c_str());
+    return 2;
+  }
+  std::vector<char*> expanded_argv;
+  for (std::string& arg : *expanded) expanded_argv.push_back(arg.data());
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> args = NormalizeFlagNames(
+      static_cast<int>(expanded_argv.size()), expanded_argv.data(), &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("ckptd"));
+  const auto log_format =
+      ckptd::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "ckptd: %s\n",
+                 std::string(log_format.status().message()).c_str());
+    return 2;
+  }
+  ckptd::InstallStderrLogger(*log_format);
+  if (*log_format == ckptd::LogFormat::kJson) {
+    gpr_set_log_function(&GrpcLogToSpdlog);
+  }
+  if (absl::GetFlag(FLAGS_metrics_listen).empty() &&
+      !absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --metrics_port_file needs --metrics_listen (the "
+                 "metrics endpoint is off without it)\n");
+    return 2;
+  }
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
@@ -227,6 +409,31 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_pending_timeout) <= absl::ZeroDuration()) {
     std::fprintf(stderr, "ckptd: --pending_timeout must be positive\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_scrub_interval) < absl::ZeroDuration()) {
+    std::fprintf(
+        stderr,
+        "ckptd: --scrub_interval=%s is negative; give a duration "
+        "such as 24h, or 0 to turn the scrub off\n",
+        absl::FormatDuration(absl::GetFlag(FLAGS_scrub_interval)).c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_scrub_bytes_per_sec) <= 0) {
+    std::fprintf(
+        stderr,
+        "ckptd: --scrub_bytes_per_sec=%lld must be positive (e.g. "
+        "67108864 for 64 MiB/s); to turn the scrub off use "
+        "--scrub_interval=0\n",
+        static_cast<long long>(absl::GetFlag(FLAGS_scrub_bytes_per_sec)));
+    return 2;
+  }
+
+  if (!absl::GetFlag(FLAGS_http_port_file).empty() &&
+      absl::GetFlag(FLAGS_http_listen).empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --http_port_file needs --http_listen (e.g. "
+                 "--http_listen=127.0.0.1:0)\n");
     return 2;
   }
 
@@ -247,11 +454,30 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.insecure_no_auth = absl::GetFlag(FLAGS_insecure_no_auth);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
   if (const std::string err = ReadResourceFlags(&options); !err.empty()) {
     std::fprintf(stderr, "ckptd: %s\n", err.c_str());
     return 2;
   }
   options.repository.pending_timeout = absl::GetFlag(FLAGS_pending_timeout);
+  options.repository.scrub_interval = absl::GetFlag(FLAGS_scrub_interval);
+  options.repository.scrub_bytes_per_sec =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_scrub_bytes_per_sec));
+  options.repository.run_quota_bytes = absl::GetFlag(FLAGS_run_quota_bytes);
+  options.repository.identity_quota_bytes =
+      absl::GetFlag(FLAGS_identity_quota_bytes);
+  if (options.repository.identity_quota_bytes > 0 &&
+      options.auth_file.empty()) {
+    std::fprintf(stderr,
+                 "ckptd: --identity_quota_bytes needs --auth_file: without "
+                 "it there are no identities to count against\n");
+    return 2;
+  }
+  if (const std::string err = ReadLimitFlags(&options); !err.empty()) {
+    std::fprintf(stderr, "ckptd: %s\n", err.c_str());
+    return 2;
+  }
   // Sweep often enough that a timed-out version aborts within ~25% of it.
   options.maintenance_interval = std::min(
       options.maintenance_interval, options.repository.pending_timeout / 4);
@@ -262,17 +488,42 @@ int main(int argc, char** argv) {
   }
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   ckptd::service::Server* raw = server->get();
-  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
-      !port_file.empty()) {
-    if (const std::string err = WritePortFile(port_file, raw->port());
-        !err.empty()) {
-      spdlog::critical("cannot write --port_file: {}", err);
+  // Started before --port_file is written: once the file exists, so does it.
+  std::unique_ptr<ckptd::service::HealthListener> health;
+  if (const std::string listen = absl::GetFlag(FLAGS_health_listen);
+      !listen.empty()) {
+    auto started = ckptd::service::HealthListener::Start(listen);
+    if (!started.ok()) {
+      spdlog::critical("cannot start: {}", started.status().ToString());
+      raw->Shutdown(absl::ZeroDuration());
+      raw->Wait();
+      return 1;
+    }
+    health = *std::move(started);
+  }
+  // The other ports' files first: once --port_file exists, they do too.
+  const std::pair<const char*, int> port_files[] = {
+      {"metrics_port_file", raw->metrics_port()},
+      {"http_port_file", raw->http_port()},
+      {"port_file", raw->port()},
+  };
+  for (const auto& [flag, port] : port_files) {
+    const std::string path = flag == std::string("metrics_port_file")
+                                 ? absl::GetFlag(FLAGS_metrics_port_file)
+                             : flag == std::string("http_port_file")
+                                 ? absl::GetFlag(FLAGS_http_port_file)
+                                 : absl::GetFlag(FLAGS_port_file);
+    if (path.empty()) continue;
+    if (const std::string err = WritePortFile(path, port); !err.empty()) {
+      spdlog::critical("cannot write --{}: {}", flag, err);
+      if (health != nullptr) health->Shutdown();
       raw->Shutdown(absl::ZeroDuration());
       raw->Wait();
       return 1;
     }
   }
-  std::thread signal_thread([&signals, raw, grace] {
+  ckptd::service::HealthListener* health_raw = health.get();
+  std::thread signal_thread([&signals, raw, health_raw, grace] {
     for (;;) {
       int sig = 0;
       sigwait(&signals, &sig);
@@ -285,12 +536,14 @@ int main(int argc, char** argv) {
         continue;
       }
       spdlog::info("received signal {}", sig);
+      if (health_raw != nullptr) health_raw->SetServing(false);
       raw->Shutdown(grace);
       return;
     }
   });
   (*server)->Wait();
   signal_thread.join();
+  if (health != nullptr) health->Shutdown();
   server->reset();
   return 0;
 }

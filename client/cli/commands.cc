@@ -19,13 +19,16 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cli/format.h"
 #include "client/cli/mapped_file.h"
 #include "client/cli/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/digest.h"
 #include "proto/base/names.h"
 #include "proto/base/secret.h"
 #include "proto/base/status.h"
@@ -57,7 +60,9 @@ struct Args {
   std::string identity;
   std::string role;
   std::string patterns;
-  uint32_t limit = 0;  // audit --limit
+  uint32_t limit = 0;          // audit --limit
+  std::string service;         // health --service
+  std::string timeout = "5s";  // health --timeout
 
   std::string run;     // RUN positional
   std::string target;  // RUN[@REF] positional
@@ -85,7 +90,13 @@ struct Args {
   uint32_t keep_best = 0;
   uint64_t keep_every_n_steps = 0;
   bool clear_retention = false;
-  PolicyEdit policy;  // filled from the fields above after parsing
+  PolicyEdit policy;   // filled from the fields above after parsing
+  bool force = false;  // rm --force
+
+  // admin SUBCOMMAND (set by the subcommand's callback)
+  std::string admin_command;
+  std::string backup_dir;      // admin backup DIR
+  std::string backup_timeout;  // admin backup --timeout (empty: none)
 };
 
 // ---------------------------------------------------------------------------
@@ -104,6 +115,16 @@ class Session {
 
   absl::StatusOr<Client*> client() {
     if (client_ != nullptr) return client_.get();
+    CKPTD_ASSIGN_OR_RETURN(ClientOptions options, client_options());
+    absl::StatusOr<std::unique_ptr<Client>> client =
+        context_.connect ? context_.connect(options) : Client::Connect(options);
+    if (!client.ok()) return client.status();
+    client_ = *std::move(client);
+    return client_.get();
+  }
+
+  // Address, token and TLS files from the flags and the environment.
+  absl::StatusOr<ClientOptions> client_options() const {
     ClientOptions options;
     options.address =
         args_.server.empty() ? DefaultServerAddress() : args_.server;
@@ -119,11 +140,7 @@ class Session {
           "a client certificate needs its key: give both --tls_cert and "
           "--tls_key (or $CKPTD_TLS_CERT and $CKPTD_TLS_KEY)");
     }
-    absl::StatusOr<std::unique_ptr<Client>> client =
-        context_.connect ? context_.connect(options) : Client::Connect(options);
-    if (!client.ok()) return client.status();
-    client_ = *std::move(client);
-    return client_.get();
+    return options;
   }
 
   void PrintJson(const Json& j) {
@@ -176,6 +193,12 @@ absl::Status AsUsageError(const absl::Status& status) {
 // Rendering helpers.
 
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+// The hex form of a digest in wire form ("?" if it is not 16 bytes).
+std::string DigestHex(const std::string& bytes) {
+  absl::StatusOr<Digest> d = DigestFromBytes(bytes);
+  return d.ok() ? d->Hex() : "?";
+}
 
 // "1 tensor", "3 tensors".
 std::string Count(uint64_t n, absl::string_view noun) {
@@ -862,11 +885,37 @@ absl::Status CmdRm(Session& s) {
   CKPTD_ASSIGN_OR_RETURN(VersionRef vr,
                          ParseVersionRef(s.args().target, RefRule::kRequired));
   CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
-  CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref));
+  const bool force = s.args().force;
+  CKPTD_RETURN_IF_ERROR(client->DeleteVersion(vr.run, vr.ref, force));
+  // With --force, say where last and best went (0: nowhere).
+  std::vector<std::pair<std::string, uint64_t>> aliases;
+  if (force) {
+    GetVersionOptions meta_only;
+    meta_only.include_manifest = false;
+    for (const char* alias : {"last", "best"}) {
+      absl::StatusOr<VersionManifest> v =
+          client->GetVersion(vr.run, alias, meta_only);
+      if (v.ok()) {
+        aliases.emplace_back(alias, v->info.version());
+      } else if (absl::IsNotFound(v.status())) {
+        aliases.emplace_back(alias, 0);
+      }
+    }
+  }
   if (s.json()) {
-    s.PrintJson({{"run", vr.run}, {"ref", vr.ref}, {"deleted", true}});
+    Json j = {{"run", vr.run}, {"ref", vr.ref}, {"deleted", true}};
+    for (const auto& [alias, version] : aliases) {
+      j[alias] = version == 0 ? Json(nullptr) : Json(version);
+    }
+    s.PrintJson(j);
   } else {
     s.out() << "deleted " << vr.run << "@" << vr.ref << "\n";
+    for (const auto& [alias, version] : aliases) {
+      s.out() << "  " << alias << " -> "
+              << (version == 0 ? std::string("none")
+                               : absl::StrCat(vr.run, "@", version))
+              << "\n";
+    }
   }
   return absl::OkStatus();
 }
@@ -1060,25 +1109,221 @@ absl::Status CmdVerify(Session& s) {
   const std::string what = vr.ref.empty()
                                ? absl::StrCat(vr.run, " (every version)")
                                : absl::StrCat(vr.run, "@", vr.ref);
+  std::vector<std::string> damaged_names;
+  for (const v1::DamagedVersion& d : r.damaged()) {
+    damaged_names.push_back(absl::StrCat(d.run(), "@", d.version()));
+  }
   if (s.json()) {
+    Json damaged = Json::array();
+    for (const v1::DamagedVersion& d : r.damaged()) {
+      Json tensors = Json::array();
+      for (const v1::DamagedTensor& t : d.tensors()) {
+        tensors.push_back({{"rank", t.rank()},
+                           {"key", t.key()},
+                           {"blob", DigestHex(t.blob_digest())}});
+      }
+      damaged.push_back(
+          {{"run", d.run()},
+           {"version", d.version()},
+           {"aliases",
+            std::vector<std::string>(d.aliases().begin(), d.aliases().end())},
+           {"tensors", tensors}});
+    }
     s.PrintJson({{"run", vr.run},
                  {"ref", vr.ref},
                  {"blobs_checked", r.blobs_checked()},
                  {"bytes_checked", r.bytes_checked()},
                  {"errors", std::vector<std::string>(r.errors().begin(),
                                                      r.errors().end())},
+                 {"damaged", damaged},
                  {"ok", r.errors().empty()}});
   } else {
     s.out() << "verified " << what << ": " << Count(r.blobs_checked(), "blob")
             << ", " << HumanBytes(r.bytes_checked()) << ", "
             << Count(r.errors_size(), "error") << "\n";
     for (const std::string& e : r.errors()) s.out() << "  " << e << "\n";
+    if (!r.damaged().empty()) {
+      s.out() << "damaged versions:\n";
+      Table table({"VERSION", "ALIASES", "TENSOR", "RANK", "BLOB"});
+      for (const v1::DamagedVersion& d : r.damaged()) {
+        const std::string name = absl::StrCat(d.run(), "@", d.version());
+        const std::string aliases =
+            d.aliases().empty() ? "-" : absl::StrJoin(d.aliases(), ",");
+        for (const v1::DamagedTensor& t : d.tensors()) {
+          table.AddRow({name, aliases, t.key(), absl::StrCat(t.rank()),
+                        DigestHex(t.blob_digest())});
+        }
+        if (d.tensors().empty()) table.AddRow({name, aliases, "-", "-", "-"});
+      }
+      s.out() << table.Render();
+      s.out() << "re-save the same state to heal them (the next push uploads "
+                 "the damaged bytes again), or delete them: ckpt rm --force "
+                 "RUN@N\n";
+    }
   }
   if (!r.errors().empty()) {
-    return absl::DataLossError(absl::StrCat("verify found ", r.errors_size(),
-                                            " bad blob(s) in ", what));
+    std::string message = absl::StrCat("verify found ", r.errors_size(),
+                                       " bad blob(s) in ", what);
+    if (!damaged_names.empty()) {
+      absl::StrAppend(&message,
+                      "; damaged: ", absl::StrJoin(damaged_names, ", "));
+    }
+    return absl::DataLossError(message);
   }
   return absl::OkStatus();
+}
+
+// `ckpt admin backup DIR`: DIR is on the server's filesystem, so only an
+// absolute path means the same there as here.
+absl::Status CmdAdminBackup(Session& s) {
+  const std::string& dir = s.args().backup_dir;
+  if (dir.empty() || dir[0] != '/') {
+    return UsageError(absl::StrCat(
+        "backup DIR '", dir,
+        "' must be an absolute path: it names a directory on the server's "
+        "filesystem (ckptd writes it), e.g. /var/backups/ckptd-2024-06-01"));
+  }
+  absl::Duration timeout = absl::InfiniteDuration();
+  if (!s.args().backup_timeout.empty() &&
+      (!absl::ParseDuration(s.args().backup_timeout, &timeout) ||
+       timeout <= absl::ZeroDuration())) {
+    return UsageError(absl::StrCat("bad --timeout '", s.args().backup_timeout,
+                                   "': give a positive duration such as 90m "
+                                   "or 2h"));
+  }
+  CKPTD_ASSIGN_OR_RETURN(Client * client, s.client());
+  CKPTD_ASSIGN_OR_RETURN(v1::BackupResponse r, client->Backup(dir, timeout));
+  const double seconds = static_cast<double>(r.elapsed_nanos()) / 1e9;
+  if (s.json()) {
+    s.PrintJson({{"dir", r.dir()},
+                 {"snapshot_at", FormatTime(r.snapshot_at())},
+                 {"runs", r.runs()},
+                 {"versions", r.versions()},
+                 {"pending_left_out", r.pending_left_out()},
+                 {"blobs", r.blobs()},
+                 {"bytes", r.bytes()},
+                 {"blobs_linked", r.blobs_linked()},
+                 {"blobs_copied", r.blobs_copied()},
+                 {"bytes_copied", r.bytes_copied()},
+                 {"seconds", seconds}});
+    return absl::OkStatus();
+  }
+  s.out()
+      << "backed up to " << r.dir() << "\n"
+      << RenderFields({
+             {"snapshot", FormatTime(r.snapshot_at())},
+             {"versions",
+              absl::StrCat(r.versions(), " in ", Count(r.runs(), "run"), " (",
+                           r.pending_left_out(), " pending left out)")},
+             {"blobs", absl::StrCat(r.blobs(), " (", r.blobs_linked(),
+                                    " linked, ", r.blobs_copied(), " copied)")},
+             {"bytes", absl::StrCat(HumanBytes(r.bytes()), " (",
+                                    HumanBytes(r.bytes_copied()), " copied)")},
+             {"time", absl::StrFormat("%.2f s", seconds)},
+             {"restore", absl::StrCat("ckptd --data_dir ", r.dir())},
+         });
+  return absl::OkStatus();
+}
+
+// `ckpt admin SUBCOMMAND`: one handler per subcommand.
+absl::Status CmdAdmin(Session& s) {
+  static const auto* const kHandlers =
+      new std::map<std::string, std::function<absl::Status(Session&)>>{
+          {"backup", CmdAdminBackup},
+      };
+  auto it = kHandlers->find(s.args().admin_command);
+  if (it == kHandlers->end()) {
+    return UsageError("admin needs a subcommand: backup");
+  }
+  return it->second(s);
+}
+
+// A gRPC service name as grpc.health.v1 takes it: ckptd.v1.Checkpoint.
+absl::Status CheckServiceName(absl::string_view name) {
+  const bool ok = !name.empty() && name.front() != '.' && name.back() != '.' &&
+                  std::all_of(name.begin(), name.end(), [](char c) {
+                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                           c == '_' || c == '.';
+                  });
+  if (ok) return absl::OkStatus();
+  return UsageError(absl::StrCat(
+      "--service '", name,
+      "' is not a gRPC service name such as ckptd.v1.Checkpoint (letters, "
+      "digits, '_' and '.'); leave it out to ask about the whole server"));
+}
+
+// gRPC messages may span lines; a health check reports one.
+std::string OneLine(absl::string_view text) {
+  std::string out(text);
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  return out;
+}
+
+// ckpt health [--service NAME] [--timeout 5s]: one grpc.health.v1 Check.
+// OK only for SERVING; every other outcome is an error whose message is the
+// one line a probe log shows.
+absl::Status CmdHealth(Session& s) {
+  const Args& a = s.args();
+  absl::Duration timeout;
+  if (!absl::ParseDuration(a.timeout, &timeout) ||
+      timeout <= absl::ZeroDuration() || timeout == absl::InfiniteDuration()) {
+    return UsageError(absl::StrCat(
+        "--timeout '", a.timeout,
+        "' is not a positive duration: give a number and a unit, e.g. 5s or "
+        "500ms"));
+  }
+  if (!a.service.empty()) CKPTD_RETURN_IF_ERROR(CheckServiceName(a.service));
+  CKPTD_ASSIGN_OR_RETURN(ClientOptions options, s.client_options());
+  options.rpc_timeout_seconds = absl::ToDoubleSeconds(timeout);
+  const std::string what =
+      a.service.empty()
+          ? options.address
+          : absl::StrCat(options.address, " (service ", a.service, ")");
+
+  const absl::StatusOr<ServingStatus> serving = CheckHealth(options, a.service);
+  absl::Status result;
+  if (!serving.ok()) {
+    const std::string why = OneLine(serving.status().message());
+    switch (serving.status().code()) {
+      case absl::StatusCode::kUnavailable:
+        result = absl::UnavailableError(
+            absl::StrCat(what, " is unreachable: ", why));
+        break;
+      case absl::StatusCode::kDeadlineExceeded:
+        result = absl::DeadlineExceededError(
+            absl::StrCat(what, " did not answer within ",
+                         absl::FormatDuration(timeout), " (--timeout)"));
+        break;
+      case absl::StatusCode::kNotFound:
+        result = absl::NotFoundError(absl::StrCat(
+            options.address, " does not report on service '", a.service,
+            "'; leave out --service to ask about the whole server"));
+        break;
+      default:
+        result = absl::Status(serving.status().code(),
+                              absl::StrCat(what, ": ", why));
+    }
+  } else if (*serving != ServingStatus::kServing) {
+    result = absl::UnavailableError(
+        absl::StrCat(what, " is ", ServingStatusName(*serving),
+                     *serving == ServingStatus::kNotServing
+                         ? " (starting up or shutting down)"
+                         : ""));
+  }
+  const std::string state = serving.ok()
+                                ? ServingStatusName(*serving)
+                                : absl::StatusCodeToString(result.code());
+  if (s.json()) {
+    Json j = {{"address", options.address},
+              {"service", a.service},
+              {"status", state},
+              {"serving", result.ok()}};
+    if (!result.ok()) j["error"] = std::string(result.message());
+    s.PrintJson(j);
+  } else if (result.ok()) {
+    s.out() << what << ": SERVING\n";
+  }
+  return result;
 }
 
 // ---------------------------------------------------------------------------
@@ -1118,7 +1363,8 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                  "$CKPTD_TLS_KEY)");
   app.footer(
       "REF is a version number, last, best or an alias; RUN alone means "
-      "RUN@last where that makes sense.\nEnvironment: CKPTD_SERVER (address), "
+      "RUN@last where that makes sense.\nEnvironment: CKPTD_SERVER "
+      "(address), "
       "CKPTD_TOKEN (bearer token), CKPTD_TLS_CA, CKPTD_TLS_CERT, "
       "CKPTD_TLS_KEY (PEM files).\nExample:\n  ckpt --server "
       "ckptd:50051 show llama@best\n");
@@ -1143,6 +1389,18 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                    "or '*'")
       ->required();
 
+  CLI::App* health = AddCommand(
+      app, h, "health",
+      "Ask the server's grpc.health.v1 service whether it serves: exit 0 "
+      "when SERVING, 1 otherwise (one line says why)",
+      "ckpt health --server 127.0.0.1:50052 --timeout 3s", CmdHealth);
+  health->add_option("--service", args.service,
+                     "Service to ask about (default: the server as a whole)");
+  health->add_option(
+      "--timeout", args.timeout,
+      "How long to wait for the answer, e.g. 3s or 500ms (default "
+      "5s)");
+
   CLI::App* audit = AddCommand(
       app, h, "audit",
       "Who moved aliases, changed policies and deleted versions, and when",
@@ -1153,7 +1411,8 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
 
   CLI::App* c = AddCommand(
       app, h, "ls", "List the versions of a run (filters combine with AND)",
-      "ckpt ls llama --metric val_loss --min-step 1000 --label git_sha=abc123",
+      "ckpt ls llama --metric val_loss --min-step 1000 --label "
+      "git_sha=abc123",
       CmdLs);
   c->add_option("RUN", args.run, "Run name")->required();
   c->add_option("--metric", args.metric_present,
@@ -1228,9 +1487,15 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
                  [](Session& s) { return CmdPin(s, /*pin=*/false); });
   c->add_option("RUN@REF", args.target, "Version")->required();
 
-  c = AddCommand(app, h, "rm", "Delete a version (pinned versions refuse)",
-                 "ckpt rm llama@3", CmdRm);
+  c = AddCommand(app, h, "rm",
+                 "Delete a version (pinned versions refuse; last/best need "
+                 "--force)",
+                 "ckpt rm llama@3   ckpt rm --force llama@best", CmdRm);
   c->add_option("RUN@REF", args.target, "Version")->required();
+  c->add_flag("--force", args.force,
+              "Also delete a version that last or best names (e.g. a "
+              "damaged one): last moves to the previous committed version, "
+              "best to the best remaining one under the policy (admin)");
 
   c = AddCommand(
       app, h, "policy",
@@ -1283,6 +1548,26 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
   c->add_option("RUN[@REF]", args.target,
                 "Version (default: every version of RUN)")
       ->required();
+
+  CLI::App* admin =
+      AddCommand(app, h, "admin", "Server operations (admin)",
+                 "ckpt admin backup /var/backups/ckptd-1", CmdAdmin);
+  admin->require_subcommand(1);
+  CLI::App* backup = admin->add_subcommand(
+      "backup",
+      "Online backup of every committed version into DIR on the server "
+      "(pushes go on); restore: ckptd --data_dir DIR");
+  backup->footer(
+      "DIR is a path on the server's filesystem: absolute, not existing yet "
+      "(its parent must) or empty. Hard links where DIR is on the data dir's "
+      "filesystem, verified copies elsewhere.\nExample:\n  ckpt admin "
+      "backup /var/backups/ckptd-$(date +%F)\n");
+  backup->add_option("DIR", args.backup_dir, "Absolute path on the server")
+      ->required();
+  backup->add_option("--timeout", args.backup_timeout,
+                     "Give up after this long, e.g. 2h (default: no limit); "
+                     "the server then removes the partial backup");
+  backup->callback([&args] { args.admin_command = "backup"; });
   return h;
 }
 

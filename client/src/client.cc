@@ -21,6 +21,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/src/blob_upload.h"
 #include "client/src/connection.h"
 #include "client/src/cuda_staging.h"
@@ -374,11 +376,13 @@ class ClientImpl final : public Client {
     return Unary(&v1::Checkpoint::Stub::Unpin, req);
   }
 
-  absl::Status DeleteVersion(const std::string& run,
-                             const std::string& ref) override {
+  using Client::DeleteVersion;
+  absl::Status DeleteVersion(const std::string& run, const std::string& ref,
+                             bool force) override {
     v1::DeleteVersionRequest req;
     req.set_run(run);
     req.set_ref(ref);
+    req.set_force(force);
     return Unary(&v1::Checkpoint::Stub::DeleteVersion, req).status();
   }
 
@@ -407,6 +411,31 @@ class ClientImpl final : public Client {
     req.set_run(run);
     req.set_ref(ref);
     return Unary(&v1::Checkpoint::Stub::Verify, req, kReadAttempts);
+  }
+
+  absl::StatusOr<v1::BackupResponse> Backup(const std::string& dir,
+                                            absl::Duration timeout) override {
+    if (timeout <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("backup timeout ", absl::FormatDuration(timeout),
+                       " is not positive; give a duration such as 2h, or "
+                       "absl::InfiniteDuration() for no deadline"));
+    }
+    v1::BackupRequest req;
+    req.set_dir(dir);
+    // Its own deadline: a backup takes as long as the data takes to link
+    // or copy, not the unary RPC timeout. Not retried: a cut call stops
+    // the backup and the server removes it.
+    grpc::ClientContext ctx;
+    connection_->Prepare(&ctx, /*unary_deadline=*/false);
+    if (timeout != absl::InfiniteDuration()) {
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    }
+    v1::BackupResponse resp;
+    absl::Status st =
+        FromGrpcStatus(connection_->NextStub()->Backup(&ctx, req, &resp));
+    if (!st.ok()) return st;
+    return resp;
   }
 
  private:

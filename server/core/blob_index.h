@@ -5,9 +5,12 @@
 // Why in memory rather than RocksDB records: Recover already lists the blob
 // store once (to collect garbage after a crash), so building the index costs
 // no extra I/O at open; lookups are hash probes (no RocksDB read, no stat);
-// and it costs ~64 bytes per blob (1 M blobs: ~64 MiB). Reference counts
+// and it costs ~80 bytes per blob (1 M blobs: ~80 MiB). Reference counts
 // are derived from the manifests at open, never stored, so they cannot
 // drift from the records they count.
+//
+// Per run it keeps the bytes of the stored blobs the run references (for
+// quotas), updated as refs come and go.
 //
 // Per digest it holds: whether the blob is stored (and its size); `refs`,
 // the number of shard manifests (of committed or pending versions) that
@@ -17,6 +20,17 @@
 // counts as stored (so a new push uploads it again), and an upload that
 // completes the same digest waits (Repository) until the deletion has finished
 // before it commits.
+//
+// Quarantine: a stored blob found corrupt (a read, Verify or the scrub) is
+// marked `quarantined`. It then no longer counts as stored (StoredSize is
+// empty, so FindMissingBlobs reports it missing and CommitShard refuses it,
+// for everyone), but its refs and pins are kept and it is garbage only when
+// nothing references it, as any other blob: the versions that reference it
+// are damaged, not gone. An upload of its digest replaces the file and calls
+// AddStored(..., replaced=true), which lifts the quarantine. Each time a
+// digest becomes stored (or is replaced) it gets a new `generation`, so a
+// verdict on bytes read from an older file (a reader that opened it before
+// the replacement) is recognised as stale and ignored.
 //
 // Thread safety: none of its own. The Repository guards it with its mutex.
 #ifndef CKPTD_SERVER_CORE_BLOB_INDEX_H_
@@ -41,13 +55,33 @@ class BlobIndex {
   struct Garbage {
     Digest digest;
     uint64_t size = 0;
+    bool quarantined = false;  // its quarantine record goes with it
+  };
+  struct StoredBlob {
+    Digest digest;
+    uint64_t size = 0;
   };
 
-  // A blob is durable in the store.
-  void AddStored(const Digest& digest, uint64_t size);
-  // The blob's size if it is stored and not being deleted.
+  // A blob is durable in the store. `replaced`: its file was replaced by a
+  // verified copy (CommitReplacing), which lifts a quarantine.
+  void AddStored(const Digest& digest, uint64_t size, bool replaced = false);
+  // The blob's size if it is stored, not being deleted and not quarantined.
   std::optional<uint64_t> StoredSize(const Digest& digest) const;
   bool Deleting(const Digest& digest) const;
+
+  // The generation of a stored blob (quarantined or not) that is not being
+  // deleted; nullopt otherwise. Read it before opening the blob.
+  std::optional<uint64_t> Generation(const Digest& digest) const;
+  // Marks the blob corrupt if it is still the `generation` that was read;
+  // true if this newly quarantined it.
+  bool Quarantine(const Digest& digest, uint64_t generation);
+  // Lifts the quarantine of `generation` (its bytes verified after all);
+  // true if it was quarantined.
+  bool Unquarantine(const Digest& digest, uint64_t generation);
+  bool Quarantined(const Digest& digest) const;
+  size_t quarantined_count() const { return quarantined_count_; }
+  // Every stored blob, quarantined ones included (for the scrub).
+  std::vector<StoredBlob> StoredBlobs() const;
 
   // A shard manifest of `run` references the blob (or no longer does).
   void AddRef(const Digest& digest, absl::string_view run);
@@ -70,6 +104,14 @@ class BlobIndex {
   void FinishDelete(const Digest& digest, bool deleted);
 
   size_t stored_count() const { return stored_count_; }
+  // Bytes of the stored blobs that manifests of `run` reference, each blob
+  // counted once per run (quotas).
+  uint64_t RunBytes(absl::string_view run) const;
+  // Calls fn(run, RunBytes(run)) for every run that references a blob.
+  void ForEachRunBytes(
+      absl::FunctionRef<void(absl::string_view run, uint64_t bytes)> fn) const;
+  // Sum of the sizes of the stored blobs (not those being deleted).
+  uint64_t stored_bytes() const { return stored_bytes_; }
 
  private:
   struct Entry {
@@ -78,8 +120,10 @@ class BlobIndex {
     // (run id, refs from that run's manifests); refs is their sum.
     absl::InlinedVector<std::pair<uint32_t, uint32_t>, 1> run_refs;
     uint32_t pins = 0;
+    uint64_t generation = 0;
     bool stored = false;
     bool deleting = false;
+    bool quarantined = false;  // only while stored or deleting
   };
   static bool IsGarbage(const Entry& e) {
     return e.stored && !e.deleting && e.refs == 0 && e.pins == 0;
@@ -94,8 +138,13 @@ class BlobIndex {
   // Run names interned for run_refs (a few bytes per run, never dropped).
   absl::flat_hash_map<std::string, uint32_t> run_ids_;
   std::vector<std::string> run_names_;
+  // By run id: bytes of the stored blobs the run's manifests reference.
+  std::vector<uint64_t> run_bytes_;
   std::vector<Digest> candidates_;
   size_t stored_count_ = 0;
+  uint64_t stored_bytes_ = 0;
+  size_t quarantined_count_ = 0;
+  uint64_t next_generation_ = 1;
 };
 
 }  // namespace ckptd::core

@@ -5,11 +5,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "proto/base/error_reason.h"
+#include "proto/base/status.h"
 
 namespace ckptd::core {
 namespace {
-
-constexpr int kMaxValueDepth = 32;
 
 std::string PathKey(
     const google::protobuf::RepeatedPtrField<v1::PathSegment>& path,
@@ -26,18 +26,25 @@ std::string PathKey(
   return out;
 }
 
-absl::Status CheckValue(const v1::Value& v, int depth, const std::string& key) {
-  if (depth > kMaxValueDepth) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "value at '", key, "' nests deeper than ", kMaxValueDepth));
+absl::Status CheckValue(const v1::Value& v, int depth, const std::string& where,
+                        const Limits& limits) {
+  if (depth > limits.value_depth) {
+    return OverLimit(absl::StrCat("the list nesting of the value of ", where),
+                     depth, "levels", limits.value_depth, "max_value_depth");
   }
   switch (v.kind_case()) {
     case v1::Value::KIND_NOT_SET:
       return absl::InvalidArgumentError(
-          absl::StrCat("value at '", key, "' has no kind set"));
+          absl::StrCat("the value of ", where, " has no kind set"));
     case v1::Value::kListValue:
+      if (static_cast<size_t>(v.list_value().items_size()) >
+          limits.list_length) {
+        return OverLimit(absl::StrCat("a list in the value of ", where),
+                         v.list_value().items_size(), "items",
+                         limits.list_length, "max_list_length");
+      }
       for (const auto& item : v.list_value().items()) {
-        if (auto st = CheckValue(item, depth + 1, key); !st.ok()) return st;
+        CKPTD_RETURN_IF_ERROR(CheckValue(item, depth + 1, where, limits));
       }
       return absl::OkStatus();
     default:
@@ -57,33 +64,43 @@ absl::flat_hash_set<Digest> ManifestDigests(const v1::ShardManifest& m) {
   return out;
 }
 
-absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
+absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m,
+                                                 const Limits& limits) {
   ManifestSummary summary;
   if (m.entries_size() == 0) {
     return absl::InvalidArgumentError(
         "manifest is empty; a shard has at least its root container");
   }
-  if (static_cast<size_t>(m.entries_size()) > kMaxManifestEntries) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("manifest has ", m.entries_size(),
-                     " entries; the limit is ", kMaxManifestEntries));
+  if (static_cast<size_t>(m.entries_size()) > limits.manifest_entries) {
+    return OverLimit("the manifest", m.entries_size(), "entries",
+                     limits.manifest_entries, "max_manifest_entries");
+  }
+  if (const size_t bytes = m.ByteSizeLong(); bytes > limits.manifest_bytes) {
+    return OverLimit("the manifest", bytes, "bytes", limits.manifest_bytes,
+                     "max_manifest_bytes");
   }
   absl::flat_hash_set<std::string> containers;
   absl::flat_hash_set<std::string> seen;
   absl::flat_hash_map<Digest, size_t> blob_index;
   for (int i = 0; i < m.entries_size(); ++i) {
     const v1::ManifestEntry& e = m.entries(i);
-    const std::string key = DottedKeyPath(e.path());
+    const std::string key = KeyPathExcerpt(e.path());
     const std::string where =
         absl::StrCat("manifest entry ", i, " ('", key, "')");
-    if (e.path_size() > kMaxPathDepth) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, " has a key path deeper than ", kMaxPathDepth));
+    if (e.path_size() > limits.key_depth) {
+      return OverLimit(absl::StrCat("the key path of ", where), e.path_size(),
+                       "segments", limits.key_depth, "max_key_depth");
     }
     for (const auto& seg : e.path()) {
       if (seg.kind_case() == v1::PathSegment::KIND_NOT_SET) {
         return absl::InvalidArgumentError(
             absl::StrCat(where, " has a path segment with no key"));
+      }
+      if (seg.kind_case() == v1::PathSegment::kKey &&
+          seg.key().size() > limits.key_segment_bytes) {
+        return OverLimit(absl::StrCat("a key segment of ", where),
+                         seg.key().size(), "bytes", limits.key_segment_bytes,
+                         "max_key_segment_bytes");
       }
     }
     if (i == 0) {
@@ -115,7 +132,7 @@ absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m) {
         containers.insert(std::move(full));
         break;
       case v1::ManifestEntry::kValue:
-        if (auto st = CheckValue(e.value(), 0, key); !st.ok()) return st;
+        CKPTD_RETURN_IF_ERROR(CheckValue(e.value(), 0, where, limits));
         break;
       case v1::ManifestEntry::kTensor: {
         const v1::TensorInfo& t = e.tensor();

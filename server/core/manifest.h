@@ -12,11 +12,10 @@
 #include "ckptd/v1/checkpoint.pb.h"
 #include "proto/base/digest.h"
 #include "proto/base/dtype.h"
+#include "server/core/limits.h"
 
 namespace ckptd::core {
 
-inline constexpr size_t kMaxManifestEntries = 10'000'000;
-inline constexpr int kMaxPathDepth = 64;
 inline constexpr int kMaxTensorRank = 64;
 
 // The distinct blobs a stored manifest's tensors reference (malformed
@@ -38,8 +37,11 @@ struct ManifestSummary {
 // Checks structure (the root container first, every parent a container that
 // came earlier, no duplicate paths), tensors (known dtype, non-negative
 // dims, byte_length == product(shape) * dtype size, 16-byte digest), values.
-// INVALID_ARGUMENT naming the entry's key path.
-absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m);
+// Sizes within `limits` (entries, bytes, key depth and segment length, list
+// nesting and length). INVALID_ARGUMENT naming the entry and its key path
+// (cut to kMaxEchoBytes).
+absl::StatusOr<ManifestSummary> ValidateManifest(const v1::ShardManifest& m,
+                                                 const Limits& limits = {});
 
 }  // namespace ckptd::core
 

@@ -10,6 +10,9 @@
 //   repository_aliases.cc  SetAlias, DeleteAlias, SetPolicy, pins,
 //                          DeleteVersion, and the shared record helpers
 //   repository_gc.cc       retention, garbage collection (two phases)
+//   repository_backup.cc   online backup: snapshot, pins, link or copy
+//   repository_integrity.cc  quarantine of corrupt blobs and healing,
+//                          checked reads (ReadLease::Open), Verify, scrub
 // and its parts with their own locks or none:
 //   upload_tracker.h       suspended and active uploads (own mutex)
 //   alias_watchers.h       WatchRef subscriptions (own mutex)
@@ -32,6 +35,14 @@
 //     blobs only the dropped versions referenced at once. GC deletes only
 //     blobs that no shard manifest references and that nothing pins
 //     (pending leases, reads in progress).
+//  4. Integrity: a blob found corrupt (a read, Verify, the scrub) is
+//     quarantined in the BlobIndex and in RocksDB (quar/<digest>, so it
+//     survives a restart): it counts as missing for every push, so the next
+//     push of its bytes uploads them and the upload replaces the file
+//     (BlobWriter::CommitReplacing), healing every version that references
+//     it. Until then reads that need it fail with DATA_LOSS naming run@N and
+//     the tensor. Messages to clients never carry server paths; the log
+//     does.
 //  Recovery on Open: partial blobs are removed; pending versions stay
 //  pending (ranks may still commit; `pending_timeout` aborts them) with
 //  their leases (persisted without sync: a lease lost to a power failure
@@ -60,6 +71,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -73,6 +85,8 @@
 #include "server/core/alias_watchers.h"
 #include "server/core/best_selector.h"
 #include "server/core/blob_index.h"
+#include "server/core/limits.h"
+#include "server/core/repository_stats.h"
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
@@ -96,10 +110,47 @@ struct RepositoryOptions {
   // to notice it was cut, before answering (it holds an executor thread:
   // keep it short; after the wait the answer may be "start over").
   absl::Duration query_upload_wait = absl::Milliseconds(500);
+  // Sizes one request may carry (limits.h).
+  Limits limits;
+  // Stored bytes a run, and all the runs one identity may write, may hold;
+  // 0: no quota. Usage counts each blob a run's manifests reference once,
+  // plus the verified uploads and the uploads in progress of its pending
+  // versions. Over it, BeginVersion of a new version and uploads that
+  // would cross it get RESOURCE_EXHAUSTED before anything is written.
+  uint64_t run_quota_bytes = 0;
+  uint64_t identity_quota_bytes = 0;
   // Clock, for tests.
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // RocksDB's Env (not owned), for fault-injection tests; nullptr: default.
   rocksdb::Env* metadata_env = nullptr;
+  // Called once per published version (the shard that completed it), with
+  // its record, after the publish is durable and outside the repository's
+  // locks (on the committing thread); for metrics. May be empty.
+  std::function<void(const v1::VersionInfo&)> on_publish;
+  // Background scrub: a pass re-reads every stored blob and checks it
+  // against its digest, quarantining corrupt ones. A pass starts
+  // `scrub_interval` after the end of the previous one (persisted, so
+  // restarts do not postpone it; before the first pass, counted from when
+  // scrubbing was first enabled on the data dir). Zero: no scrub.
+  absl::Duration scrub_interval = absl::ZeroDuration();
+  // Read rate of a scrub pass, at most. Must be positive.
+  uint64_t scrub_bytes_per_sec = uint64_t{64} << 20;
+};
+
+// Counters of the scrub (since the process started, except last_pass_end,
+// which is persisted) and the number of blobs quarantined now (found by
+// anyone). A snapshot; cheap to take.
+struct ScrubStats {
+  uint64_t passes_completed = 0;
+  uint64_t blobs_checked = 0;
+  uint64_t bytes_checked = 0;
+  // Blobs the scrub quarantined: bad bytes, or a file gone missing.
+  uint64_t corrupt_found = 0;
+  uint64_t missing_found = 0;
+  bool pass_running = false;
+  // End of the last complete pass; InfinitePast: none yet.
+  absl::Time last_pass_end = absl::InfinitePast();
+  uint64_t quarantined_blobs = 0;
 };
 
 class Repository;
@@ -123,7 +174,8 @@ class BlobUpload {
  private:
   friend class Repository;
   BlobUpload(Repository* repo, std::string run, uint64_t version, Digest digest,
-             uint64_t blob_size, std::unique_ptr<storage::BlobWriter> writer);
+             uint64_t blob_size, uint64_t reserved,
+             std::unique_ptr<storage::BlobWriter> writer);
   // Appended bytes between progress reports to the pending version.
   static constexpr uint64_t kReportEveryBytes = 64 << 20;
   // The appended bytes not yet reported; marks them reported.
@@ -136,6 +188,7 @@ class BlobUpload {
   uint64_t blob_size_;
   uint64_t appended_this_stream_ = 0;
   uint64_t reported_ = 0;  // of appended_this_stream_
+  uint64_t reserved_;      // quota reservation, released when it ends
   std::unique_ptr<storage::BlobWriter> writer_;
 };
 
@@ -150,22 +203,43 @@ class ReadLease {
   ReadLease& operator=(const ReadLease&) = delete;
   bool Contains(const Digest& d) const { return digests_.contains(d); }
   const absl::flat_hash_set<Digest>& digests() const { return digests_; }
+  const std::string& run() const { return run_; }
+  uint64_t version() const { return version_; }
+
+  // Opens a blob of this version for reading (REQUIRES: Contains(d)). Reads
+  // verify the stored checksums. A blob that is quarantined, missing or
+  // found corrupt by this read (which quarantines it) fails with DATA_LOSS
+  // naming run@version and the tensor; no error carries a server path.
+  absl::StatusOr<std::unique_ptr<storage::BlobReader>> Open(const Digest& d);
+  // DATA_LOSS (as Open) for the first of `digests` known to be damaged
+  // (quarantined or missing), without reading anything: lets a read fail
+  // before it sends any bytes.
+  absl::Status CheckIntact(const std::vector<Digest>& digests);
 
  private:
   friend class Repository;
-  ReadLease(Repository* repo, absl::flat_hash_set<Digest> digests)
-      : repo_(repo), digests_(std::move(digests)) {}
+  ReadLease(Repository* repo, std::string run, uint64_t version,
+            absl::flat_hash_set<Digest> digests)
+      : repo_(repo),
+        run_(std::move(run)),
+        version_(version),
+        digests_(std::move(digests)) {}
   Repository* repo_;
+  std::string run_;
+  uint64_t version_;
   absl::flat_hash_set<Digest> digests_;
 };
 
-// Who makes a call, for the alias audit history.
 // Who makes a change: recorded in alias and audit history. `admin` may
 // make changes that delete versions (a SetPolicy that retention would
-// apply by deleting versions that exist now).
+// apply by deleting versions that exist now). `writes`, the runs the
+// identity may write, is what its quota (identity_quota_bytes) counts;
+// null: no identity (no --auth_file), no identity quota.
 struct Actor {
   std::string name = "anonymous";
   bool admin = true;
+  using RunFilter = std::function<bool(absl::string_view run)>;
+  RunFilter writes;
 };
 
 class Repository {
@@ -181,7 +255,7 @@ class Repository {
 
   // ---- Push (repository_push.cc) ----
   absl::StatusOr<v1::BeginVersionResponse> BeginVersion(
-      const v1::BeginVersionRequest& req);
+      const v1::BeginVersionRequest& req, const Actor& actor = Actor());
   // Which runs a caller may deduplicate against (the runs it may write);
   // null: every run.
   using RunFilter = std::function<bool(absl::string_view run)>;
@@ -197,7 +271,7 @@ class Repository {
   // or a resume offset reported by QueryUpload).
   absl::StatusOr<std::unique_ptr<BlobUpload>> StartBlobUpload(
       const std::string& run, uint64_t version, const Digest& digest,
-      uint64_t blob_size, uint64_t offset);
+      uint64_t blob_size, uint64_t offset, const Actor& actor = Actor());
   // Validates that (run, version) names a pending version.
   absl::Status CheckPending(const std::string& run, uint64_t version);
   absl::StatusOr<v1::QueryUploadResponse> QueryUpload(
@@ -240,7 +314,10 @@ class Repository {
   absl::StatusOr<v1::VersionInfo> SetPinned(const v1::PinRequest& req,
                                             bool pinned,
                                             const Actor& actor = Actor());
-  // Deletes the version's records, then the blobs only it referenced.
+  // Deletes the version's records, then the blobs only it referenced. A
+  // version `last` or `best` names needs req.force(): `last` moves to the
+  // newest remaining committed version, `best` to the policy's pick among
+  // the remaining ones (both recorded in the alias history).
   absl::Status DeleteVersion(const v1::DeleteVersionRequest& req,
                              const Actor& actor = Actor());
   // The run's alias moves and audit records (or every run's, for an empty
@@ -256,7 +333,28 @@ class Repository {
   // Deletes every stored blob that nothing references or pins.
   absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage(
       const Actor& actor = Actor());
+
+  // ---- Integrity (repository_integrity.cc) ----
+  // Re-reads every blob of the version(s) and checks it against its
+  // digest; corrupt ones are quarantined (intact ones that were are
+  // released). Lists the damaged versions and their tensors.
   absl::StatusOr<v1::VerifyResponse> Verify(const v1::VerifyRequest& req);
+  // One scrub pass over every stored blob, now, at most
+  // options.scrub_bytes_per_sec (the background scrub runs this). Returns
+  // the blobs it found corrupt. CANCELLED if the repository is closing.
+  absl::StatusOr<std::vector<Digest>> RunScrubPass();
+  ScrubStats GetScrubStats();
+
+  // ---- Backup (repository_backup.cc) ----
+  // Writes a consistent backup of every committed version into req.dir()
+  // while pushes go on: a metadata snapshot plus the blobs it references
+  // (hard links where possible), all durable on return; DIR is then a data
+  // dir (restore: ckptd --data_dir DIR). The protocol is described in
+  // repository_backup.cc. `cancelled` is polled between blobs; when it
+  // says so the backup stops and removes what it wrote. One at a time.
+  absl::StatusOr<v1::BackupResponse> Backup(
+      const v1::BackupRequest& req, const Actor& actor,
+      const std::function<bool()>& cancelled = nullptr);
 
   // Calls `fn` after each committed move of `alias` in `run`, with the new
   // target, in commit order; sets `*current` to the target at the time of
@@ -269,9 +367,14 @@ class Repository {
                                  std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
 
+  // What the repository holds now (repository_query.cc). Takes mu_ briefly,
+  // does no I/O: cheap enough for every metrics scrape.
+  RepositoryStats Stats();
+
  private:
   friend class BlobUpload;
   friend class ReadLease;
+  friend class CheckedBlobReader;
   // One per pending version (and only while it is pending).
   struct PendingLeases {
     absl::flat_hash_set<Digest> digests;  // each pinned once in index_
@@ -280,6 +383,10 @@ class Repository {
     // in progress is pinned, not granted).
     absl::flat_hash_set<Digest> granted;
     uint64_t uploaded_bytes = 0;  // not yet recorded in the version
+    // Quotas: bytes of the verified uploads granted to the version, and the
+    // bytes still to come of the uploads in progress.
+    uint64_t stored_bytes = 0;
+    uint64_t reserved_bytes = 0;
     // Unix nanos of the last call that worked on the version; the pending
     // timeout counts from here.
     int64_t last_activity = 0;
@@ -364,10 +471,12 @@ class Repository {
   void PersistLeases(const std::string& run, uint64_t version,
                      const std::vector<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // A blob completed for (run, version).
+  // A blob completed for (run, version). `reserved`: the upload's
+  // reservation, released with it. `replaced`: its upload replaced the
+  // stored file (healing a quarantined blob).
   void RecordUpload(const std::string& run, uint64_t version,
-                    const Digest& digest, uint64_t size, uint64_t bytes)
-      ABSL_LOCKS_EXCLUDED(mu_);
+                    const Digest& digest, uint64_t size, uint64_t bytes,
+                    uint64_t reserved, bool replaced) ABSL_LOCKS_EXCLUDED(mu_);
   // A stream delivered `bytes` more for the pending version: they count
   // toward its uploaded_bytes, and its pending timeout starts over.
   void RecordProgress(const std::string& run, uint64_t version, uint64_t bytes)
@@ -375,18 +484,27 @@ class Repository {
   // Blocks until no deletion of `digest` is in progress (an upload that
   // completes a digest being collected must commit after the delete).
   void AwaitNotDeleting(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
-  // Keeps an interrupted upload for resume, unless (run, version) is no
+  // Quota usage of `run`, and of every run `writes` accepts.
+  uint64_t UsageLocked(absl::string_view run) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t UsageLocked(const Actor::RunFilter& writes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED when `adding` more bytes would cross a quota (with
+  // adding 0: when usage has reached it).
+  absl::Status CheckQuotaLocked(absl::string_view run, const Actor& actor,
+                                uint64_t adding) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An upload in progress ended: its unused reservation goes.
+  void ReleaseReservation(const std::string& run, uint64_t version,
+                          uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  // Keeps an interrupted upload for resume, unless its version is no
   // longer pending: then nothing may resume it, and its temp file goes.
-  void SuspendUpload(const std::string& run, uint64_t version,
-                     const Digest& digest, uint64_t blob_size,
+  void SuspendUpload(const UploadKey& key, uint64_t blob_size,
                      std::unique_ptr<storage::BlobWriter> writer)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Aborts a pending version; false if it was already aborted. Adds to
-  // `unfinished` the digests it leased that are not stored (uploads in
-  // progress or interrupted): the caller drops their suspended uploads
-  // after releasing mu_.
-  absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req,
-                                   std::vector<Digest>* unfinished)
+  // Aborts a pending version; false if it was already aborted. The caller
+  // drops the version's suspended uploads after releasing mu_.
+  absl::StatusOr<bool> AbortLocked(const v1::AbortVersionRequest& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- GC helpers (repository_gc.cc) ----
@@ -408,7 +526,82 @@ class Repository {
   void ReleaseRead(const absl::flat_hash_set<Digest>& digests)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // ---- Backup helpers (repository_backup.cc) ----
+  // Pins `digests` against GC (in slices of mu_) as a read lease does, and
+  // fills `sizes`; DATA_LOSS naming the first digest the index lacks.
+  absl::StatusOr<std::unique_ptr<ReadLease>> PinForBackup(
+      const std::vector<Digest>& digests, std::vector<uint64_t>* sizes)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // While a backup takes its snapshot and pins its blobs, no garbage is
+  // taken: CollectNewGarbage leaves it for later, CollectGarbage waits.
+  void HoldGc() ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseGc() ABSL_LOCKS_EXCLUDED(mu_);  // and collects what waited
+  bool NoGcHold() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return gc_holds_ == 0;
+  }
+
+  // ---- Integrity helpers (repository_integrity.cc) ----
+  // Loads the quarantine records into the BlobIndex (dropping those of
+  // blobs no longer stored).
+  absl::Status RecoverQuarantineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Quarantines `digest` if `generation` is still the stored one; logs
+  // `cause` (which may name server paths) and persists the record. True if
+  // newly quarantined.
+  bool QuarantineBlob(const Digest& digest, uint64_t generation,
+                      absl::string_view found_by, const absl::Status& cause)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes the quarantine record of `digest` (its quarantine was lifted
+  // or the blob deleted). A failure is logged: the stale record only means
+  // the blob is quarantined again after a restart until re-verified.
+  void DeleteQuarantineRecordLocked(const Digest& digest)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsQuarantined(const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
+  // The tensors of (run, version) stored in any of `digests`.
+  absl::StatusOr<std::vector<v1::DamagedTensor>> TensorsIn(
+      const std::string& run, uint64_t version,
+      const absl::flat_hash_set<Digest>& digests) ABSL_LOCKS_EXCLUDED(mu_);
+  // DATA_LOSS for a read of (run, version) that needs damaged `digest`.
+  absl::Status DamageError(const std::string& run, uint64_t version,
+                           const Digest& digest) ABSL_LOCKS_EXCLUDED(mu_);
+  // What a failed read of `digest` (generation `generation`) in (run,
+  // version) tells the client: DATA_LOSS (and a quarantine) when the bytes
+  // are bad or gone, else the code with a path-free message.
+  absl::Status ReadFailure(const std::string& run, uint64_t version,
+                           const Digest& digest, uint64_t generation,
+                           const absl::Status& st) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::unique_ptr<storage::BlobReader>> OpenForRead(
+      const std::string& run, uint64_t version, const Digest& digest)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The first of `digests` that is quarantined or not stored.
+  std::optional<Digest> FirstDamaged(const std::vector<Digest>& digests)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // kMissing: not stored (never, or deleted meanwhile); kUnreadable: an
+  // error that says nothing about the bytes (not quarantined); kStopped:
+  // `throttle` said stop.
+  enum class Verdict { kIntact, kDamaged, kMissing, kUnreadable, kStopped };
+  struct BlobCheck {
+    Verdict verdict = Verdict::kIntact;
+    uint64_t bytes = 0;   // read
+    std::string problem;  // path-free, for replies
+    bool newly_quarantined = false;
+    bool file_missing = false;  // kDamaged: the store has no such file
+  };
+  // Reads the whole blob and checks its digest; quarantines it when
+  // damaged, releases it from quarantine when intact. `throttle` (may be
+  // null) is called after each read with the bytes so far and returns
+  // false to stop.
+  BlobCheck CheckBlob(const Digest& digest, absl::string_view found_by,
+                      const std::function<bool(uint64_t)>& throttle)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StartScrubber();
+  void StopScrubber();
+  void ScrubLoop();
+  // The persisted scrub times (unix nanos; 0 when absent).
+  int64_t ReadScrubTime(absl::string_view key);
+
   const RepositoryOptions options_;
+  // The data dir (OpenDataDir); empty when opened over a given blob store.
+  std::string data_dir_;
   std::unique_ptr<storage::MetadataStore> meta_;
   std::shared_ptr<storage::BlobStore> blobs_;
   UploadTracker uploads_;
@@ -418,6 +611,16 @@ class Repository {
   absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
   BlobIndex index_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> audit_seq_{0};  // orders same-nanosecond records
+  int gc_holds_ ABSL_GUARDED_BY(mu_) = 0;
+  // The target of the backup in progress; empty when none runs.
+  absl::Mutex backup_mu_;
+  std::string backup_running_ ABSL_GUARDED_BY(backup_mu_);
+
+  // The scrub's own state; never held together with mu_.
+  absl::Mutex scrub_mu_;
+  bool scrub_stop_ ABSL_GUARDED_BY(scrub_mu_) = false;
+  ScrubStats scrub_stats_ ABSL_GUARDED_BY(scrub_mu_);
+  std::thread scrub_thread_;
 };
 
 }  // namespace ckptd::core

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "proto/base/names.h"
 #include "proto/base/status.h"
+#include "server/core/best_selector.h"
 #include "server/core/manifest.h"
 #include "server/core/repository.h"
 #include "server/core/repository_internal.h"
@@ -355,18 +356,80 @@ absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req,
           absl::StrCat(name, " is pinned; unpin it first"));
     }
     CKPTD_RETURN_IF_ERROR(FillAliases(&info));
-    if (!info.aliases().empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name, " is the target of alias(es) ",
-          absl::StrJoin(info.aliases(), ", "), "; move or delete them first"));
+    std::vector<std::string> user_aliases;
+    std::vector<std::string> server_aliases;  // last, best
+    for (const std::string& a : info.aliases()) {
+      (a == kLast || a == kBest ? server_aliases : user_aliases).push_back(a);
+    }
+    if (!user_aliases.empty() || (!server_aliases.empty() && !req.force())) {
+      const std::string user = absl::StrJoin(user_aliases, ", ");
+      const std::string server = absl::StrJoin(server_aliases, " and ");
+      std::string message;
+      if (user_aliases.empty()) {
+        message = absl::StrCat(
+            name, " is the run's ", server,
+            "; to delete it anyway use --force (ckpt rm --force, admin): "
+            "last then moves to the previous committed version and best to "
+            "the best remaining one under the run's policy");
+      } else if (server_aliases.empty()) {
+        message = absl::StrCat(name, " is the target of alias(es) ", user,
+                               "; move or delete them first");
+      } else if (req.force()) {
+        message =
+            absl::StrCat(name, " is the target of alias(es) ", user,
+                         "; --force moves only last and best: move or delete ",
+                         user, " first (ckpt alias, ckpt unalias)");
+      } else {
+        message = absl::StrCat(
+            name, " is the target of alias(es) ",
+            absl::StrJoin(info.aliases(), ", "), "; move or delete ", user,
+            " first, then delete it with --force (ckpt rm --force) to move ",
+            server);
+      }
+      return absl::FailedPreconditionError(message);
     }
     storage::MetadataBatch batch;
     CKPTD_ASSIGN_OR_RETURN(std::vector<Digest> unreferenced,
                            DeleteVersionRecords(batch, info));
-    AddAudit(batch, actor, req.run(), "delete_version", version,
-             absl::StrCat("step ", info.step()));
+    std::string detail = absl::StrCat("step ", info.step());
+    std::vector<AliasMove> moves;
+    if (!server_aliases.empty()) {
+      // --force: last and best move as if this version had never been.
+      CKPTD_ASSIGN_OR_RETURN(std::vector<v1::VersionInfo> versions,
+                             LoadVersions(req.run()));
+      std::vector<v1::VersionInfo> remaining;
+      for (v1::VersionInfo& v : versions) {
+        if (v.version() != version) remaining.push_back(std::move(v));
+      }
+      CKPTD_ASSIGN_OR_RETURN(uint64_t seq, NextEventSeq(req.run()));
+      absl::StrAppend(&detail, "; forced");
+      for (const std::string& alias : server_aliases) {
+        uint64_t to = 0;
+        if (alias == kLast) {
+          for (const v1::VersionInfo& v : remaining) {
+            if (v.state() == v1::COMMITTED) to = std::max(to, v.version());
+          }
+        } else {
+          to = SelectBest(remaining, run.policy());
+        }
+        CKPTD_RETURN_IF_ERROR(
+            MoveAlias(batch, req.run(), alias, to, actor, &seq));
+        absl::StrAppend(&detail, ", ", alias, ": ", version, " -> ",
+                        to == 0 ? std::string("none") : absl::StrCat(to));
+        for (const v1::VersionInfo& v : remaining) {
+          if (to != 0 && v.version() == to) moves.push_back({alias, v});
+        }
+      }
+    }
+    AddAudit(batch, actor, req.run(), "delete_version", version, detail);
     CKPTD_RETURN_IF_ERROR(meta_->Commit(batch));
     DropRefs(req.run(), unreferenced);
+    if (!server_aliases.empty()) {
+      spdlog::info("deleted {} with --force ({}) by {}", name, detail,
+                   actor.name);
+    }
+    for (auto& m : moves) CKPTD_RETURN_IF_ERROR(FillAliases(&m.target));
+    watchers_.Notify(req.run(), moves);
   }
   CollectNewGarbage("deleting a version");
   return absl::OkStatus();

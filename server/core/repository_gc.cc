@@ -7,6 +7,9 @@
 // deletes those blobs from the store, then marks the deletions finished.
 // An upload that completes a digest being deleted waits for the delete
 // (AwaitNotDeleting) and stores it again, so no push ever loses a blob.
+// A quarantined (corrupt) blob is collected like any other once nothing
+// references or pins it, never before: the versions that reference it are
+// damaged, not gone, and keep their records until healed or deleted.
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -82,6 +85,10 @@ absl::Status Repository::PurgeBlobs(
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < garbage.size(); ++i) {
     index_.FinishDelete(garbage[i].digest, deleted[i]);
+    // A damaged blob nothing references any more is simply gone.
+    if (deleted[i] && garbage[i].quarantined) {
+      DeleteQuarantineRecordLocked(garbage[i].digest);
+    }
   }
   return first_error;
 }
@@ -90,6 +97,8 @@ void Repository::CollectNewGarbage(absl::string_view why) {
   std::vector<BlobIndex::Garbage> garbage;
   {
     absl::MutexLock lock(&mu_);
+    // A backup is choosing its blobs; ReleaseGc collects this garbage.
+    if (gc_holds_ > 0) return;
     garbage = index_.TakeNewGarbage();
   }
   if (garbage.empty()) return;
@@ -104,7 +113,8 @@ absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage(
     const Actor& actor) {
   std::vector<BlobIndex::Garbage> garbage;
   {
-    absl::MutexLock lock(&mu_);
+    // Waits out a backup choosing its blobs (a snapshot and a pin pass).
+    absl::MutexLock lock(&mu_, absl::Condition(this, &Repository::NoGcHold));
     garbage = index_.TakeAllGarbage();
   }
   v1::CollectGarbageResponse resp;

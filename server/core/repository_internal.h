@@ -9,6 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
+namespace ckptd::core {
+struct RepositoryOptions;
+}  // namespace ckptd::core
+
 namespace ckptd::core::internal {
 
 inline constexpr absl::string_view kLast = "last";
@@ -26,6 +30,9 @@ inline absl::Status CheckVersionNumber(uint64_t version) {
   }
   return absl::OkStatus();
 }
+
+// INVALID_ARGUMENT naming the bad scrub option (repository_integrity.cc).
+absl::Status ValidateScrubOptions(const RepositoryOptions& options);
 
 }  // namespace ckptd::core::internal
 

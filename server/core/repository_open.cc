@@ -20,23 +20,30 @@ Repository::Repository(RepositoryOptions options,
       blobs_(std::move(blobs)),
       uploads_(options_.max_suspended_uploads) {}
 
-// Suspended writers go before the blob store they write into.
-Repository::~Repository() { uploads_.Clear(); }
+// The scrub stops first (it uses everything below); suspended writers go
+// before the blob store they write into.
+Repository::~Repository() {
+  StopScrubber();
+  uploads_.Clear();
+}
 
 absl::StatusOr<std::unique_ptr<Repository>> Repository::Open(
     const RepositoryOptions& options,
     std::shared_ptr<storage::BlobStore> blobs) {
+  CKPTD_RETURN_IF_ERROR(internal::ValidateScrubOptions(options));
   CKPTD_ASSIGN_OR_RETURN(
       auto meta,
       storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   CKPTD_RETURN_IF_ERROR(repo->Recover());
+  repo->StartScrubber();
   return repo;
 }
 
 absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
     const std::string& data_dir, RepositoryOptions options) {
+  CKPTD_RETURN_IF_ERROR(internal::ValidateScrubOptions(options));
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
   if (ec) {
@@ -52,7 +59,9 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
                          storage::OpenFileBlobStore(data_dir));
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
+  repo->data_dir_ = data_dir;
   CKPTD_RETURN_IF_ERROR(repo->Recover());
+  repo->StartScrubber();
   return repo;
 }
 
@@ -83,6 +92,7 @@ absl::Status Repository::RecoverLocked(
   // Scan callbacks collect into locals; the guarded state is filled here
   // (where the lock analysis sees mu_ held).
   for (const auto& [d, size] : stored) index_.AddStored(d, size);
+  CKPTD_RETURN_IF_ERROR(RecoverQuarantineLocked());
   // (digest, run) of every manifest's blobs; the run is in the key,
   // man/<run>/<version>/<rank>.
   std::vector<std::pair<Digest, std::string>> referenced;

@@ -3,7 +3,9 @@
 // sweep. Leases are decided under mu_ and recorded in RocksDB after it is
 // released; presence comes from the BlobIndex, never from the blob store.
 #include <algorithm>
+#include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "proto/base/error_reason.h"
@@ -24,45 +26,26 @@ using internal::kBest;
 using internal::kLast;
 using internal::VersionName;
 
-absl::Status ValidateEnv(const v1::Environment& env) {
-  for (const auto* s :
-       {&env.torch_version(), &env.cuda_version(), &env.python_version(),
-        &env.hostname(), &env.client_version()}) {
-    if (s->size() > kMaxLabelLength) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("environment field is ", s->size(),
-                       " bytes; the limit is ", kMaxLabelLength));
-    }
-  }
-  for (const auto& [k, v] : env.labels()) {
-    if (k.empty() || k.size() > kMaxMetricNameLength ||
-        v.size() > kMaxLabelLength) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "label '", k.substr(0, 64), "' must have a 1-", kMaxMetricNameLength,
-          " character key and a value of at most ", kMaxLabelLength, " bytes"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
 // BlobUpload
 
 BlobUpload::BlobUpload(Repository* repo, std::string run, uint64_t version,
-                       Digest digest, uint64_t blob_size,
+                       Digest digest, uint64_t blob_size, uint64_t reserved,
                        std::unique_ptr<storage::BlobWriter> writer)
     : repo_(repo),
       run_(std::move(run)),
       version_(version),
       digest_(digest),
       blob_size_(blob_size),
+      reserved_(reserved),
       writer_(std::move(writer)) {}
 
 BlobUpload::~BlobUpload() {
   Suspend();
-  repo_->uploads_.End(digest_);
+  repo_->uploads_.End({run_, version_, digest_});
+  if (reserved_ > 0) repo_->ReleaseReservation(run_, version_, reserved_);
 }
 
 uint64_t BlobUpload::received() const {
@@ -106,10 +89,15 @@ absl::Status BlobUpload::Finish() {
   // A GC deleting this very digest finishes first, or Commit would find
   // the doomed copy present and discard ours.
   repo_->AwaitNotDeleting(digest_);
-  absl::Status st = writer->Commit(digest_);
+  // A quarantined (corrupt) blob is replaced by the verified upload; Commit
+  // would keep the stored copy.
+  const bool heal = repo_->IsQuarantined(digest_);
+  absl::Status st =
+      heal ? writer->CommitReplacing(digest_) : writer->Commit(digest_);
   if (!st.ok()) return st;
   CKPTD_KILL_POINT("upload.blob_committed");
-  repo_->RecordUpload(run_, version_, digest_, blob_size_, TakeUnreported());
+  repo_->RecordUpload(run_, version_, digest_, blob_size_, TakeUnreported(),
+                      std::exchange(reserved_, 0), heal);
   return absl::OkStatus();
 }
 
@@ -124,16 +112,17 @@ void BlobUpload::Suspend() {
   // The bytes of an interrupted stream travelled too: uploaded_bytes counts
   // them, whether the upload resumes or starts over.
   repo_->RecordProgress(run_, version_, TakeUnreported());
-  repo_->SuspendUpload(run_, version_, digest_, blob_size_, std::move(writer_));
+  repo_->SuspendUpload({run_, version_, digest_}, blob_size_,
+                       std::move(writer_));
 }
 
 // ---------------------------------------------------------------------------
 // Push
 
 absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
-    const v1::BeginVersionRequest& req) {
+    const v1::BeginVersionRequest& req, const Actor& actor) {
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
-  CKPTD_RETURN_IF_ERROR(ValidateEnv(req.env()));
+  CKPTD_RETURN_IF_ERROR(CheckEnvironment(req.env(), options_.limits));
   const uint32_t world_size = req.world_size() == 0 ? 1 : req.world_size();
   constexpr uint32_t kMaxWorldSize = 1 << 20;
   if (world_size > kMaxWorldSize) {
@@ -165,6 +154,8 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
       return resp;
     }
   }
+  // A new version: refused while the run or the caller is at its quota.
+  CKPTD_RETURN_IF_ERROR(CheckQuotaLocked(req.run(), actor, 0));
   storage::MetadataBatch batch;
   v1::RunInfo run_info;
   CKPTD_ASSIGN_OR_RETURN(
@@ -222,13 +213,13 @@ absl::Status Repository::CheckPending(const std::string& run,
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
     const v1::FindMissingBlobsRequest& req, const RunFilter& may_use) {
-  if (static_cast<size_t>(req.digests_size()) > kMaxFindMissingDigests) {
-    return WithReason(
-        absl::InvalidArgumentError(absl::StrCat(
-            "FindMissingBlobs names ", req.digests_size(),
-            " digests; the limit is ", kMaxFindMissingDigests,
-            " per request: split the digests into several requests")),
-        v1::REQUEST_TOO_LARGE);
+  if (static_cast<size_t>(req.digests_size()) >
+      options_.limits.find_missing_digests) {
+    return OverLimit(
+        "FindMissingBlobs: the number of digests (split them into several "
+        "requests)",
+        req.digests_size(), "digests", options_.limits.find_missing_digests,
+        "max_find_missing_digests");
   }
   CKPTD_RETURN_IF_ERROR(CheckPending(req.run(), req.version()));
   std::vector<Digest> digests;
@@ -277,12 +268,13 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
 
 absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     const std::string& run, uint64_t version, const Digest& digest,
-    uint64_t blob_size, uint64_t offset) {
+    uint64_t blob_size, uint64_t offset, const Actor& actor) {
   if (blob_size > options_.max_blob_size) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "blob ", digest.Hex(), " of ", blob_size,
         " bytes exceeds the server's limit of ", options_.max_blob_size));
   }
+  uint64_t reserved = 0;
   {
     // Lease first, so GC keeps the blob from the moment it lands.
     absl::MutexLock lock(&mu_);
@@ -294,18 +286,31 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
                            " is not pending (committed or aborted meanwhile)")),
           v1::VERSION_NOT_PENDING);
     }
+    if (offset > blob_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("blob ", digest.Hex(), ": offset ", offset,
+                       " is past its blob_size ", blob_size));
+    }
+    reserved = blob_size - offset;
+    CKPTD_RETURN_IF_ERROR(CheckQuotaLocked(run, actor, reserved));
+    it->second.reserved_bytes += reserved;
     LeaseTo(it->second, digest);
     it->second.last_activity = NowNanos();
   }
+  // From here the reservation is the BlobUpload's, or given back.
+  auto unreserve =
+      absl::MakeCleanup([&] { ReleaseReservation(run, version, reserved); });
   std::unique_ptr<storage::BlobWriter> writer;
   if (offset > 0) {
-    CKPTD_ASSIGN_OR_RETURN(writer, uploads_.Resume(digest, blob_size, offset));
+    CKPTD_ASSIGN_OR_RETURN(
+        writer, uploads_.Resume({run, version, digest}, blob_size, offset));
   } else {
     CKPTD_ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
-    uploads_.BeginFresh(digest);
+    uploads_.BeginFresh({run, version, digest});
   }
-  return std::unique_ptr<BlobUpload>(
-      new BlobUpload(this, run, version, digest, blob_size, std::move(writer)));
+  std::move(unreserve).Cancel();
+  return std::unique_ptr<BlobUpload>(new BlobUpload(
+      this, run, version, digest, blob_size, reserved, std::move(writer)));
 }
 
 bool Repository::LeaseTo(PendingLeases& leases, const Digest& d) {
@@ -316,16 +321,30 @@ bool Repository::LeaseTo(PendingLeases& leases, const Digest& d) {
 
 void Repository::RecordUpload(const std::string& run, uint64_t version,
                               const Digest& digest, uint64_t size,
-                              uint64_t bytes) {
-  uploads_.Drop(digest);
+                              uint64_t bytes, uint64_t reserved,
+                              bool replaced) {
+  uploads_.Drop({run, version, digest});
   bool pending = false;
   {
     absl::MutexLock lock(&mu_);
-    index_.AddStored(digest, size);
+    const bool healed = replaced && index_.Quarantined(digest);
+    index_.AddStored(digest, size, replaced);
+    if (healed) {
+      DeleteQuarantineRecordLocked(digest);
+      spdlog::info(
+          "blob {} healed: an upload for {}@{} replaced the damaged "
+          "copy",
+          digest.Hex(), run, version);
+    }
     auto it = leases_.find({run, version});
     if (it != leases_.end()) {
       pending = true;
-      it->second.granted.insert(digest);  // verified: the caller had it
+      it->second.reserved_bytes -=
+          std::min(reserved, it->second.reserved_bytes);
+      // verified: the caller had it
+      if (it->second.granted.insert(digest).second) {
+        it->second.stored_bytes += size;
+      }
       it->second.uploaded_bytes += bytes;
       it->second.last_activity = NowNanos();
     }
@@ -345,6 +364,70 @@ void Repository::RecordProgress(const std::string& run, uint64_t version,
   if (it == leases_.end()) return;
   it->second.uploaded_bytes += bytes;
   it->second.last_activity = NowNanos();
+}
+
+void Repository::ReleaseReservation(const std::string& run, uint64_t version,
+                                    uint64_t bytes) {
+  if (bytes == 0) return;
+  absl::MutexLock lock(&mu_);
+  auto it = leases_.find({run, version});
+  if (it == leases_.end()) return;
+  it->second.reserved_bytes -= std::min(bytes, it->second.reserved_bytes);
+}
+
+uint64_t Repository::UsageLocked(absl::string_view run) const {
+  uint64_t bytes = index_.RunBytes(run);
+  for (const auto& [key, leases] : leases_) {
+    if (key.first == run) bytes += leases.stored_bytes + leases.reserved_bytes;
+  }
+  return bytes;
+}
+
+uint64_t Repository::UsageLocked(const Actor::RunFilter& writes) const {
+  uint64_t bytes = 0;
+  index_.ForEachRunBytes([&](absl::string_view run, uint64_t n) {
+    if (writes(run)) bytes += n;
+  });
+  for (const auto& [key, leases] : leases_) {
+    if (writes(key.first)) bytes += leases.stored_bytes + leases.reserved_bytes;
+  }
+  return bytes;
+}
+
+absl::Status Repository::CheckQuotaLocked(absl::string_view run,
+                                          const Actor& actor,
+                                          uint64_t adding) const {
+  auto over = [adding](uint64_t usage, uint64_t quota) {
+    return quota > 0 &&
+           (adding == 0 ? usage >= quota
+                        : adding > quota || usage > quota - adding);
+  };
+  auto refuse = [&](std::string who, uint64_t usage, uint64_t quota,
+                    absl::string_view flag) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        who, " stores ", usage, " bytes",
+        adding > 0 ? absl::StrCat(" and this upload adds ", adding) : "",
+        "; the quota is ", quota, " bytes (--", flag,
+        "): delete versions (ckpt rm) or lower retention (ckpt policy), or "
+        "ask the operator for a larger quota"));
+  };
+  if (options_.run_quota_bytes > 0) {
+    const uint64_t usage = UsageLocked(run);
+    if (over(usage, options_.run_quota_bytes)) {
+      return refuse(absl::StrCat("run '", run, "'"), usage,
+                    options_.run_quota_bytes, "run_quota_bytes");
+    }
+  }
+  if (options_.identity_quota_bytes > 0 && actor.writes) {
+    const uint64_t usage = UsageLocked(actor.writes);
+    if (over(usage, options_.identity_quota_bytes)) {
+      return refuse(absl::StrCat("identity '", actor.name,
+                                 "' (over the runs it may write)"),
+                    usage, options_.identity_quota_bytes,
+                    "identity_quota_bytes");
+    }
+  }
+  return absl::OkStatus();
 }
 
 void Repository::AwaitNotDeleting(const Digest& digest) {
@@ -395,36 +478,35 @@ void Repository::ForgetPending(const std::string& run, uint64_t version) {
   leases_.erase(it);
 }
 
-void Repository::SuspendUpload(const std::string& run, uint64_t version,
-                               const Digest& digest, uint64_t blob_size,
+void Repository::SuspendUpload(const UploadKey& key, uint64_t blob_size,
                                std::unique_ptr<storage::BlobWriter> writer) {
+  const Digest& digest = key.digest;
   absl::StatusOr<uint64_t> durable = writer->Sync();
   if (!durable.ok()) {
     spdlog::warn("dropping interrupted upload of {}: {}", digest.Hex(),
                  durable.status().ToString());
     return;  // writer destructor abandons
   }
-  uploads_.Suspend(digest, blob_size, *durable, std::move(writer),
-                   options_.now());
+  uploads_.Suspend(key, blob_size, *durable, std::move(writer), options_.now());
   // Checked after suspending: an abort that ran before this check dropped
   // nothing of ours, one that runs after it finds the upload suspended.
   bool pending = false;
   {
     absl::ReaderMutexLock lock(&mu_);
-    pending = leases_.contains({run, version});
+    pending = leases_.contains({key.run, key.version});
   }
-  if (!pending) uploads_.Drop(digest);
+  if (!pending) uploads_.Drop(key);
 }
 
 absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     const v1::QueryUploadRequest& req) {
   CKPTD_ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(req.digest()));
+  const UploadKey key{req.run(), req.version(), digest};
   // A client asks right after its stream broke; the server may not have
   // seen the break yet. Waiting for that stream to be suspended (or
   // finished) turns "start over at 0" into a resume.
-  uploads_.AwaitIdle(digest, options_.query_upload_wait);
+  uploads_.AwaitIdle(key, options_.query_upload_wait);
   v1::QueryUploadResponse resp;
-  bool newly_leased = false;
   {
     // The lookup and the lease in one hold of mu_ (as in FindMissingBlobs).
     absl::MutexLock lock(&mu_);
@@ -438,11 +520,8 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
       resp.set_durable_offset(*size);
     }
   }
-  if (resp.complete()) {
-    if (newly_leased) PersistLeases(req.run(), req.version(), {digest});
-    return resp;
-  }
-  resp.set_durable_offset(uploads_.DurableOffset(digest));
+  if (resp.complete()) return resp;
+  resp.set_durable_offset(uploads_.DurableOffset(key));
   return resp;
 }
 
@@ -450,11 +529,9 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     const v1::CommitShardRequest& req, const Actor& actor) {
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
-  for (const auto& [name, value] : req.metrics()) {
-    CKPTD_RETURN_IF_ERROR(ValidateMetricName(name));
-  }
+  CKPTD_RETURN_IF_ERROR(CheckMetrics(req.metrics(), options_.limits));
   CKPTD_ASSIGN_OR_RETURN(ManifestSummary summary,
-                         ValidateManifest(req.manifest()));
+                         ValidateManifest(req.manifest(), options_.limits));
   v1::ShardManifest manifest = req.manifest();
   manifest.set_rank(req.rank());
 
@@ -512,8 +589,8 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
         return WithReason(
             absl::FailedPreconditionError(absl::StrCat(
                 "blob ", use.digest.Hex(), " for key '", use.key,
-                "' is missing: it was never uploaded (or was collected); "
-                "upload it and commit again")),
+                "' is missing: it was never uploaded (or was collected, or "
+                "found damaged); upload it and commit again")),
             v1::BLOB_MISSING);
       }
       if (*size < use.end) {
@@ -600,6 +677,9 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     watchers_.Notify(req.run(), moves);
   }
   if (published) {
+    // Interrupted uploads of the version can no longer be resumed.
+    uploads_.DropVersion(req.run(), req.version());
+    if (options_.on_publish) options_.on_publish(info);
     // Retention is a separate step after the publish (invariant 4).
     auto deleted = ApplyRetention(req.run());
     if (!deleted.ok()) {
@@ -615,13 +695,13 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req,
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   absl::StatusOr<bool> aborted = false;
-  std::vector<Digest> unfinished;
   {
     absl::MutexLock lock(&mu_);
-    aborted = AbortLocked(req, &unfinished);
+    aborted = AbortLocked(req);
   }
-  // Interrupted uploads of the version would keep their temp files.
-  for (const Digest& d : unfinished) uploads_.Drop(d);
+  // Interrupted uploads of the version would keep their temp files; also
+  // after a failed abort, which stops the version's uploads all the same.
+  uploads_.DropVersion(req.run(), req.version());
   if (aborted.ok() && *aborted) {
     RecordAudit(actor, req.run(), "abort_version", req.version(),
                 req.reason().substr(0, 200));
@@ -632,8 +712,8 @@ absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req,
   return aborted.status();
 }
 
-absl::StatusOr<bool> Repository::AbortLocked(const v1::AbortVersionRequest& req,
-                                             std::vector<Digest>* unfinished) {
+absl::StatusOr<bool> Repository::AbortLocked(
+    const v1::AbortVersionRequest& req) {
   CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
                          LoadVersion(req.run(), req.version()));
   if (info.state() == v1::ABORTED) return false;
@@ -658,11 +738,6 @@ absl::StatusOr<bool> Repository::AbortLocked(const v1::AbortVersionRequest& req,
   batch.Put(storage::keys::Version(req.run(), req.version()), info);
   batch.Delete(storage::keys::Pending(req.run(), info.step()));
   CKPTD_RETURN_IF_ERROR(ReleasePending(batch, req.run(), req.version()));
-  if (auto it = leases_.find({req.run(), req.version()}); it != leases_.end()) {
-    for (const Digest& d : it->second.digests) {
-      if (!index_.StoredSize(d).has_value()) unfinished->push_back(d);
-    }
-  }
   if (absl::Status st = meta_->Commit(batch); !st.ok()) {
     // Most likely a full disk. The version never published, so its leases
     // protect nothing acknowledged: dropping them stops its uploads here
@@ -690,12 +765,11 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
   const int64_t cutoff =
       NowNanos() - absl::ToInt64Nanoseconds(options_.pending_timeout);
   int aborted = 0;
-  std::vector<Digest> unfinished;
+  std::vector<PendingKey> expired;
   {
     absl::MutexLock lock(&mu_);
     // leases_ has an entry for every pending version (BeginVersion,
     // Recover).
-    std::vector<PendingKey> expired;
     for (const auto& [key, leases] : leases_) {
       if (leases.last_activity < cutoff) expired.push_back(key);
     }
@@ -707,7 +781,7 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
           absl::StrCat("no rank made progress for ",
                        absl::FormatDuration(options_.pending_timeout),
                        " (--pending_timeout)"));
-      absl::StatusOr<bool> done = AbortLocked(req, &unfinished);
+      absl::StatusOr<bool> done = AbortLocked(req);
       if (!done.ok()) {
         spdlog::warn("pending timeout of {}@{}: {}", run, version,
                      done.status().ToString());
@@ -717,8 +791,9 @@ absl::StatusOr<int> Repository::AbortExpiredPending() {
       }
     }
   }
-  for (const Digest& d : unfinished) uploads_.Drop(d);
-  // Also after a failed abort: its leases are dropped all the same.
+  // Also after a failed abort: its leases and uploads are dropped all the
+  // same.
+  for (const auto& [run, version] : expired) uploads_.DropVersion(run, version);
   CollectNewGarbage("the pending sweep");
   return aborted;
 }

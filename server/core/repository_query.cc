@@ -1,6 +1,6 @@
 // Repository, part: the pull and history queries — GetVersion, read
 // leases, ListRuns, ListVersions, GetMetricHistory, GetAliasHistory,
-// Verify, Watch. Queries take mu_ shared; Verify reads blobs without it.
+// Watch. Queries take mu_ shared. (Verify: repository_integrity.cc.)
 #include <algorithm>
 
 #include "absl/strings/numbers.h"
@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<ReadLease>> Repository::LeaseForRead(
   absl::flat_hash_set<Digest> digests;
   for (auto& shard : shards) digests.insert(shard.begin(), shard.end());
   for (const Digest& d : digests) index_.Pin(d);
-  return std::unique_ptr<ReadLease>(new ReadLease(this, std::move(digests)));
+  return std::unique_ptr<ReadLease>(
+      new ReadLease(this, run, version, std::move(digests)));
 }
 
 // ---------------------------------------------------------------------------
@@ -112,6 +113,7 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
   }
   CKPTD_ASSIGN_OR_RETURN(auto aliases, LoadAliases(req.run()));
   v1::ListVersionsResponse resp;
+  size_t reply_bytes = 0;
   CKPTD_RETURN_IF_ERROR(meta_->ScanProtos<v1::VersionInfo>(
       storage::keys::VersionPrefix(req.run()), start,
       [&](absl::string_view, v1::VersionInfo&& v) {
@@ -135,6 +137,15 @@ absl::StatusOr<v1::ListVersionsResponse> Repository::ListVersions(
         for (const auto& a : aliases) {
           if (a.version() == v.version()) v.add_aliases(a.name());
         }
+        // A page ends before it outgrows a reply; it holds at least one
+        // version (limits.h bounds one version's metadata far below).
+        const size_t bytes = v.ByteSizeLong();
+        if (resp.versions_size() > 0 &&
+            reply_bytes + bytes > kMaxListReplyBytes) {
+          resp.set_next_page_token(absl::StrCat(v.version()));
+          return false;
+        }
+        reply_bytes += bytes;
         *resp.add_versions() = std::move(v);
         return true;
       }));
@@ -233,61 +244,6 @@ absl::StatusOr<v1::GetAuditLogResponse> Repository::GetAuditLog(
   const size_t first = events.size() > limit ? events.size() - limit : 0;
   for (size_t i = first; i < events.size(); ++i) {
     *resp.add_events() = std::move(events[i]);
-  }
-  return resp;
-}
-
-absl::StatusOr<v1::VerifyResponse> Repository::Verify(
-    const v1::VerifyRequest& req) {
-  std::vector<uint64_t> versions;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));
-    if (!req.ref().empty()) {
-      CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo v,
-                             LoadCommitted(req.run(), req.ref()));
-      versions.push_back(v.version());
-    } else {
-      CKPTD_ASSIGN_OR_RETURN(auto all, LoadVersions(req.run()));
-      for (const auto& v : all) {
-        if (v.state() == v1::COMMITTED) versions.push_back(v.version());
-      }
-    }
-  }
-  // Leased while they are checked, so GC cannot pull them away mid-read.
-  std::vector<std::unique_ptr<ReadLease>> leases;
-  absl::flat_hash_set<Digest> digests;
-  for (uint64_t v : versions) {
-    CKPTD_ASSIGN_OR_RETURN(leases.emplace_back(), LeaseForRead(req.run(), v));
-    digests.insert(leases.back()->digests().begin(),
-                   leases.back()->digests().end());
-  }
-  v1::VerifyResponse resp;
-  constexpr uint64_t kVerifyChunk = 8 << 20;
-  std::string buf;
-  for (const Digest& d : digests) {
-    auto reader = blobs_->Open(d);
-    if (!reader.ok()) {
-      resp.add_errors(absl::StrCat(d.Hex(), ": ", reader.status().ToString()));
-      continue;
-    }
-    DigestBuilder builder;
-    absl::Status st;
-    const uint64_t size = (*reader)->size();
-    for (uint64_t off = 0; off < size && st.ok(); off += kVerifyChunk) {
-      const uint64_t n = std::min(kVerifyChunk, size - off);
-      buf.resize(n);
-      st = (*reader)->ReadAt(off, n, buf.data());
-      if (st.ok()) builder.Update(buf.data(), n);
-    }
-    if (st.ok() && builder.Finish() != d) {
-      st = absl::DataLossError("content does not match its digest");
-    }
-    if (!st.ok()) {
-      resp.add_errors(absl::StrCat(d.Hex(), ": ", st.ToString()));
-    }
-    resp.set_blobs_checked(resp.blobs_checked() + 1);
-    resp.set_bytes_checked(resp.bytes_checked() + size);
   }
   return resp;
 }

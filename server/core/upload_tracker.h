@@ -3,7 +3,10 @@
 //
 // An UploadBlobs stream that breaks inside a blob suspends it: its writer
 // (bytes synced up to the durable offset) is kept here so that a new stream
-// may continue at that offset (QueryUpload reports it). At most
+// may continue at that offset (QueryUpload reports it). Uploads are keyed
+// by (run, version, digest): only the pending version that received the
+// bytes may see its offset or resume it, so neither reveals that another
+// tenant is uploading the same bytes (DESIGN invariant 8). At most
 // `max_suspended` are kept (the oldest goes first); ExpireOlderThan drops
 // stale ones. Suspended writers live only in this process: after a restart
 // their temp files are removed and the client starts those blobs over.
@@ -16,6 +19,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -27,33 +32,54 @@
 
 namespace ckptd::core {
 
+// One blob of one pending version.
+struct UploadKey {
+  std::string run;
+  uint64_t version = 0;
+  Digest digest;
+
+  friend bool operator==(const UploadKey& a, const UploadKey& b) {
+    return a.version == b.version && a.digest == b.digest && a.run == b.run;
+  }
+  template <typename H>
+  friend H AbslHashValue(H h, const UploadKey& k) {
+    return H::combine(std::move(h), k.run, k.version, k.digest);
+  }
+};
+
 class UploadTracker {
  public:
   explicit UploadTracker(size_t max_suspended)
       : max_suspended_(max_suspended) {}
 
-  // A stream starts receiving `digest` from byte 0.
-  void BeginFresh(const Digest& digest);
-  // A stream resumes `digest` at `offset`: hands over the suspended writer.
-  // FAILED_PRECONDITION with reason RESUME_POINT_LOST when there is no
-  // suspended upload of that size at that offset.
+  // A stream starts receiving `key` from byte 0.
+  void BeginFresh(const UploadKey& key);
+  // A stream resumes `key` at `offset`: hands over the suspended writer.
+  // FAILED_PRECONDITION with reason RESUME_POINT_LOST when this version has
+  // no suspended upload of that blob, of that size, at that offset.
   absl::StatusOr<std::unique_ptr<storage::BlobWriter>> Resume(
-      const Digest& digest, uint64_t blob_size, uint64_t offset);
-  // The stream receiving `digest` ended (finished, failed or suspended).
-  void End(const Digest& digest);
+      const UploadKey& key, uint64_t blob_size, uint64_t offset);
+  // The stream receiving `key` ended (finished, failed or suspended).
+  void End(const UploadKey& key);
   // Keeps `writer` (synced to `durable` bytes) for a later resume.
-  void Suspend(const Digest& digest, uint64_t blob_size, uint64_t durable,
+  void Suspend(const UploadKey& key, uint64_t blob_size, uint64_t durable,
                std::unique_ptr<storage::BlobWriter> writer, absl::Time at);
-  // Forgets the suspended upload of `digest` (it completed elsewhere).
-  void Drop(const Digest& digest);
-  // Waits up to `timeout` until no stream is receiving `digest`.
-  void AwaitIdle(const Digest& digest, absl::Duration timeout);
-  // The durable offset of a suspended upload of `digest`; 0 if none.
-  uint64_t DurableOffset(const Digest& digest);
+  // Forgets the suspended upload of `key` (it completed on another stream).
+  void Drop(const UploadKey& key);
+  // Waits up to `timeout` until no stream is receiving `key`.
+  void AwaitIdle(const UploadKey& key, absl::Duration timeout);
+  // The durable offset of a suspended upload of `key`; 0 if none.
+  uint64_t DurableOffset(const UploadKey& key);
+  // Drops the suspended uploads of a version that ended (committed or
+  // aborted); returns how many.
+  int DropVersion(const std::string& run, uint64_t version);
   // Drops suspended uploads older than `cutoff`; returns how many.
   int ExpireOlderThan(absl::Time cutoff);
   // Drops every suspended upload (their temp files go with the writers).
   void Clear();
+  // Digests being received right now, and suspended uploads (for metrics).
+  size_t active_count();
+  size_t suspended_count();
 
  private:
   struct Suspended {
@@ -65,9 +91,9 @@ class UploadTracker {
 
   const size_t max_suspended_;
   absl::Mutex mu_;
-  absl::flat_hash_map<Digest, Suspended> suspended_ ABSL_GUARDED_BY(mu_);
-  // Streams receiving each digest right now.
-  absl::flat_hash_map<Digest, int> active_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<UploadKey, Suspended> suspended_ ABSL_GUARDED_BY(mu_);
+  // Streams receiving each blob right now.
+  absl::flat_hash_map<UploadKey, int> active_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ckptd::core

@@ -13,7 +13,7 @@ constexpr Role W = Role::kWriter;
 constexpr Role A = Role::kAdmin;
 
 // The table. Order follows Method.
-constexpr std::array<MethodRule, 24> kRules = {{
+constexpr std::array<MethodRule, kMethodCount> kRules = {{
     {Method::kBeginVersion, "BeginVersion", W, true},
     {Method::kFindMissingBlobs, "FindMissingBlobs", W, true},
     {Method::kUploadBlobs, "UploadBlobs", W, true},
@@ -39,6 +39,7 @@ constexpr std::array<MethodRule, 24> kRules = {{
     {Method::kVerify, "Verify", A, true},
     // Of one run: reader; of every run (empty run): admin, checked below.
     {Method::kGetAuditLog, "GetAuditLog", R, true},
+    {Method::kBackup, "Backup", A, false},
 }};
 
 constexpr bool TableFollowsEnum() {
@@ -71,17 +72,28 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
   if (auth_ == nullptr) {
     return Principal{"local", Role::kAdmin, {"*"}};
   }
-  const MethodRule& rule = RuleFor(method);
   std::optional<absl::string_view> header;
   const auto& md = ctx.client_metadata();
   if (auto it = md.find("authorization"); it != md.end()) {
     header = absl::string_view(it->second.data(), it->second.size());
   }
   const std::shared_ptr<const grpc::AuthContext> transport = ctx.auth_context();
+  return Authorize(header, transport.get(), method, run);
+}
+
+absl::StatusOr<Principal> AccessPolicy::Authorize(
+    const std::optional<absl::string_view>& authorization,
+    const grpc::AuthContext* transport, Method method,
+    absl::string_view run) const {
+  if (auth_ == nullptr) {
+    return Principal{"local", Role::kAdmin, {"*"}};
+  }
+  const MethodRule& rule = RuleFor(method);
   absl::StatusOr<std::optional<Principal>> who =
-      auth_->Identify(header, transport.get());
+      auth_->Identify(authorization, transport);
   if (!who.ok()) return who.status();
   if (!who->has_value()) {
+    auth_->CountFailure(AuthFailure::kNoCredential);
     return absl::UnauthenticatedError(absl::StrCat(
         rule.name,
         " needs a credential: pass a bearer token (ckpt --token or "
@@ -94,6 +106,7 @@ absl::StatusOr<Principal> AccessPolicy::Authorize(
   const bool role_ok = static_cast<int>(p->role) >= static_cast<int>(needed);
   const bool run_ok = !rule.run_scoped || p->MayTouchRun(run) ||
                       (method == Method::kGetAuditLog && run.empty());
+  if (!role_ok || !run_ok) auth_->CountFailure(AuthFailure::kPermissionDenied);
   if (!role_ok) {
     std::string on_run =
         rule.run_scoped

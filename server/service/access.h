@@ -8,8 +8,8 @@
 //           QueryUpload CommitShard AbortVersion SetAlias DeleteAlias Pin
 //           Unpin SetPolicy (a SetPolicy that would delete versions that
 //           exist now needs admin: the repository decides that part)
-//   admin   everything: DeleteVersion CollectGarbage Verify, GetAuditLog of
-//           every run
+//   admin   everything: DeleteVersion CollectGarbage Verify Backup,
+//           GetAuditLog of every run
 //
 // Run-scoped methods also need the run to match one of the identity's run
 // patterns; ListRuns answers only the runs the caller may read.
@@ -55,7 +55,12 @@ enum class Method {
   kCollectGarbage,
   kVerify,
   kGetAuditLog,
+  kBackup,
 };
+// The last Method + 1: update it with the enum (kRules, sized by it, stops
+// compiling when a method is added without it).
+inline constexpr size_t kMethodCount =
+    static_cast<size_t>(Method::kBackup) + 1;
 
 struct MethodRule {
   Method method;
@@ -83,6 +88,13 @@ class AccessPolicy {
   absl::StatusOr<Principal> Authorize(const grpc::CallbackServerContext& ctx,
                                       Method method,
                                       absl::string_view run) const;
+  // The same decision for a caller that is not a gRPC call (the web view,
+  // web_view.h): `authorization` is its `Authorization` header, if any, and
+  // `transport` its verified client certificate's auth context, or null.
+  absl::StatusOr<Principal> Authorize(
+      const std::optional<absl::string_view>& authorization,
+      const grpc::AuthContext* transport, Method method,
+      absl::string_view run) const;
 
  private:
   const Authenticator* auth_;

@@ -219,6 +219,30 @@ absl::Status Authenticator::Reload() {
 
 size_t Authenticator::size() const { return table()->entries().size(); }
 
+absl::string_view AuthFailureName(AuthFailure failure) {
+  switch (failure) {
+    case AuthFailure::kBadToken:
+      return "bad_token";
+    case AuthFailure::kUnknownCertificate:
+      return "unknown_certificate";
+    case AuthFailure::kNoCredential:
+      return "no_credential";
+    case AuthFailure::kPermissionDenied:
+      return "permission_denied";
+  }
+  return "unknown";
+}
+
+void Authenticator::CountFailure(AuthFailure failure) const {
+  failures_[static_cast<size_t>(failure)].fetch_add(1,
+                                                    std::memory_order_relaxed);
+}
+
+uint64_t Authenticator::failures(AuthFailure failure) const {
+  return failures_[static_cast<size_t>(failure)].load(
+      std::memory_order_relaxed);
+}
+
 std::shared_ptr<const AuthTable> Authenticator::table() const {
   absl::MutexLock lock(&mu_);
   return table_;
@@ -232,6 +256,7 @@ absl::StatusOr<std::optional<Principal>> Authenticator::Identify(
     constexpr absl::string_view kBearer = "bearer ";
     if (header->size() <= kBearer.size() ||
         !absl::EqualsIgnoreCase(header->substr(0, kBearer.size()), kBearer)) {
+      CountFailure(AuthFailure::kBadToken);
       return absl::UnauthenticatedError(
           "the authorization header is not `Bearer TOKEN`");
     }
@@ -240,6 +265,7 @@ absl::StatusOr<std::optional<Principal>> Authenticator::Identify(
     const AuthTable::Entry* entry = nullptr;
     if (token.size() > kMaxTokenLength ||
         (entry = table->FindToken(token)) == nullptr) {
+      CountFailure(AuthFailure::kBadToken);
       return absl::UnauthenticatedError(
           "the bearer token is not in ckptd's --auth_file (mistyped, or "
           "revoked); ask an admin for a token made by `ckpt token new`");
@@ -252,6 +278,7 @@ absl::StatusOr<std::optional<Principal>> Authenticator::Identify(
       const absl::string_view cn(cns[0].data(), cns[0].size());
       const AuthTable::Entry* entry = table->FindCertCommonName(cn);
       if (entry == nullptr) {
+        CountFailure(AuthFailure::kUnknownCertificate);
         return absl::UnauthenticatedError(
             absl::StrCat("client certificate CN '", cn.substr(0, 200),
                          "' has no `cert:` line in ckptd's --auth_file"));
@@ -283,6 +310,7 @@ grpc::Status Authenticator::Process(const InputMetadata& auth_metadata,
                         std::string(who.status().message()));
   }
   if (!who->has_value() && absl::StartsWith(path, "/grpc.reflection.")) {
+    CountFailure(AuthFailure::kNoCredential);
     return grpc::Status(
         grpc::StatusCode::UNAUTHENTICATED,
         "reflection needs a credential on this server: pass a bearer token "

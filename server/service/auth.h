@@ -22,6 +22,9 @@
 #ifndef CKPTD_SERVER_SERVICE_AUTH_H_
 #define CKPTD_SERVER_SERVICE_AUTH_H_
 
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -78,6 +81,18 @@ class AuthTable {
   std::vector<Entry> entries_;
 };
 
+// Why a call was refused for who it is (the ckptd_auth_failures_total
+// metric's `reason`).
+enum class AuthFailure {
+  kBadToken,            // malformed authorization header, or unknown token
+  kUnknownCertificate,  // a verified client certificate with no cert: line
+  kNoCredential,        // none, where one is needed
+  kPermissionDenied,    // known identity without the role or the run
+};
+inline constexpr size_t kAuthFailureKinds = 4;
+// "bad_token", "unknown_certificate", "no_credential", "permission_denied".
+absl::string_view AuthFailureName(AuthFailure failure);
+
 // The credential table in force, and the AuthMetadataProcessor of a server
 // with --auth_file.
 //
@@ -108,6 +123,12 @@ class Authenticator final : public grpc::AuthMetadataProcessor {
       const grpc::AuthContext* transport) const;
   size_t size() const;
 
+  // Refusals counted since start, for metrics. Identify and Process count
+  // what they refuse (each refused call once: a call Process refuses never
+  // reaches the access table); AccessPolicy counts the rest.
+  void CountFailure(AuthFailure failure) const;
+  uint64_t failures(AuthFailure failure) const;
+
   bool IsBlocking() const override { return false; }
   grpc::Status Process(const InputMetadata& auth_metadata,
                        grpc::AuthContext* context,
@@ -120,6 +141,7 @@ class Authenticator final : public grpc::AuthMetadataProcessor {
   const std::string path_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const AuthTable> table_ ABSL_GUARDED_BY(mu_);
+  mutable std::array<std::atomic<uint64_t>, kAuthFailureKinds> failures_{};
 };
 
 }  // namespace ckptd::service

@@ -5,16 +5,25 @@
 
 namespace ckptd::service {
 
-BlobCursor::BlobCursor(storage::BlobStore* blobs,
+BlobCursor::BlobCursor(core::ReadLease* lease,
                        std::vector<core::BlobSlice> slices, uint64_t chunk_size)
-    : blobs_(blobs), slices_(std::move(slices)), chunk_size_(chunk_size) {}
+    : lease_(lease), slices_(std::move(slices)), chunk_size_(chunk_size) {}
+
+absl::Status BlobCursor::CheckIntact() {
+  checked_ = true;
+  std::vector<Digest> digests;
+  digests.reserve(slices_.size());
+  for (const core::BlobSlice& s : slices_) digests.push_back(s.digest);
+  return lease_->CheckIntact(digests);
+}
 
 absl::StatusOr<std::optional<BlobCursor::Chunk>> BlobCursor::Next(
     std::string* out) {
+  if (!checked_) CKPTD_RETURN_IF_ERROR(CheckIntact());
   while (slice_ < slices_.size()) {
     const core::BlobSlice& s = slices_[slice_];
     if (reader_ == nullptr) {
-      CKPTD_ASSIGN_OR_RETURN(reader_, blobs_->Open(s.digest));
+      CKPTD_ASSIGN_OR_RETURN(reader_, lease_->Open(s.digest));
       const uint64_t size = reader_->size();
       end_ = s.length == 0 ? size : s.offset + s.length;
       if (s.offset > size || end_ > size || end_ < s.offset) {

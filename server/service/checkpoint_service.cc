@@ -13,6 +13,7 @@
 #include "proto/base/names.h"
 #include "proto/base/status.h"
 #include "server/service/blob_cursor.h"
+#include "server/service/rpc_scope.h"
 #include "server/service/status_mapping.h"
 #include "spdlog/spdlog.h"
 
@@ -39,11 +40,13 @@ absl::Status DrainingError() {
 // slot go back, and the next read is asked for once a slot is free again.
 // Each blob's remaining bytes are reserved with the disk watermark before
 // the first of them is written.
-class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
+class UploadReactor final
+    : public ScopedReactor<grpc::ServerReadReactor<v1::UploadChunk>> {
  public:
   UploadReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
                 v1::UploadBlobsResponse* resp)
-      : service_(service),
+      : ScopedReactor(ctx, Method::kUploadBlobs, service->metrics()),
+        service_(service),
         ctx_(ctx),
         resp_(resp),
         slot_(service->guards().budget, kStreamSlotBytes) {
@@ -90,15 +93,17 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   }
 
   absl::Status HandleChunk() {
+    scope().AddReceived(chunk_.ByteSizeLong());
     if (!started_) {
+      scope().Describe(chunk_);
       if (service_->draining()) {
         return DrainingError();
       }
       run_ = chunk_.run();
       version_ = chunk_.version();
-      CKPTD_RETURN_IF_ERROR(service_->access()
-                                .Authorize(*ctx_, Method::kUploadBlobs, run_)
-                                .status());
+      CKPTD_ASSIGN_OR_RETURN(Principal caller,
+                             scope().Authorize(service_->access(), run_));
+      actor_ = service_->ActorOf(caller);
       CKPTD_RETURN_IF_ERROR(service_->repo()->CheckPending(run_, version_));
       started_ = true;
     } else if ((!chunk_.run().empty() && chunk_.run() != run_) ||
@@ -129,9 +134,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
             upload_->received(), " of ", upload_->blob_size(), " before blob ",
             digest.Hex(), " began; send each blob's chunks contiguously"));
       }
-      CKPTD_ASSIGN_OR_RETURN(upload_, service_->repo()->StartBlobUpload(
-                                          run_, version_, digest,
-                                          chunk_.blob_size(), chunk_.offset()));
+      CKPTD_ASSIGN_OR_RETURN(
+          upload_, service_->repo()->StartBlobUpload(run_, version_, digest,
+                                                     chunk_.blob_size(),
+                                                     chunk_.offset(), actor_));
       if (DiskWatermark* disk = service_->guards().watermark) {
         // Refused before the blob's first byte is written (after the
         // checks of the blob itself, whose errors say more).
@@ -171,6 +177,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
       Finish(grpc::Status(grpc::StatusCode::ABORTED, message));
       return;
     }
+    scope().AddSent(resp_->ByteSizeLong());
     Finish(grpc::Status::OK);
   }
 
@@ -180,6 +187,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
   v1::UploadChunk chunk_;
   bool started_ = false;
   std::string run_;
+  core::Actor actor_;
   uint64_t version_ = 0;
   std::unique_ptr<core::BlobUpload> upload_;
   DiskWatermark::Reservation reservation_;  // upload_'s bytes yet to write
@@ -192,12 +200,14 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
 // read starts when the write is done (one chunk in memory per call, and only
 // while the call holds a slot of the in-flight budget).
 template <typename Message>
-class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
+class StreamingReadReactor
+    : public ScopedReactor<grpc::ServerWriteReactor<Message>> {
  public:
   StreamingReadReactor(CheckpointService* service,
-                       grpc::CallbackServerContext* ctx)
-      : service_(service),
-        ctx_(ctx),
+                       grpc::CallbackServerContext* ctx, Method method)
+      : ScopedReactor<grpc::ServerWriteReactor<Message>>(ctx, method,
+                                                         service->metrics()),
+        service_(service),
         slot_(service->guards().budget, kStreamSlotBytes) {}
 
   void OnWriteDone(bool ok) override {
@@ -246,7 +256,6 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
   virtual void Fill(const BlobCursor::Chunk& chunk, std::string bytes) = 0;
 
   CheckpointService* service_;
-  grpc::CallbackServerContext* ctx_;
   // The version's blobs stay pinned against GC until the call is done.
   std::unique_ptr<core::ReadLease> lease_;
   std::unique_ptr<BlobCursor> cursor_;
@@ -262,6 +271,7 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
   void Next() {
     if (has_prologue_) {
       has_prologue_ = false;
+      this->scope().AddSent(message_.ByteSizeLong());
       this->StartWrite(&message_);
       return;
     }
@@ -277,6 +287,7 @@ class StreamingReadReactor : public grpc::ServerWriteReactor<Message> {
     }
     message_.Clear();
     Fill(**chunk, std::move(bytes));
+    this->scope().AddSent(message_.ByteSizeLong());
     this->StartWrite(&message_);
   }
 };
@@ -286,15 +297,16 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
  public:
   ReadReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
               const v1::ReadBlobsRequest* req)
-      : StreamingReadReactor(service, ctx), req_(req) {
+      : StreamingReadReactor(service, ctx, Method::kReadBlobs), req_(req) {
+    scope().Describe(*req);
+    scope().AddReceived(req->ByteSizeLong());
     Begin();
   }
 
  private:
   absl::Status Prepare() override {
-    CKPTD_RETURN_IF_ERROR(service_->access()
-                              .Authorize(*ctx_, Method::kReadBlobs, req_->run())
-                              .status());
+    CKPTD_RETURN_IF_ERROR(
+        scope().Authorize(service_->access(), req_->run()).status());
     CKPTD_ASSIGN_OR_RETURN(
         lease_, service_->repo()->LeaseForRead(req_->run(), req_->version()));
     std::vector<core::BlobSlice> slices;
@@ -311,8 +323,8 @@ class ReadReactor final : public StreamingReadReactor<v1::ReadChunk> {
         req_->chunk_size() == 0
             ? kDefaultReadChunk
             : std::min<uint64_t>(req_->chunk_size(), core::kMaxUploadChunk);
-    cursor_ = std::make_unique<BlobCursor>(&service_->repo()->blobs(),
-                                           std::move(slices), chunk_size);
+    cursor_ = std::make_unique<BlobCursor>(lease_.get(), std::move(slices),
+                                           chunk_size);
     return absl::OkStatus();
   }
 
@@ -331,16 +343,17 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
  public:
   ExportReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
                 const v1::ExportSafetensorsRequest* req)
-      : StreamingReadReactor(service, ctx), req_(req) {
+      : StreamingReadReactor(service, ctx, Method::kExportSafetensors),
+        req_(req) {
+    scope().Describe(*req);
+    scope().AddReceived(req->ByteSizeLong());
     Begin();
   }
 
  private:
   absl::Status Prepare() override {
     CKPTD_RETURN_IF_ERROR(
-        service_->access()
-            .Authorize(*ctx_, Method::kExportSafetensors, req_->run())
-            .status());
+        scope().Authorize(service_->access(), req_->run()).status());
     v1::GetVersionRequest get;
     get.set_run(req_->run());
     get.set_ref(req_->ref());
@@ -362,9 +375,10 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
     message_.set_total_size(plan.total_size);
     *message_.mutable_data() = std::move(plan.header);
     has_prologue_ = true;
-    cursor_ = std::make_unique<BlobCursor>(
-        &service_->repo()->blobs(), std::move(plan.slices), kDefaultReadChunk);
-    return absl::OkStatus();
+    cursor_ = std::make_unique<BlobCursor>(lease_.get(), std::move(plan.slices),
+                                           kDefaultReadChunk);
+    // A damaged tensor fails the export before its header is sent.
+    return cursor_->CheckIntact();
   }
 
   void Fill(const BlobCursor::Chunk&, std::string bytes) override {
@@ -376,11 +390,16 @@ class ExportReactor final : public StreamingReadReactor<v1::ExportChunk> {
 
 // ---------------------------------------------------------------------------
 // WatchRef: the current target first, then one event per move.
-class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
+class WatchReactor final
+    : public ScopedReactor<grpc::ServerWriteReactor<v1::WatchRefEvent>> {
  public:
   WatchReactor(CheckpointService* service, grpc::CallbackServerContext* ctx,
                const v1::WatchRefRequest* req)
-      : service_(service), ctx_(ctx), req_(req) {
+      : ScopedReactor(ctx, Method::kWatchRef, service->metrics()),
+        service_(service),
+        req_(req) {
+    scope().Describe(*req);
+    scope().AddReceived(req->ByteSizeLong());
     service_->executor()->Submit([this] { Begin(); });
   }
 
@@ -412,9 +431,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
  private:
   void Begin() {
     auto ref = ParseRef(req_->ref());
-    absl::Status st = service_->access()
-                          .Authorize(*ctx_, Method::kWatchRef, req_->run())
-                          .status();
+    absl::Status st =
+        scope().Authorize(service_->access(), req_->run()).status();
     if (st.ok()) st = ValidateRunName(req_->run());
     if (st.ok() && !ref.ok()) st = ref.status();
     if (st.ok() && std::holds_alternative<uint64_t>(ref->value)) {
@@ -466,6 +484,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
     current_ = std::move(queue_.front());
     queue_.pop_front();
     writing_ = true;
+    scope().AddSent(current_.ByteSizeLong());
     StartWrite(&current_);
   }
 
@@ -476,7 +495,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
   }
 
   CheckpointService* service_;
-  grpc::CallbackServerContext* ctx_;
   const v1::WatchRefRequest* req_;
   absl::Mutex mu_;
   std::deque<v1::WatchRefEvent> queue_ ABSL_GUARDED_BY(mu_);
@@ -492,39 +510,75 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchRefEvent> {
 
 CheckpointService::CheckpointService(core::Repository* repo, Executor* executor,
                                      const AccessPolicy* access,
-                                     ResourceGuards guards)
-    : repo_(repo), executor_(executor), access_(access), guards_(guards) {}
+                                     ResourceGuards guards, Metrics* metrics)
+    : repo_(repo),
+      executor_(executor),
+      access_(access),
+      guards_(guards),
+      metrics_(metrics) {}
 
-core::Actor CheckpointService::ActorOf(const Principal& caller) {
+core::Actor CheckpointService::ActorOf(const Principal& caller) const {
   core::Actor actor;
   actor.name = caller.identity;
   actor.admin = caller.role == Role::kAdmin;
+  if (access_->enabled()) {
+    actor.writes = [patterns = caller](absl::string_view run) {
+      return patterns.MayTouchRun(run);
+    };
+  }
   return actor;
 }
 
-template <typename Fn>
+template <typename Request, typename Fn>
 grpc::ServerUnaryReactor* CheckpointService::Unary(
-    grpc::CallbackServerContext* ctx, Method method, absl::string_view run,
-    Fn fn) {
+    grpc::CallbackServerContext* ctx, Method method, const Request& req,
+    const google::protobuf::Message* resp, absl::string_view run, Fn fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<Principal> caller = access_->Authorize(*ctx, method, run);
+  auto scope = std::make_shared<RpcScope>(ctx, method, metrics_);
+  scope->Describe(req);
+  scope->AddReceived(req.ByteSizeLong());
+  // The call's end: log and count, then reply (ctx, req and resp are gone
+  // after Finish).
+  auto finish = [reactor, scope, resp](const absl::Status& result) {
+    grpc::Status status = ToGrpcStatus(result);
+    if (status.ok()) scope->AddSent(resp->ByteSizeLong());
+    scope->SetStatus(status);
+    scope->End();
+    reactor->Finish(std::move(status));
+  };
+  absl::StatusOr<Principal> caller = scope->Authorize(*access_, run);
   if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
+    finish(caller.status());
     return reactor;
   }
   if (!executor_->TrySubmit(
-          [reactor, caller = *std::move(caller), fn = std::move(fn)]() mutable {
-            reactor->Finish(ToGrpcStatus(fn(caller)));
+          [finish, caller = *std::move(caller), fn = std::move(fn)]() mutable {
+            finish(fn(caller));
           })) {
-    reactor->Finish(ToGrpcStatus(BusyError()));
+    finish(BusyError());
   }
+  return reactor;
+}
+
+template <typename Request>
+grpc::ServerUnaryReactor* CheckpointService::Refuse(
+    grpc::CallbackServerContext* ctx, Method method, const Request& req,
+    const absl::Status& why) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  RpcScope scope(ctx, method, metrics_);
+  scope.Describe(req);
+  scope.AddReceived(req.ByteSizeLong());
+  grpc::Status status = ToGrpcStatus(why);
+  scope.SetStatus(status);
+  scope.End();
+  reactor->Finish(std::move(status));
   return reactor;
 }
 
 // Runs `expr` (a StatusOr) and stores its value in *resp.
 // `caller` (the authorized Principal) is in scope in `expr`.
 #define CKPTD_UNARY(method, run, expr)                       \
-  Unary(ctx, Method::method, run,                            \
+  Unary(ctx, Method::method, *req, resp, run,                \
         [=, this](const Principal& caller) -> absl::Status { \
           (void)caller;                                      \
           auto result = (expr);                              \
@@ -537,20 +591,19 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
     grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
     v1::BeginVersionResponse* resp) {
   if (draining()) {
-    auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(ToGrpcStatus(DrainingError()));
-    return reactor;
+    return Refuse(ctx, Method::kBeginVersion, *req, DrainingError());
   }
-  return Unary(
-      ctx, Method::kBeginVersion, req->run(),
-      [=, this](const Principal&) -> absl::Status {
-        if (guards_.watermark != nullptr) {
-          CKPTD_RETURN_IF_ERROR(guards_.watermark->CheckBegin(absl::StrCat(
-              "BeginVersion of ", req->run(), " step ", req->step())));
-        }
-        CKPTD_ASSIGN_OR_RETURN(*resp, repo_->BeginVersion(*req));
-        return absl::OkStatus();
-      });
+  return Unary(ctx, Method::kBeginVersion, *req, resp, req->run(),
+               [=, this](const Principal& caller) -> absl::Status {
+                 if (guards_.watermark != nullptr) {
+                   CKPTD_RETURN_IF_ERROR(guards_.watermark->CheckBegin(
+                       absl::StrCat("BeginVersion of ", req->run(), " step ",
+                                    req->step())));
+                 }
+                 CKPTD_ASSIGN_OR_RETURN(
+                     *resp, repo_->BeginVersion(*req, ActorOf(caller)));
+                 return absl::OkStatus();
+               });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(
@@ -578,7 +631,7 @@ grpc::ServerUnaryReactor* CheckpointService::QueryUpload(
 grpc::ServerUnaryReactor* CheckpointService::CommitShard(
     grpc::CallbackServerContext* ctx, const v1::CommitShardRequest* req,
     v1::CommitShardResponse* resp) {
-  return Unary(ctx, Method::kCommitShard, req->run(),
+  return Unary(ctx, Method::kCommitShard, *req, resp, req->run(),
                [=, this](const Principal& caller) -> absl::Status {
                  CKPTD_ASSIGN_OR_RETURN(
                      *resp->mutable_version(),
@@ -590,7 +643,7 @@ grpc::ServerUnaryReactor* CheckpointService::CommitShard(
 grpc::ServerUnaryReactor* CheckpointService::AbortVersion(
     grpc::CallbackServerContext* ctx, const v1::AbortVersionRequest* req,
     v1::AbortVersionResponse* resp) {
-  return Unary(ctx, Method::kAbortVersion, req->run(),
+  return Unary(ctx, Method::kAbortVersion, *req, resp, req->run(),
                [=, this](const Principal& caller) {
                  return repo_->AbortVersion(*req, ActorOf(caller));
                });
@@ -620,7 +673,7 @@ grpc::ServerWriteReactor<v1::WatchRefEvent>* CheckpointService::WatchRef(
 grpc::ServerUnaryReactor* CheckpointService::ListRuns(
     grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
     v1::ListRunsResponse* resp) {
-  return Unary(ctx, Method::kListRuns, "",
+  return Unary(ctx, Method::kListRuns, *req, resp, "",
                [=, this](const Principal& caller) -> absl::Status {
                  CKPTD_ASSIGN_OR_RETURN(v1::ListRunsResponse all,
                                         repo_->ListRuns());
@@ -657,7 +710,7 @@ grpc::ServerUnaryReactor* CheckpointService::SetAlias(
 grpc::ServerUnaryReactor* CheckpointService::DeleteAlias(
     grpc::CallbackServerContext* ctx, const v1::DeleteAliasRequest* req,
     v1::DeleteAliasResponse* resp) {
-  return Unary(ctx, Method::kDeleteAlias, req->run(),
+  return Unary(ctx, Method::kDeleteAlias, *req, resp, req->run(),
                [=, this](const Principal& caller) {
                  return repo_->DeleteAlias(*req, ActorOf(caller));
                });
@@ -687,7 +740,7 @@ grpc::ServerUnaryReactor* CheckpointService::Unpin(
 grpc::ServerUnaryReactor* CheckpointService::DeleteVersion(
     grpc::CallbackServerContext* ctx, const v1::DeleteVersionRequest* req,
     v1::DeleteVersionResponse* resp) {
-  return Unary(ctx, Method::kDeleteVersion, req->run(),
+  return Unary(ctx, Method::kDeleteVersion, *req, resp, req->run(),
                [=, this](const Principal& caller) {
                  return repo_->DeleteVersion(*req, ActorOf(caller));
                });
@@ -723,6 +776,21 @@ grpc::ServerUnaryReactor* CheckpointService::GetAuditLog(
     grpc::CallbackServerContext* ctx, const v1::GetAuditLogRequest* req,
     v1::GetAuditLogResponse* resp) {
   return CKPTD_UNARY(kGetAuditLog, req->run(), repo_->GetAuditLog(*req));
+}
+
+grpc::ServerUnaryReactor* CheckpointService::Backup(
+    grpc::CallbackServerContext* ctx, const v1::BackupRequest* req,
+    v1::BackupResponse* resp) {
+  if (draining()) {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(DrainingError()));
+    return reactor;
+  }
+  // A client that goes away (or its deadline, or the shutdown grace
+  // running out) stops the backup between blobs.
+  return CKPTD_UNARY(kBackup, "", repo_->Backup(*req, ActorOf(caller), [ctx] {
+    return ctx->IsCancelled();
+  }));
 }
 
 #undef CKPTD_UNARY

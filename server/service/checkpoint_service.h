@@ -7,6 +7,10 @@
 // never block (disk and RocksDB work runs on the Executor, which resumes the
 // reactor).
 //
+// Every call has an RpcScope (rpc_scope.h): its request id, one log line
+// when it ends, and its metrics; the unary calls get theirs in Unary(), the
+// streams in their reactor (ScopedReactor).
+//
 // Thread safety: gRPC calls handlers concurrently; the service is
 // thread-safe. SetDraining(true) makes push calls answer UNAVAILABLE.
 #ifndef CKPTD_SERVER_SERVICE_CHECKPOINT_SERVICE_H_
@@ -20,6 +24,7 @@
 #include "server/service/access.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
+#include "server/service/metrics.h"
 
 namespace ckptd::service {
 
@@ -36,10 +41,11 @@ struct ResourceGuards {
 
 class CheckpointService final : public v1::Checkpoint::CallbackService {
  public:
-  // `access` (not owned) decides who may call what; it must outlive the
-  // service.
+  // `access` (not owned) decides who may call what; `metrics` (not owned;
+  // may be null) counts the calls. Both must outlive the service.
   CheckpointService(core::Repository* repo, Executor* executor,
-                    const AccessPolicy* access, ResourceGuards guards = {});
+                    const AccessPolicy* access, ResourceGuards guards = {},
+                    Metrics* metrics = nullptr);
 
   void SetDraining(bool draining) { draining_.store(draining); }
   bool draining() const { return draining_.load(); }
@@ -47,6 +53,7 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   Executor* executor() { return executor_; }
   const AccessPolicy& access() const { return *access_; }
   const ResourceGuards& guards() const { return guards_; }
+  Metrics* metrics() { return metrics_; }
 
   grpc::ServerUnaryReactor* BeginVersion(
       grpc::CallbackServerContext* ctx, const v1::BeginVersionRequest* req,
@@ -119,20 +126,33 @@ class CheckpointService final : public v1::Checkpoint::CallbackService {
   grpc::ServerUnaryReactor* GetAuditLog(grpc::CallbackServerContext* ctx,
                                         const v1::GetAuditLogRequest* req,
                                         v1::GetAuditLogResponse* resp) override;
+  grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* ctx,
+                                   const v1::BackupRequest* req,
+                                   v1::BackupResponse* resp) override;
+
+  // The caller as core records it (audit) and counts it (quotas).
+  core::Actor ActorOf(const Principal& caller) const;
 
  private:
-  // Authorizes the caller for `method` on `run` (access.h), then runs
-  // fn(const Principal&) -> absl::Status on the executor and finishes the
-  // call with its status.
-  template <typename Fn>
+  // Opens the call's RpcScope, authorizes the caller for `method` on `run`
+  // (access.h), then runs fn(const Principal&) -> absl::Status on the
+  // executor (fn fills *resp) and finishes the call with its status.
+  template <typename Request, typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx,
-                                  Method method, absl::string_view run, Fn fn);
-  static core::Actor ActorOf(const Principal& caller);
+                                  Method method, const Request& req,
+                                  const google::protobuf::Message* resp,
+                                  absl::string_view run, Fn fn);
+  // Finishes a unary call at once with `why` (logged like any call).
+  template <typename Request>
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx,
+                                   Method method, const Request& req,
+                                   const absl::Status& why);
 
   core::Repository* repo_;
   Executor* executor_;
   const AccessPolicy* access_;
   const ResourceGuards guards_;
+  Metrics* metrics_;
   std::atomic<bool> draining_{false};
 };
 

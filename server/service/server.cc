@@ -5,8 +5,10 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -25,14 +27,16 @@
 #include "server/service/checkpoint_service.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
+#include "server/service/metrics.h"
+#include "server/service/parse_error_interceptor.h"
 #include "server/service/reflection_v1_service.h"
+#include "server/service/status_mapping.h"
+#include "server/service/web_view.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::service {
 namespace {
 
-// Manifests of large states (100k+ entries) exceed gRPC's 4 MiB default.
-constexpr int kMaxMessageBytes = 256 << 20;
 // HTTP/2 window of each stream beyond the message it is reading: what a
 // stream waiting for the in-flight budget may still buffer.
 constexpr int kStreamWindowBytes = 64 << 10;
@@ -83,6 +87,8 @@ bool IsLoopbackListenAddress(absl::string_view listen) {
 
 struct Server::Impl {
   ServerOptions options;
+  // Before repo: the repository reports publishes to it.
+  std::unique_ptr<Metrics> metrics = std::make_unique<Metrics>();
   std::unique_ptr<core::Repository> repo;
   std::unique_ptr<Executor> executor;
   std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
@@ -92,10 +98,13 @@ struct Server::Impl {
   std::unique_ptr<CheckpointService> service;
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<WebView> web;  // null without http_listen
   int port = 0;
   absl::Notification shutdown_started;
   absl::Notification shutdown_done;
   std::thread maintenance;
+  // Last: destroyed first, as it reads the repository and the authenticator.
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
 };
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -162,6 +171,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "--auth_file (see README, Security), or --insecure_no_auth to serve "
         "without authentication anyway"));
   }
+  WebViewOptions web_options{options.http_listen, !options.auth_file.empty(),
+                             options.insecure_no_auth};
+  if (!options.http_listen.empty()) {
+    CKPTD_RETURN_IF_ERROR(CheckWebViewOptions(web_options));
+  }
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls) {
     grpc::SslServerCredentialsOptions ssl;
@@ -201,7 +215,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                    "admin"),
       options.tls_client_ca.empty() ? "" : ", client certificates required");
   impl->access = std::make_unique<AccessPolicy>(impl->authenticator.get());
+  std::string metrics_listen;
+  if (!options.metrics_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(metrics_listen,
+                           NormalizeMetricsListen(options.metrics_listen));
+    // The same rule as --listen: metrics tell no secrets, but how busy the
+    // server is and which calls fail is for the network it trusts.
+    if (!IsLoopbackListenAddress(metrics_listen) &&
+        impl->authenticator == nullptr && !options.insecure_no_auth) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics_listen '", options.metrics_listen,
+          "' is not a loopback address and there is no --auth_file: serve "
+          "metrics on 127.0.0.1, or give --auth_file (or --insecure_no_auth) "
+          "to serve them to the network"));
+    }
+  }
+  Metrics* metrics = impl->metrics.get();
+  options.repository.on_publish = [metrics](const v1::VersionInfo& info) {
+    metrics->RecordPublish(info);
+  };
 
+  // Clients never see where the data lives (the log does).
+  RedactPathInReplies(options.data_dir);
   CKPTD_ASSIGN_OR_RETURN(impl->repo, core::Repository::OpenDataDir(
                                          options.data_dir, options.repository));
   impl->executor = std::make_unique<Executor>(options.io_threads,
@@ -212,8 +247,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       std::make_unique<DiskWatermark>(options.data_dir, options.min_free_disk);
   impl->service = std::make_unique<CheckpointService>(
       impl->repo.get(), impl->executor.get(), impl->access.get(),
-      ResourceGuards{impl->budget.get(), impl->watermark.get()});
+      ResourceGuards{impl->budget.get(), impl->watermark.get()}, metrics);
+  metrics->SetSources(
+      {impl->repo.get(), impl->authenticator.get(), options.data_dir});
+  if (!metrics_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(impl->metrics_endpoint,
+                           MetricsEndpoint::Start(metrics_listen, metrics));
+  }
 
+  if (!options.http_listen.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(
+        impl->web,
+        WebView::Start(web_options, impl->repo.get(), impl->access.get()));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -243,8 +289,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                              kStreamWindowBytes);
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<ParseErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   impl->grpc_server = builder.BuildAndStart();
   if (impl->grpc_server == nullptr || impl->port == 0) {
     return absl::UnavailableError(
@@ -275,12 +326,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       }
     }
   });
+  if (impl->metrics_endpoint != nullptr) {
+    spdlog::info("metrics on http://{}:{}/metrics",
+                 metrics_listen.substr(0, metrics_listen.rfind(':')),
+                 impl->metrics_endpoint->port());
+  }
   spdlog::info("ckptd listening on {} (port {}), data dir {}", options.listen,
                impl->port, options.data_dir);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
+
+int Server::metrics_port() const {
+  return impl_->metrics_endpoint == nullptr ? 0
+                                            : impl_->metrics_endpoint->port();
+}
+
+int Server::http_port() const {
+  return impl_->web != nullptr ? impl_->web->port() : 0;
+}
 
 absl::Status Server::ReloadAuth() {
   if (impl_->authenticator == nullptr) return absl::OkStatus();
@@ -299,12 +364,14 @@ void Server::Shutdown(absl::Duration grace) {
                absl::FormatDuration(grace));
   impl_->watermark->SetListener(nullptr);
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  impl_->web.reset();  // waits for the requests it is answering
   impl_->service->SetDraining(true);
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->executor->Shutdown();
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
   impl_->grpc_server.reset();
-  impl_->repo.reset();  // closes RocksDB cleanly
+  impl_->metrics_endpoint.reset();  // scrapes read the repository
+  impl_->repo.reset();              // closes RocksDB cleanly
   spdlog::info("in-flight blob bytes peaked at {} of --max_inflight_bytes={}",
                HumanBytes(impl_->budget->peak()),
                HumanBytes(impl_->budget->capacity()));

@@ -33,19 +33,28 @@ struct ServerOptions {
   // refuses to listen on a non-loopback address unless insecure_no_auth.
   std::string auth_file;
   bool insecure_no_auth = false;
+  // The read-only web view (web_view.h) on HOST:PORT; empty: off. Same
+  // identities as the gRPC port; loopback only (plain HTTP).
+  std::string http_listen;
   std::string data_dir = "./ckptd-data";
   // Threads for disk and RocksDB work.
   int io_threads = 16;
+  // Largest message received or sent (manifests of 100k+ entries exceed
+  // gRPC's 4 MiB default).
+  int max_message_bytes = 256 << 20;
   // Requests queued for those threads before new ones get RESOURCE_EXHAUSTED.
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
   absl::Duration maintenance_interval = absl::Seconds(10);
-  // Resources (README: Limits and resources). Blob bytes held in memory at
+  // Resources (README: Operations, Memory and disk). Blob bytes held in memory at
   // once, server-wide (inflight_budget.h; at least kMinInflightBytes), and
   // the free space of data_dir under which pushes are refused
   // (disk_watermark.h).
   uint64_t max_inflight_bytes = 256 << 20;
   MinFreeDisk min_free_disk = {.bytes = 256 << 20};
+  // Prometheus metrics over HTTP (metrics.h) on IPV4:PORT; empty: none.
+  // Loopback only unless auth_file or insecure_no_auth, as for `listen`.
+  std::string metrics_listen;
   core::RepositoryOptions repository;
 };
 
@@ -60,6 +69,10 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const;
+  // The port the metrics endpoint bound; 0 without metrics_listen.
+  int metrics_port() const;
+  // The web view's port; 0 when http_listen is empty.
+  int http_port() const;
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);

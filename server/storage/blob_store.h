@@ -51,6 +51,12 @@ class BlobWriter {
   // already present the copy is discarded and Commit succeeds. The writer
   // is finished afterwards, whatever the result.
   virtual absl::Status Commit(const Digest& expected) = 0;
+  // As Commit, but a blob already stored under `expected` is replaced by
+  // this verified copy, atomically: a reader sees the old blob or the new
+  // one, never a mix (for files: rename over it, then fsync the directory;
+  // a reader that opened the old file keeps reading the old bytes). This is
+  // how a blob found corrupt is healed; Commit would keep the bad copy.
+  virtual absl::Status CommitReplacing(const Digest& expected) = 0;
   // Discards the partial blob. The writer is finished afterwards.
   virtual void Abandon() = 0;
 };
@@ -84,6 +90,19 @@ class BlobStore {
   // Removes partial blobs left behind by an earlier process. Call once after
   // opening, before any writer exists.
   virtual absl::Status RemoveTemporaries() = 0;
+
+  // For backups: makes blob `digest` of `source` present in this store
+  // without copying its bytes, where both stores share the storage (file
+  // stores on one filesystem: a hard link). Returns false when they do not
+  // (another filesystem, hard links refused, another kind of store): the
+  // caller then copies the blob through NewWriter. A linked blob's name is
+  // durable only after SyncLinks(). NOT_FOUND when `source` lacks the blob.
+  virtual absl::StatusOr<bool> LinkFrom(BlobStore& source,
+                                        const Digest& digest) {
+    return false;
+  }
+  // Makes the names LinkFrom added durable.
+  virtual absl::Status SyncLinks() { return absl::OkStatus(); }
 };
 
 // Opens (creating if needed) a store of files under `dir`. The layout is

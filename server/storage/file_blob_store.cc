@@ -44,7 +44,15 @@
 //   4. fsync blobs/<xx>/ — also when the name was taken, because the writer
 //      that took it may not have fsynced the directory yet, and we are about
 //      to report the blob durable.
+// CommitReplacing(expected) (healing a blob found corrupt) does 1 and 2,
+// then rename(2)s over blobs/<xx>/<digest> whether or not it exists — an
+// atomic replacement: a crash leaves the old file or the new one — and 4.
 // Delete is unlink + fsync of the fan-out directory.
+// LinkFrom (backups) hard-links a committed blob file of another store into
+// this one's fan-out directory; committed files are never written again
+// (a repair renames a new file over the name), so the link shares immutable
+// bytes. SyncLinks fsyncs the fan-out directories that got links, then
+// blobs/.
 //
 // What a crash leaves behind: files in tmp/ (partial, or complete but not
 // renamed) — RemoveTemporaries() unlinks them on the next start. It only
@@ -62,6 +70,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -328,6 +337,7 @@ class FileBlobWriter final : public BlobWriter {
   uint64_t size() const override { return size_; }
   absl::StatusOr<uint64_t> Sync() override;
   absl::Status Commit(const Digest& expected) override;
+  absl::Status CommitReplacing(const Digest& expected) override;
   void Abandon() override;
 
  private:
@@ -337,7 +347,8 @@ class FileBlobWriter final : public BlobWriter {
 
   absl::Status CheckUsable() const;
   void Hash(const char* p, size_t n);
-  absl::Status CommitFile(const Digest& expected);
+  // `replace`: rename over a blob already stored (CommitReplacing).
+  absl::Status CommitFile(const Digest& expected, bool replace);
 
   const std::string blobs_dir_;
   const std::string tmp_path_;
@@ -396,12 +407,17 @@ class FileBlobStore final : public BlobStore {
   absl::Status ForEach(
       absl::FunctionRef<void(const Digest& digest, uint64_t size)> fn) override;
   absl::Status RemoveTemporaries() override;
+  absl::StatusOr<bool> LinkFrom(BlobStore& source,
+                                const Digest& digest) override;
+  absl::Status SyncLinks() override;
 
  private:
   const std::string dir_;
   const std::string blobs_dir_;
   const std::string tmp_dir_;
   std::atomic<uint64_t> next_tmp_seq_{0};
+  // Fan-out directories that LinkFrom added names to since SyncLinks.
+  std::array<std::atomic<bool>, kFanOut> linked_into_{};
 };
 
 // ---------------------------------------------------------------------------
@@ -468,12 +484,18 @@ absl::StatusOr<uint64_t> FileBlobWriter::Sync() {
 }
 
 absl::Status FileBlobWriter::Commit(const Digest& expected) {
-  absl::Status st = CommitFile(expected);
+  absl::Status st = CommitFile(expected, /*replace=*/false);
   Abandon();  // no-op after a successful rename
   return st;
 }
 
-absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
+absl::Status FileBlobWriter::CommitReplacing(const Digest& expected) {
+  absl::Status st = CommitFile(expected, /*replace=*/true);
+  Abandon();  // no-op after a successful rename
+  return st;
+}
+
+absl::Status FileBlobWriter::CommitFile(const Digest& expected, bool replace) {
   CKPTD_RETURN_IF_ERROR(CheckUsable());
   const Digest actual = digest_.Finish();
   if (actual != expected) {
@@ -505,6 +527,14 @@ absl::Status FileBlobWriter::CommitFile(const Digest& expected) {
     return ckptd::ErrnoToStatus(errno, absl::StrCat("rename blob tmp file ",
                                                     tmp_path_, " to ", target));
   };
+  if (replace) {
+    // rename(2) replaces the target atomically: readers see the old file or
+    // ours, and one that opened the old file keeps its bytes.
+    if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
+      return rename_error();
+    }
+    tmp_exists_ = false;
+  }
   // Retried only when the existing blob vanishes (a concurrent Delete)
   // between the failed rename and our look at it.
   for (int attempt = 0; tmp_exists_; ++attempt) {
@@ -797,6 +827,43 @@ absl::Status FileBlobStore::RemoveTemporaries() {
     }
   }
   return FsyncDir(tmp_dir_);
+}
+
+absl::StatusOr<bool> FileBlobStore::LinkFrom(BlobStore& source,
+                                             const Digest& digest) {
+  const auto* from_store = dynamic_cast<const FileBlobStore*>(&source);
+  if (from_store == nullptr || from_store == this) return false;
+  const std::string from = BlobPath(from_store->blobs_dir_, digest);
+  const std::string to = BlobPath(blobs_dir_, digest);
+  if (::link(from.c_str(), to.c_str()) != 0) {
+    switch (errno) {
+      case EEXIST:  // linked (or copied) before: the name is taken by it
+        break;
+      case EXDEV:  // another filesystem
+      case EPERM:  // the filesystem has no hard links (or refuses them)
+      case EMLINK:
+      case EOPNOTSUPP:
+        return false;
+      case ENOENT:
+        return absl::NotFoundError(absl::StrCat(
+            "blob ", digest.Hex(), " is not stored (no file ", from, ")"));
+      default:
+        return ckptd::ErrnoToStatus(
+            errno, absl::StrCat("hard-link blob file ", from, " to ", to));
+    }
+  }
+  linked_into_[digest.bytes[0]].store(true, std::memory_order_relaxed);
+  return true;
+}
+
+absl::Status FileBlobStore::SyncLinks() {
+  bool any = false;
+  for (int i = 0; i < kFanOut; ++i) {
+    if (!linked_into_[i].exchange(false)) continue;
+    any = true;
+    CKPTD_RETURN_IF_ERROR(FsyncDir(FanOutDir(blobs_dir_, i)));
+  }
+  return any ? FsyncDir(blobs_dir_) : absl::OkStatus();
 }
 
 }  // namespace

@@ -6,7 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "proto/base/error_reason.h"
+#include "proto/base/status.h"
 #include "rocksdb/options.h"
+#include "rocksdb/utilities/checkpoint.h"
+#include "server/storage/local_dir.h"
 #include "spdlog/spdlog.h"
 
 namespace ckptd::storage {
@@ -57,6 +60,9 @@ std::string Lease(absl::string_view run, uint64_t version,
 }
 std::string LeasePrefix(absl::string_view run, uint64_t version) {
   return absl::StrCat("lease/", run, "/", Hex16(version), "/");
+}
+std::string Quarantine(absl::string_view digest_hex) {
+  return absl::StrCat(kQuarantinePrefix, digest_hex);
 }
 std::optional<uint64_t> VersionFromKey(absl::string_view key) {
   size_t slash = key.rfind('/');
@@ -241,6 +247,19 @@ MetadataStore::Last(absl::string_view prefix) {
     return st;
   }
   return std::nullopt;
+}
+
+absl::Status MetadataStore::Checkpoint(const std::string& dir) {
+  rocksdb::Checkpoint* raw = nullptr;
+  CKPTD_RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw),
+                                  "prepare metadata checkpoint"));
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  CKPTD_RETURN_IF_ERROR(
+      FromRocks(checkpoint->CreateCheckpoint(dir),
+                absl::StrCat("metadata checkpoint into ", dir)));
+  // RocksDB syncs what it copies; hard links and its own directory entries
+  // are made durable here whatever the version does.
+  return SyncTree(dir);
 }
 
 }  // namespace ckptd::storage

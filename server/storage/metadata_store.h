@@ -23,6 +23,14 @@
 //                                   power failure only costs a re-upload),
 //                                   deleted when the version publishes or
 //                                   aborts.
+//   quar/<digest hex>               v1.QuarantineRecord: a blob found
+//                                   corrupt (server/core/blob_index.h);
+//                                   deleted when an upload replaces it or
+//                                   the blob is collected.
+//   scrub/since                     unix nanos (decimal) when the scrub was
+//                                   first enabled on this data dir
+//   scrub/last_pass_end             unix nanos (decimal) of the end of the
+//                                   last complete scrub pass
 //
 // Every change that publishes or moves something is one WriteBatch written
 // with sync=true, so a crash leaves either all of it or none of it.
@@ -71,6 +79,10 @@ std::string Lease(absl::string_view run, uint64_t version,
                   absl::string_view digest_hex);
 std::string LeasePrefix(absl::string_view run, uint64_t version);
 inline constexpr absl::string_view kLeasePrefix = "lease/";
+std::string Quarantine(absl::string_view digest_hex);
+inline constexpr absl::string_view kQuarantinePrefix = "quar/";
+inline constexpr absl::string_view kScrubSince = "scrub/since";
+inline constexpr absl::string_view kScrubLastPassEnd = "scrub/last_pass_end";
 // Parses the version number out of a Version() key; nullopt if malformed.
 std::optional<uint64_t> VersionFromKey(absl::string_view key);
 std::string Hex16(uint64_t n);
@@ -122,6 +134,12 @@ class MetadataStore {
   // The last key (and value) with this prefix, if any.
   absl::StatusOr<std::optional<std::pair<std::string, std::string>>> Last(
       absl::string_view prefix);
+  // An openable copy of the database as of one instant, in `dir` (which
+  // must not exist; its parent must): RocksDB's checkpoint (memtables
+  // flushed first; table files hard-linked on one filesystem, else copied),
+  // then every file in it fsynced. Writes may go on meanwhile. Backups
+  // (server/core/repository_backup.cc) use it.
+  absl::Status Checkpoint(const std::string& dir);
 
  private:
   MetadataStore(std::string dir, std::unique_ptr<rocksdb::DB> db);

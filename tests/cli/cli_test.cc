@@ -32,6 +32,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/base/digest.h"
 #include "proto/base/secret.h"
 #include "tests/cli/cli_test_util.h"
 #include "tests/integration/support/server_process.h"
@@ -58,9 +59,9 @@ using ::testing::StartsWith;
 using Json = nlohmann::json;
 
 const char* const kCommands[] = {
-    "runs",  "ls",      "show",    "metrics", "pull",  "push",
-    "alias", "unalias", "pin",     "unpin",   "rm",    "policy",
-    "gc",    "watch",   "history", "verify",  "token", "audit"};
+    "runs",    "ls",     "show",  "metrics", "pull",   "push",  "alias",
+    "unalias", "pin",    "unpin", "rm",      "policy", "gc",    "watch",
+    "history", "verify", "token", "audit",   "admin",  "health"};
 
 std::vector<TestTensor> SampleTensors(uint32_t seed) {
   return {
@@ -922,6 +923,130 @@ TEST_F(CkptCliTest, VerifyAndGc) {
   EXPECT_THAT(r.out, StartsWith("deleted "));
   j = ParseJson(Ckpt({"--json", "gc"}));
   EXPECT_TRUE(j.contains("bytes_freed"));
+}
+
+// A byte flipped in a stored blob: `ckpt verify` lists the damaged version
+// (exit 1), `ckpt pull` fails naming the tensor and no server path, and
+// `ckpt rm --force` deletes the damaged `best`, moving best and last.
+TEST_F(CkptCliTest, VerifyListsDamagedVersionsAndRmForceMovesAliases) {
+  const std::string run = Run();
+  ASSERT_EQ(
+      Ckpt({"policy", run, "--monitor", "loss", "--mode", "min"}).exit_code, 0);
+  PushSample(run, 1, 101, {"--metric", "loss=0.5"});
+  PushSample(run, 2, 102, {"--metric", "loss=0.1"});
+  PushSample(run, 3, 103, {"--metric", "loss=0.9"});
+  ClientOptions options;
+  options.address = server_->address();
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto v2 = (*client)->GetVersion(run, "2", GetVersionOptions());
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  std::set<std::string> blobs;
+  for (const auto& e : v2->shards[0].entries()) {
+    if (e.has_tensor()) blobs.insert(e.tensor().blob_digest());
+  }
+  for (const std::string& d : blobs) {
+    const std::string hex = DigestFromBytes(d)->Hex();
+    const std::string path = absl::StrCat(server_->data_dir(), "/blobs/",
+                                          hex.substr(0, 2), "/", hex);
+    std::string bytes = ReadFile(path);
+    ASSERT_GT(bytes.size(), 40u) << path;
+    bytes[5] = static_cast<char>(~bytes[5]);
+    WriteFile(path, bytes);
+  }
+
+  CkptResult r = Ckpt({"verify", run});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.out, HasSubstr("damaged versions:")) << r;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat(run, "@2"))) << r;
+  EXPECT_THAT(r.out, HasSubstr("model.big")) << r;
+  EXPECT_THAT(r.out, HasSubstr("ckpt rm --force")) << r;
+  EXPECT_THAT(r.out, Not(HasSubstr(absl::StrCat(run, "@1 ")))) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: DATA_LOSS: verify found 1 bad blob"))
+      << r;
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat("damaged: ", run, "@2"))) << r;
+  EXPECT_THAT(r.out + r.err, Not(HasSubstr(server_->data_dir()))) << r;
+  Json j = ParseJson(Ckpt({"--json", "verify", run}));
+  EXPECT_EQ(j["ok"], false);
+  ASSERT_EQ(j["damaged"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["damaged"][0]["version"], 2);
+  EXPECT_EQ(j["damaged"][0]["aliases"], Json::array({"best"}));
+  EXPECT_EQ(j["damaged"][0]["tensors"].size(), SampleTensors(0).size());
+
+  r = Ckpt({"pull", absl::StrCat(run, "@best"), "-o", Path("damaged.st")});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: DATA_LOSS: "));
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(run, "@2: tensors '"))) << r;
+  EXPECT_THAT(r.err, Not(HasSubstr(server_->data_dir()))) << r;
+  EXPECT_FALSE(FileExists(Path("damaged.st")));
+
+  r = Ckpt({"rm", absl::StrCat(run, "@best")});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, HasSubstr("--force")) << r;
+  r = Ckpt({"rm", "--force", absl::StrCat(run, "@best")});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.out, absl::StrCat("deleted ", run, "@best\n  last -> ", run,
+                                "@3\n  best -> ", run, "@1\n"));
+  r = Ckpt({"verify", run});
+  EXPECT_EQ(r.exit_code, 0) << r;
+  j = ParseJson(Ckpt({"--json", "rm", "--force", absl::StrCat(run, "@last")}));
+  EXPECT_EQ(j["deleted"], true);
+  EXPECT_EQ(j["last"], 1);
+  EXPECT_EQ(j["best"], 1);
+  j = ParseJson(Ckpt({"--json", "rm", "--force", absl::StrCat(run, "@1")}));
+  EXPECT_TRUE(j["last"].is_null()) << j.dump();
+  EXPECT_TRUE(j["best"].is_null()) << j.dump();
+  r = Ckpt({"history", run, "best"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, HasSubstr("2 -> 1")) << r;
+  EXPECT_THAT(r.out, HasSubstr("1 -> (deleted)")) << r;
+TEST_F(CkptCliTest, AdminBackupWritesADataDirAndRefusesBadDirs) {
+  const std::string run = Run();
+  PushSample(run, 1, 1);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> usage = {
+      {{"admin"}, "A subcommand is required"},
+      {{"admin", "backup"}, "DIR is required"},
+      {{"admin", "backup", "backups/today"},
+       "backup DIR 'backups/today' must be an absolute path: it names a "
+       "directory on the server's filesystem"},
+      {{"admin", "backup", Path("x"), "--timeout", "soon"},
+       "bad --timeout 'soon'"},
+      {{"admin", "backup", Path("x"), "--timeout", "0s"},
+       "give a positive duration"},
+  };
+  for (const Case& c : usage) {
+    const CkptResult r = Ckpt(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r;
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << r;
+  }
+  EXPECT_FALSE(FileExists(Path("x")));
+
+  const std::string dir = Path(absl::StrCat(run, "-backup"));
+  CkptResult r = Ckpt({"admin", "backup", dir, "--timeout", "10m"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_THAT(r.out, StartsWith(absl::StrCat("backed up to ", dir, "\n")));
+  EXPECT_THAT(r.out, HasSubstr("pending left out)"));
+  EXPECT_THAT(r.out, HasSubstr(" linked, 0 copied)"));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("ckptd --data_dir ", dir, "\n")));
+  EXPECT_TRUE(FileExists(dir + "/BACKUP"));
+  EXPECT_TRUE(FileExists(dir + "/meta/CURRENT"));
+
+  // The server's refusal comes back verbatim.
+  r = Ckpt({"admin", "backup", dir});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.err, StartsWith("ckpt: FAILED_PRECONDITION: backup dir "));
+  EXPECT_THAT(r.err, HasSubstr("is not empty"));
+
+  const Json j = ParseJson(
+      Ckpt({"--json", "admin", "backup", absl::StrCat(dir, "-json")}));
+  EXPECT_GE(j["versions"].get<uint64_t>(), 1u);
+  EXPECT_GT(j["blobs"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["blobs_linked"], j["blobs"]);
+  EXPECT_EQ(j["dir"], absl::StrCat(dir, "-json"));
 }
 
 // `watch` prints the ref's current target first (the server's WatchRef

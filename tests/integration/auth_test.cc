@@ -357,6 +357,14 @@ std::vector<std::pair<std::string, Probe>> Probes() {
     v1::GetAuditLogResponse out;
     return s.GetAuditLog(&ctx, r, &out);
   });
+  unary("Backup", [](auto& s, grpc::ClientContext& ctx) {
+    // A relative dir: an admin passes the access check and is refused by
+    // the path rules (INVALID_ARGUMENT), so nothing is written.
+    v1::BackupRequest r;
+    r.set_dir("not-absolute");
+    v1::BackupResponse out;
+    return s.Backup(&ctx, r, &out);
+  });
   p.push_back(
       {"Health",
        [](v1::Checkpoint::Stub&, grpc::Channel& channel, const Caller& c) {
@@ -522,6 +530,7 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
       {"CollectGarbage", "UUPPaPXPX"},
       {"Verify", "UUPPaPXPX"},
       {"GetAuditLog", "UUaaaPXaX"},
+      {"Backup", "UUPPaPXPX"},
       {"Health", "aaaaaaXaX"},
       {"Reflection", "UUaaaaXaX"},
   };

@@ -538,5 +538,24 @@ TEST(DaemonTest, SecondDaemonOnTheSameDataDirFailsAndTheFirstKeepsServing) {
   EXPECT_EQ(first.Stop(), 0);
 }
 
+TEST(DaemonTest, BadLimitFlagsFailNamingTheFlag) {
+  const std::string dir = TempDataDir();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--max_labels=0", "--max_labels=0 must be at least 1"},
+      {"--max_find_missing_digests=0", "--max_find_missing_digests=0"},
+      {"--max_key_depth=-3", "--max_key_depth=-3 must be at least 1"},
+      {"--max_message_bytes=4096", "--max_message_bytes=4096 is below 8 MiB"},
+      {"--max_manifest_bytes=lots", "max_manifest_bytes"},
+  };
+  for (const auto& [flag, says] : cases) {
+    CommandResult r =
+        RunCkptd({flag, "--data_dir=" + dir, "--listen=127.0.0.1:0"});
+    EXPECT_NE(r.exit_code, 0) << flag << ":\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(says)) << flag;
+    EXPECT_FALSE(r.served) << flag;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ckptd

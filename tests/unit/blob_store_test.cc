@@ -614,6 +614,48 @@ TEST_P(BlobStoreConformanceTest, CorruptByteFailsOnlyTheChunkHoldingIt) {
   }
 }
 
+// Healing: Commit keeps a stored copy (even a corrupt one), CommitReplacing
+// replaces it with the verified upload; a reader opened before the
+// replacement keeps reading what it opened.
+TEST_P(BlobStoreConformanceTest, CommitReplacingReplacesACorruptBlob) {
+  const uint64_t size = 2 * kChunk + 5;
+  const std::string data = RandomBytes(size, 77);
+  ASSERT_OK_AND_ASSIGN(Digest digest, Put(store(), data));
+  harness_->Corrupt(digest, kChunk + 3);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<BlobReader> before,
+                       store().Open(digest));
+  ASSERT_OK(Put(store(), data));  // Commit: the corrupt copy stays
+  EXPECT_EQ(ReadAll(store(), digest).status().code(),
+            absl::StatusCode::kDataLoss);
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<BlobWriter> writer, store().NewWriter());
+  ASSERT_OK(writer->Append(data));
+  ASSERT_OK(writer->CommitReplacing(digest));
+  ASSERT_OK_AND_ASSIGN(std::string read, ReadAll(store(), digest));
+  EXPECT_TRUE(read == data);
+  EXPECT_THAT(ListBlobs(store()), UnorderedElementsAre(Pair(digest, size)));
+  EXPECT_EQ(harness_->TemporaryCount(), 0u);
+  std::string old(kChunk, '\0');
+  EXPECT_EQ(before->ReadAt(kChunk, kChunk, old.data()).code(),
+            absl::StatusCode::kDataLoss);
+
+  // Of a digest not stored it is a plain commit; a wrong digest is refused
+  // and replaces nothing.
+  const std::string fresh = RandomBytes(100, 78);
+  ASSERT_OK_AND_ASSIGN(writer, store().NewWriter());
+  ASSERT_OK(writer->Append(fresh));
+  ASSERT_OK(writer->CommitReplacing(DigestOfString(fresh)));
+  EXPECT_TRUE(*ReadAll(store(), DigestOfString(fresh)) == fresh);
+  ASSERT_OK_AND_ASSIGN(writer, store().NewWriter());
+  ASSERT_OK(writer->Append(fresh));
+  EXPECT_EQ(writer->CommitReplacing(digest).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(*ReadAll(store(), digest) == data);
+  // Replacing survives a restart.
+  ASSERT_OK(harness_->Restart());
+  EXPECT_TRUE(*ReadAll(store(), digest) == data);
+}
+
 TEST_P(BlobStoreConformanceTest, RestartKeepsCommittedBlobsAndDropsPartials) {
   const std::string data = RandomBytes(kChunk + 17, 17);
   ASSERT_OK_AND_ASSIGN(Digest digest, Put(store(), data));

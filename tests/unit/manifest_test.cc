@@ -169,7 +169,7 @@ std::vector<Case> Cases() {
       {"rank at the limit (64)",
        {Root(), Tensor({"w"}, v1::FLOAT32, Ones(kMaxTensorRank), 4)},
        nullptr},
-      {"path depth at the limit (64)", DeepPath(kMaxPathDepth), nullptr},
+      {"path depth at the limit (64)", DeepPath(Limits{}.key_depth), nullptr},
       {"value nesting at the limit (32)",
        {Root(), ValueEntry({"v"}, NestedList(32))},
        nullptr},
@@ -245,8 +245,8 @@ std::vector<Case> Cases() {
       {"entry with no kind",
        {Root(), no_kind},
        "entry 1 ('x') is neither container, value nor tensor"},
-      {"path deeper than the limit (65)", DeepPath(kMaxPathDepth + 1),
-       "has a key path deeper than 64"},
+      {"path deeper than the limit (65)", DeepPath(Limits{}.key_depth + 1),
+       "65 segments; the limit is 64 (--max_key_depth)"},
 
       // ---- tensors ----
       {"unknown dtype",
@@ -303,13 +303,13 @@ std::vector<Case> Cases() {
       // ---- values ----
       {"value with no kind",
        {Root(), unset_value},
-       "value at 'v' has no kind set"},
+       "the value of manifest entry 1 ('v') has no kind set"},
       {"list item with no kind",
        {Root(), ValueEntry({"v"}, list_with_unset_item)},
-       "value at 'v' has no kind set"},
+       "('v') has no kind set"},
       {"value nesting above the limit (33)",
        {Root(), ValueEntry({"v"}, NestedList(33))},
-       "value at 'v' nests deeper than 32"},
+       "('v') is 33 levels; the limit is 32 (--max_value_depth)"},
   };
 }
 

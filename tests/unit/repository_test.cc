@@ -723,6 +723,44 @@ TEST_F(RepositoryTest, ResumeContinuesAnInterruptedUpload) {
   EXPECT_FALSE(where->complete());
 }
 
+// An interrupted upload belongs to the version that received the bytes:
+// another version (another tenant) neither sees its offset nor resumes it.
+TEST_F(RepositoryTest, AnInterruptedUploadIsVisibleOnlyToItsVersion) {
+  const uint64_t mine = Begin("mine", 1);
+  const uint64_t theirs = Begin("theirs", 1);
+  std::string bytes(2 << 20, '\0');
+  std::mt19937 rng(2);
+  for (char& c : bytes) c = static_cast<char>(rng());
+  const Digest d = DigestOf(bytes.data(), bytes.size());
+  {
+    auto up = repo_->StartBlobUpload("mine", mine, d, bytes.size(), 0);
+    ASSERT_TRUE(up.ok());
+    ASSERT_TRUE(
+        (*up)->Append(0, absl::string_view(bytes).substr(0, 1 << 20)).ok());
+  }
+  auto query = [&](const std::string& run, uint64_t version) {
+    v1::QueryUploadRequest q;
+    q.set_run(run);
+    q.set_version(version);
+    q.set_digest(std::string(d.AsBytes()));
+    auto r = repo_->QueryUpload(q);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->durable_offset() : ~uint64_t{0};
+  };
+  EXPECT_EQ(query("theirs", theirs), 0u)
+      << "another version learns that the bytes are being uploaded";
+  auto stolen =
+      repo_->StartBlobUpload("theirs", theirs, d, bytes.size(), 1 << 20);
+  EXPECT_EQ(stolen.status().code(), absl::StatusCode::kFailedPrecondition)
+      << "another version resumed the upload";
+  EXPECT_EQ(query("mine", mine), 1u << 20);
+  auto up = repo_->StartBlobUpload("mine", mine, d, bytes.size(), 1 << 20);
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_TRUE(
+      (*up)->Append(1 << 20, absl::string_view(bytes).substr(1 << 20)).ok());
+  ASSERT_TRUE((*up)->Finish().ok());
+}
+
 TEST_F(RepositoryTest, DigestMismatchIsRejected) {
   uint64_t v = Begin("r", 1);
   std::string bytes(100, 'z');

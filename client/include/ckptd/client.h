@@ -256,8 +256,14 @@ class Client {
                                           const std::string& ref) = 0;
   virtual absl::StatusOr<VersionInfo> Unpin(const std::string& run,
                                             const std::string& ref) = 0;
+  // Deletes a version (admin). `force` also deletes one that `last` or
+  // `best` names: `last` moves to the previous committed version, `best`
+  // to the best remaining one under the run's policy.
   virtual absl::Status DeleteVersion(const std::string& run,
-                                     const std::string& ref) = 0;
+                                     const std::string& ref, bool force) = 0;
+  absl::Status DeleteVersion(const std::string& run, const std::string& ref) {
+    return DeleteVersion(run, ref, /*force=*/false);
+  }
   virtual absl::StatusOr<Policy> SetPolicy(const std::string& run,
                                            const Policy& policy) = 0;
   virtual absl::StatusOr<Policy> GetPolicy(const std::string& run) = 0;
@@ -270,10 +276,42 @@ class Client {
   // newest events (0: the server's default, 1000).
   virtual absl::StatusOr<std::vector<AuditEvent>> GetAuditLog(
       const std::string& run, uint32_t limit) = 0;
+
+  // ---- Operations ----
+  // An online backup of the whole server into `dir`, an absolute path on
+  // the SERVER's filesystem that does not exist yet (its parent does) or is
+  // an empty directory (admin only; README, Backup and restore). Waits up
+  // to `timeout` (infinite: no deadline); a cancelled or timed-out call
+  // stops the backup, and the server removes what it wrote.
+  virtual absl::StatusOr<::ckptd::v1::BackupResponse> Backup(
+      const std::string& dir,
+      absl::Duration timeout = absl::InfiniteDuration()) = 0;
 };
 
 // True when this build has CUDA support and a CUDA device is present.
 bool CudaAvailable();
+
+// ---- Health (grpc.health.v1) ----
+
+// grpc.health.v1.HealthCheckResponse.ServingStatus, same values.
+enum class ServingStatus {
+  kUnknown = 0,
+  kServing = 1,
+  kNotServing = 2,
+  kServiceUnknown = 3,
+};
+// "SERVING", "NOT_SERVING", ... as the proto spells them.
+std::string ServingStatusName(ServingStatus status);
+
+// One grpc.health.v1.Health/Check call to `options.address` for `service`
+// ("": the server as a whole), over one channel with the options' TLS
+// settings, fail-fast, with `options.rpc_timeout_seconds` as its deadline.
+// ckptd answers it without credentials (probes), on its main address and on
+// --health_listen. Errors are the call's: UNAVAILABLE (nothing listens, or
+// a TLS mismatch), DEADLINE_EXCEEDED (no answer in time), NOT_FOUND (a
+// service the server does not report on).
+absl::StatusOr<ServingStatus> CheckHealth(const ClientOptions& options,
+                                          const std::string& service);
 
 }  // namespace ckptd
 

@@ -1019,9 +1019,13 @@ class Client:
         """Makes a pinned version subject to retention again."""
         return VersionInfo._from_native(self._native.set_pinned(run, _ref(ref), False))
 
-    def delete_version(self, run: str, ref: Ref) -> None:
-        """Deletes one version (its blobs are collected when unreferenced)."""
-        self._native.delete_version(run, _ref(ref))
+    def delete_version(self, run: str, ref: Ref, force: bool = False) -> None:
+        """Deletes one version (its blobs are collected when unreferenced).
+
+        A version that ``last`` or ``best`` names is refused unless ``force``:
+        then ``last`` moves to the previous committed version and ``best`` to
+        the best remaining one under the run's policy (admin role)."""
+        self._native.delete_version(run, _ref(ref), force)
 
     def metric_history(self, run: str, metric: Optional[str] = None) -> List[MetricPoint]:
         """Metric values over the versions of ``run`` (every metric if None)."""

@@ -385,11 +385,12 @@ class NativeClient {
     return VersionInfoToPython(ValueOrThrow(std::move(info)));
   }
 
-  void DeleteVersion(const std::string& run, const std::string& ref) {
+  void DeleteVersion(const std::string& run, const std::string& ref,
+                     bool force) {
     absl::Status st;
     {
       py::gil_scoped_release release;
-      st = client_->DeleteVersion(run, ref);
+      st = client_->DeleteVersion(run, ref, force);
     }
     ThrowIfError(st);
   }
@@ -575,7 +576,7 @@ PYBIND11_MODULE(_native, m) {
       .def("set_pinned", &NativeClient::SetPinned, py::arg("run"),
            py::arg("ref"), py::arg("pinned"))
       .def("delete_version", &NativeClient::DeleteVersion, py::arg("run"),
-           py::arg("ref"))
+           py::arg("ref"), py::arg("force") = false)
       .def("set_policy", &NativeClient::SetPolicy, py::arg("run"),
            py::arg("monitor"), py::arg("mode"), py::arg("keep_last"),
            py::arg("keep_best"), py::arg("keep_every_n_steps"))

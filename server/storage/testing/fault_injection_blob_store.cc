@@ -61,6 +61,13 @@ class FaultInjectionBlobWriter final : public BlobWriter {
     }
     return base_->Commit(expected);
   }
+  absl::Status CommitReplacing(const Digest& expected) override {
+    if (absl::Status injected = injector_->BeginMutation(); !injected.ok()) {
+      base_->Abandon();
+      return injected;
+    }
+    return base_->CommitReplacing(expected);
+  }
   void Abandon() override { base_->Abandon(); }
 
  private:

@@ -4,7 +4,7 @@
 //
 // Mutating operations are counted in call order, one count per call:
 //   store:  NewWriter, Delete, RemoveTemporaries
-//   writer: Append, Sync, Commit
+//   writer: Append, Sync, Commit, CommitReplacing
 // (Abandon cannot fail and is not counted; reads — Stat, Open, ReadAt,
 // ForEach, size — pass through uncounted.) A failed operation returns the
 // injected status and has no effect on the wrapped store: an Append stores

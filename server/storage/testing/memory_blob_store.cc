@@ -67,6 +67,17 @@ class MemoryBlobWriter final : public BlobWriter {
   }
 
   absl::Status Commit(const Digest& expected) override {
+    return CommitImpl(expected, /*replace=*/false);
+  }
+
+  absl::Status CommitReplacing(const Digest& expected) override {
+    return CommitImpl(expected, /*replace=*/true);
+  }
+
+  void Abandon() override;
+
+ private:
+  absl::Status CommitImpl(const Digest& expected, bool replace) {
     absl::MutexLock lock(&state_->mu);
     CKPTD_ASSIGN_OR_RETURN(PartialBlob * partial, Partial());
     finished_ = true;
@@ -79,7 +90,7 @@ class MemoryBlobWriter final : public BlobWriter {
                        " but the ", data.size(), " bytes received hash to ",
                        actual.Hex(), "; the blob was discarded"));
     }
-    if (state_->blobs.contains(expected)) return absl::OkStatus();
+    if (!replace && state_->blobs.contains(expected)) return absl::OkStatus();
     auto blob = std::make_shared<StoredBlob>();
     for (uint64_t off = 0; off < data.size(); off += kBlobChecksumChunk) {
       blob->checksums.push_back(ChunkChecksum(
@@ -91,16 +102,6 @@ class MemoryBlobWriter final : public BlobWriter {
     return absl::OkStatus();
   }
 
-  void Abandon() override {
-    absl::MutexLock lock(&state_->mu);
-    if (finished_) return;
-    finished_ = true;
-    // A writer lost in a crash cannot clean up: its partial blob stays for
-    // RemoveTemporaries, like a tmp file of a killed process.
-    if (epoch_ == state_->epoch) state_->partials.erase(id_);
-  }
-
- private:
   absl::StatusOr<PartialBlob*> Partial()
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     if (finished_) {
@@ -124,6 +125,15 @@ class MemoryBlobWriter final : public BlobWriter {
   bool finished_ = false;
   uint64_t size_ = 0;
 };
+
+void MemoryBlobWriter::Abandon() {
+  absl::MutexLock lock(&state_->mu);
+  if (finished_) return;
+  finished_ = true;
+  // A writer lost in a crash cannot clean up: its partial blob stays for
+  // RemoveTemporaries, like a tmp file of a killed process.
+  if (epoch_ == state_->epoch) state_->partials.erase(id_);
+}
 
 class MemoryBlobReader final : public BlobReader {
  public:

@@ -3,8 +3,9 @@
 //
 // It has the semantics of the file store: the digest is checked at Commit
 // (INVALID_ARGUMENT, nothing visible), a second Commit of a stored digest
-// succeeds and keeps one copy, reads verify per-chunk checksums
-// (kBlobChecksumChunk) and answer DATA_LOSS naming the digest and offset.
+// succeeds and keeps one copy (CommitReplacing replaces it), reads verify
+// per-chunk checksums (kBlobChecksumChunk) and answer DATA_LOSS naming the
+// digest and offset.
 //
 // Durability model, mirroring files on a disk that loses its page cache:
 //   - Commit and Delete are durable when they return.
