@@ -256,11 +256,13 @@ absl::StatusOr<std::unique_ptr<ReadLease>> Repository::PinForBackup(
     }
   }
   // The lease unpins what was pinned, also on the error below.
-  std::unique_ptr<ReadLease> lease(new ReadLease(this, std::move(pinned)));
+  std::unique_ptr<ReadLease> lease(
+      new ReadLease(this, /*run=*/"", /*version=*/0, std::move(pinned)));
   if (missing.has_value()) {
     return absl::DataLossError(absl::StrCat(
         "blob ", missing->Hex(),
-        " is referenced by a committed version but not stored; `ckpt verify "
+        " is referenced by a committed version but damaged (quarantined) or "
+        "not stored; `ckpt verify "
         "RUN` names the damaged versions (delete or re-push them), then "
         "back up again"));
   }

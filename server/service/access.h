@@ -59,8 +59,7 @@ enum class Method {
 };
 // The last Method + 1: update it with the enum (kRules, sized by it, stops
 // compiling when a method is added without it).
-inline constexpr size_t kMethodCount =
-    static_cast<size_t>(Method::kBackup) + 1;
+inline constexpr size_t kMethodCount = static_cast<size_t>(Method::kBackup) + 1;
 
 struct MethodRule {
   Method method;

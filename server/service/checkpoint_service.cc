@@ -593,17 +593,17 @@ grpc::ServerUnaryReactor* CheckpointService::BeginVersion(
   if (draining()) {
     return Refuse(ctx, Method::kBeginVersion, *req, DrainingError());
   }
-  return Unary(ctx, Method::kBeginVersion, *req, resp, req->run(),
-               [=, this](const Principal& caller) -> absl::Status {
-                 if (guards_.watermark != nullptr) {
-                   CKPTD_RETURN_IF_ERROR(guards_.watermark->CheckBegin(
-                       absl::StrCat("BeginVersion of ", req->run(), " step ",
-                                    req->step())));
-                 }
-                 CKPTD_ASSIGN_OR_RETURN(
-                     *resp, repo_->BeginVersion(*req, ActorOf(caller)));
-                 return absl::OkStatus();
-               });
+  return Unary(
+      ctx, Method::kBeginVersion, *req, resp, req->run(),
+      [=, this](const Principal& caller) -> absl::Status {
+        if (guards_.watermark != nullptr) {
+          CKPTD_RETURN_IF_ERROR(guards_.watermark->CheckBegin(absl::StrCat(
+              "BeginVersion of ", req->run(), " step ", req->step())));
+        }
+        CKPTD_ASSIGN_OR_RETURN(*resp,
+                               repo_->BeginVersion(*req, ActorOf(caller)));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* CheckpointService::FindMissingBlobs(

@@ -49,8 +49,10 @@ uint64_t MinFreeDisk::FloorBytes(uint64_t total) const {
 
 std::string MinFreeDisk::ToString() const {
   if (is_percent) return absl::StrCat(percent, "%");
-  for (const auto& [suffix, shift] :
-       {std::pair<const char*, int>{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}}) {
+  for (const auto& [suffix, shift] : {std::pair<const char*, int>{"T", 40},
+                                      {"G", 30},
+                                      {"M", 20},
+                                      {"K", 10}}) {
     const uint64_t unit = uint64_t{1} << shift;
     if (bytes >= unit && bytes % unit == 0) {
       return absl::StrCat(bytes / unit, suffix);
@@ -188,14 +190,13 @@ absl::Status DiskWatermark::Refusal(absl::string_view what, const Space& space,
     held = absl::StrCat(", ", HumanBytes(reserved),
                         " of it promised to uploads in progress");
   }
-  const std::string floor =
-      absl::StrCat("--min_free_disk=", floor_.ToString(), " (",
-                   HumanBytes(floor_bytes), ")");
+  const std::string floor = absl::StrCat("--min_free_disk=", floor_.ToString(),
+                                         " (", HumanBytes(floor_bytes), ")");
   const std::string why =
-      needed > 0 ? absl::StrCat(" needs ", HumanBytes(needed),
-                                ", which would leave less than ", floor,
-                                " free")
-                 : absl::StrCat(" is refused: the free space is under ", floor);
+      needed > 0
+          ? absl::StrCat(" needs ", HumanBytes(needed),
+                         ", which would leave less than ", floor, " free")
+          : absl::StrCat(" is refused: the free space is under ", floor);
   return WithReason(
       absl::ResourceExhaustedError(absl::StrCat(
           "ckptd's disk is nearly full: ", HumanBytes(space.free), " free of ",

@@ -6,8 +6,8 @@
 
 namespace ckptd::service {
 
-InflightBudget::Ticket InflightBudget::Acquire(
-    uint64_t bytes, std::function<void()> on_grant) {
+InflightBudget::Ticket InflightBudget::Acquire(uint64_t bytes,
+                                               std::function<void()> on_grant) {
   absl::MutexLock lock(&mu_);
   // First come, first served: nobody overtakes a waiter.
   if (waiters_.empty() && in_use_ + bytes <= capacity_) {
@@ -50,8 +50,7 @@ void InflightBudget::Release(uint64_t bytes) {
   {
     absl::MutexLock lock(&mu_);
     in_use_ -= std::min(bytes, in_use_);
-    while (!waiters_.empty() &&
-           in_use_ + waiters_.front().bytes <= capacity_) {
+    while (!waiters_.empty() && in_use_ + waiters_.front().bytes <= capacity_) {
       in_use_ += waiters_.front().bytes;
       peak_ = std::max(peak_, in_use_);
       granted.push_back(std::move(waiters_.front().on_grant));

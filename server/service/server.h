@@ -46,8 +46,8 @@ struct ServerOptions {
   size_t max_queued_requests = 4096;
   // How often expired pending versions are aborted.
   absl::Duration maintenance_interval = absl::Seconds(10);
-  // Resources (README: Operations, Memory and disk). Blob bytes held in memory at
-  // once, server-wide (inflight_budget.h; at least kMinInflightBytes), and
+  // Resources (README: Operations, Memory and disk). Blob bytes held in memory
+  // at once, server-wide (inflight_budget.h; at least kMinInflightBytes), and
   // the free space of data_dir under which pushes are refused
   // (disk_watermark.h).
   uint64_t max_inflight_bytes = 256 << 20;

@@ -1000,6 +1000,8 @@ TEST_F(CkptCliTest, VerifyListsDamagedVersionsAndRmForceMovesAliases) {
   ASSERT_EQ(r.exit_code, 0) << r;
   EXPECT_THAT(r.out, HasSubstr("2 -> 1")) << r;
   EXPECT_THAT(r.out, HasSubstr("1 -> (deleted)")) << r;
+}
+
 TEST_F(CkptCliTest, AdminBackupWritesADataDirAndRefusesBadDirs) {
   const std::string run = Run();
   PushSample(run, 1, 1);

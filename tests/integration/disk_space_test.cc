@@ -55,9 +55,9 @@ class Tmpfs {
                 options.c_str()) == 0) {
       mounted_ = true;
     } else {
-      error_ = absl::StrCat("mount -t tmpfs -o ", options, " tmpfs ", dir,
-                            ": ", std::strerror(errno),
-                            " (needs root or CAP_SYS_ADMIN)");
+      error_ =
+          absl::StrCat("mount -t tmpfs -o ", options, " tmpfs ", dir, ": ",
+                       std::strerror(errno), " (needs root or CAP_SYS_ADMIN)");
     }
   }
   ~Tmpfs() {
@@ -255,8 +255,8 @@ TEST(DiskWatermarkTest, PushesThatWouldCrossTheFloorAreRefusedBeforeWriting) {
   const std::string filler_path = server.data_dir() + "/filler";
 
   std::vector<std::string> kept;
-  auto first = client->Push(MakePush("wm", 1, 2, 4 * kMiB, 1, &kept),
-                            PushOptions());
+  auto first =
+      client->Push(MakePush("wm", 1, 2, 4 * kMiB, 1, &kept), PushOptions());
   ASSERT_TRUE(first.ok()) << first.status();
   const std::set<std::string> blobs_before = FilesUnder(blobs_dir);
   ASSERT_EQ(blobs_before.size(), 2u);
@@ -351,10 +351,9 @@ TEST(DiskFullTest, SigtermWithNoFreeSpaceExitsZeroAndLosesNothing) {
   absl::Status failure;
   for (int step = 1; step <= 40 && failure.ok(); ++step) {
     std::vector<std::string> bytes;
-    auto info = client->Push(
-        MakePush("full", step, 3, 8 * kMiB, static_cast<uint64_t>(step),
-                 &bytes),
-        PushOptions());
+    auto info = client->Push(MakePush("full", step, 3, 8 * kMiB,
+                                      static_cast<uint64_t>(step), &bytes),
+                             PushOptions());
     if (info.ok()) {
       ASSERT_EQ(info->state(), v1::COMMITTED);
       acknowledged[info->version()] = std::move(bytes);
@@ -421,9 +420,8 @@ TEST(DiskFullTest, SigtermWithNoFreeSpaceExitsZeroAndLosesNothing) {
   ASSERT_TRUE(last.ok()) << last.status();
   EXPECT_EQ(last->info.version(), acknowledged.rbegin()->first);
   std::vector<std::string> after_bytes;
-  auto after = client->Push(MakePush("full", 200, 1, 1 * kMiB, 200,
-                                     &after_bytes),
-                            PushOptions());
+  auto after = client->Push(
+      MakePush("full", 200, 1, 1 * kMiB, 200, &after_bytes), PushOptions());
   EXPECT_TRUE(after.ok()) << after.status();
   client.reset();
   EXPECT_EQ(server.Stop(), 0);
@@ -459,8 +457,8 @@ Exit RunCkptd(const std::vector<std::string>& args) {
   Exit out;
   int status = 0;
   // A ckptd that accepted the flags serves: stop it (the test then fails).
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::seconds(kRpcSeconds);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(kRpcSeconds);
   while (::waitpid(pid, &status, WNOHANG) != pid) {
     if (std::chrono::steady_clock::now() > deadline) {
       ::kill(pid, SIGKILL);

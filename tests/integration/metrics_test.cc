@@ -407,11 +407,13 @@ TEST(MetricsTest, ScrubResultsAndQuarantinedBlobs) {
 
   // Polled: the scrub runs on its own schedule. The bound only ends a hang.
   Scrape s;
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
   do {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     s = server.ScrapeMetrics();
-  } while (s.Get(Key("ckptd_scrub_failures_total", {{"kind", "corrupt"}})) < 1 &&
+  } while (s.Get(Key("ckptd_scrub_failures_total", {{"kind", "corrupt"}})) <
+               1 &&
            std::chrono::steady_clock::now() < give_up);
   EXPECT_EQ(s.Get(Key("ckptd_scrub_failures_total", {{"kind", "corrupt"}})), 1)
       << s.text;
