@@ -38,6 +38,20 @@ constexpr uint64_t kTensorsPerPush = 4;  // 4 blobs: 4 upload streams each
 constexpr uint64_t kTensorBytes = 8 << 20;
 constexpr uint64_t kPushBytes = kTensorsPerPush * kTensorBytes;  // 32 MiB
 constexpr uint64_t kMaxServerPeakRss = 512ull << 20;
+// Under AddressSanitizer (the asan preset builds ckptd with it too) freed
+// memory sits in quarantine and shadow memory grows beside it, so ckptd's
+// RSS says nothing about the budget: the figure is printed, not checked.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssReflectsTheBudget = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssReflectsTheBudget = false;
+#else
+constexpr bool kRssReflectsTheBudget = true;
+#endif
+#else
+constexpr bool kRssReflectsTheBudget = true;
+#endif
 
 // A "VmXXX:   123 kB" line of /proc/PID/status, in bytes.
 std::optional<uint64_t> ProcStatusBytes(pid_t pid, const std::string& key) {
@@ -144,10 +158,12 @@ TEST(InflightMemoryTest, SixtyFourConcurrentPushesOfThirtyTwoMiB) {
     }
   }
   EXPECT_EQ(ok, kClients);
-  EXPECT_LE(*peak, kMaxServerPeakRss)
-      << "ckptd's peak RSS " << MiB(*peak) << " exceeds "
-      << MiB(kMaxServerPeakRss) << "; end of its log:\n"
-      << server.LogTail();
+  if (kRssReflectsTheBudget) {
+    EXPECT_LE(*peak, kMaxServerPeakRss)
+        << "ckptd's peak RSS " << MiB(*peak) << " exceeds "
+        << MiB(kMaxServerPeakRss) << "; end of its log:\n"
+        << server.LogTail();
+  }
 
   // The bytes are the ones pushed (one client's version, pulled back).
   auto got = clients[7]->GetVersion("mem-7", "last", GetVersionOptions());
