@@ -1,6 +1,5 @@
 #include "server/service/metrics.h"
 
-#include <arpa/inet.h>
 #include <sys/statvfs.h>
 
 #include <exception>
@@ -19,6 +18,7 @@
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "server/service/http_listen.h"
 
 namespace ckptd::service {
 namespace {
@@ -296,33 +296,7 @@ std::string Metrics::TextExposition() const {
 }
 
 absl::StatusOr<std::string> NormalizeMetricsListen(absl::string_view listen) {
-  const auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--metrics_listen '", listen, "' ", why,
-                     "; give IPV4:PORT with a port in 0-65535, e.g. "
-                     "127.0.0.1:9464 (port 0 picks a free one)"));
-  };
-  const size_t colon = listen.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0) {
-    return bad("is not HOST:PORT");
-  }
-  const absl::string_view host = listen.substr(0, colon);
-  const absl::string_view port_text = listen.substr(colon + 1);
-  int port = -1;
-  if (port_text.empty() || port_text.size() > 5 ||
-      port_text.find_first_not_of("0123456789") != absl::string_view::npos ||
-      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
-    return bad("has no port in 0-65535");
-  }
-  if (absl::StartsWith(host, "[")) {
-    return bad("is an IPv6 address, which the metrics HTTP server cannot bind");
-  }
-  if (host == "localhost") return absl::StrCat("127.0.0.1:", port);
-  in_addr addr{};
-  if (::inet_pton(AF_INET, std::string(host).c_str(), &addr) != 1) {
-    return bad("does not start with an IPv4 address (or localhost)");
-  }
-  return absl::StrCat(host, ":", port);
+  return ParseHttpListen("metrics_listen", listen, 9464);
 }
 
 MetricsEndpoint::MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,

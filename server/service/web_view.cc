@@ -25,6 +25,7 @@
 #include "proto/base/dtype.h"
 #include "proto/base/names.h"
 #include "proto/base/status.h"
+#include "server/service/http_listen.h"
 #include "server/service/server.h"
 #include "server/service/web_assets.h"
 #include "spdlog/spdlog.h"
@@ -693,44 +694,7 @@ std::once_flag civetweb_init;
 // WebView
 
 absl::StatusOr<std::string> ParseHttpListenAddress(absl::string_view listen) {
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--http_listen '", Shown(listen), "' ", why,
-                     " (e.g. 127.0.0.1:8080; port 0 picks a free one)"));
-  };
-  const size_t colon = listen.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0) {
-    return bad("is not HOST:PORT");
-  }
-  const absl::string_view host = listen.substr(0, colon);
-  const absl::string_view port_text = listen.substr(colon + 1);
-  int port = -1;
-  if (port_text.empty() || port_text.size() > 5 ||
-      port_text.find_first_not_of("0123456789") != absl::string_view::npos ||
-      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
-    return bad("does not end in a port in 0-65535");
-  }
-  if (host == "localhost") return absl::StrCat("127.0.0.1:", port);
-  if (absl::StartsWith(host, "[")) {
-    if (!mg_check_feature(MG_FEATURES_IPV6)) {
-      return bad(
-          "is an IPv6 address, which this build of civetweb does not "
-          "serve; give an IPv4 address");
-    }
-    return std::string(listen);
-  }
-  const std::vector<absl::string_view> parts = absl::StrSplit(host, '.');
-  bool ipv4 = parts.size() == 4;
-  for (absl::string_view p : parts) {
-    int octet = -1;
-    ipv4 = ipv4 && !p.empty() && p.size() <= 3 &&
-           p.find_first_not_of("0123456789") == absl::string_view::npos &&
-           absl::SimpleAtoi(p, &octet) && octet <= 255;
-  }
-  if (!ipv4) {
-    return bad("does not start with an IPv4 address or localhost");
-  }
-  return absl::StrCat(host, ":", port);
+  return ParseHttpListen("http_listen", listen, 8080);
 }
 
 WebView::WebView(const WebViewOptions& options, core::Repository* repo,

@@ -772,7 +772,7 @@ TEST(MetricsFlagsTest, BadValuesAreRefusedNamingTheValueAndTheFix) {
       {{"--log_format=JSON"}, 2, {"--log_format=JSON"}},
       {{"--metrics_listen=9464"}, 1, {"'9464'", "IPV4:PORT"}},
       {{"--metrics_listen=127.0.0.1"}, 1, {"'127.0.0.1'", "IPV4:PORT"}},
-      {{"--metrics_listen=127.0.0.1:"}, 1, {"no port in 0-65535"}},
+      {{"--metrics_listen=127.0.0.1:"}, 1, {"does not end in a port in 0-65535"}},
       {{"--metrics_listen=127.0.0.1:70000"}, 1, {"'127.0.0.1:70000'"}},
       {{"--metrics_listen=127.0.0.1:0s"}, 1, {"'127.0.0.1:0s'"}},
       {{"--metrics_listen=127.0.0.1:1,127.0.0.1:2"}, 1, {"IPv4 address"}},
