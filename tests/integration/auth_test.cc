@@ -27,20 +27,15 @@
 #include "gtest/gtest.h"
 #include "proto/base/secret.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
 
+using ::ckptd::testing::ReadFile;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

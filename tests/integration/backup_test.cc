@@ -25,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd {
@@ -32,6 +33,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::ckptd::testing::RandomBytes;
+using ::ckptd::testing::ReadFile;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
@@ -98,13 +100,6 @@ std::unique_ptr<Client> Connect(const ServerProcess& server) {
   auto c = Client::Connect(o);
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *std::move(c) : nullptr;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 void Touch(const std::string& path) { std::ofstream(path) << "\n"; }

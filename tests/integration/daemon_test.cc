@@ -35,12 +35,17 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
+#include "tests/integration/support/ckptd_run.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
 
+using ::ckptd::testing::CkptdRun;
+using ::ckptd::testing::ReadFile;
+using ::ckptd::testing::RunCkptdToExit;
 using ::ckptd::testing::ServerProcess;
 using ::google::protobuf::UnknownField;
 using ::google::protobuf::UnknownFieldSet;
@@ -50,9 +55,7 @@ using ::testing::Not;
 
 // Only a guard against a daemon that never exits (so that a bug hangs no
 // test run); nothing asserts how fast it exits.
-constexpr auto kExitGuard = std::chrono::seconds(60);
 // What ckptd logs once it serves.
-constexpr char kServingLogLine[] = "ckptd listening on";
 constexpr int kRpcSeconds = 30;
 
 #define ASSERT_OK(expr)                            \
@@ -60,74 +63,6 @@ constexpr int kRpcSeconds = 30;
     const absl::Status _st = (expr);               \
     ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
   } while (0)
-
-struct CommandResult {
-  int exit_code = -1;   // 128 + signal if killed
-  std::string output;   // stdout and stderr, interleaved
-  bool served = false;  // it started serving (and the test killed it)
-};
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Runs the ckptd binary with `args` and waits for it to exit. Every caller
-// expects it to refuse to start, so once it logs that it serves it is killed
-// (and `served` is set) instead of waited for.
-CommandResult RunCkptd(const std::vector<std::string>& args) {
-  const std::string out_path =
-      ServerProcess::MakeTempDir("ckptd-daemon-out") + "/output";
-  std::vector<std::string> argv_storage = {ServerProcess::BinaryPath()};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  CommandResult result;
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    result.output = "fork failed";
-    return result;
-  }
-  if (pid == 0) {
-    const int fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-    }
-    std::vector<char*> argv;
-    for (auto& a : argv_storage) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    std::perror("execv ckptd");
-    ::_exit(127);
-  }
-  int status = 0;
-  const auto deadline = std::chrono::steady_clock::now() + kExitGuard;
-  bool exited = false;
-  while (!exited) {
-    const pid_t got = ::waitpid(pid, &status, WNOHANG);
-    if (got == pid) {
-      exited = true;
-    } else if (ReadFile(out_path).find(kServingLogLine) != std::string::npos ||
-               std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      result.served = true;
-      result.output = "[the test killed ckptd: it did not exit]\n";
-      break;
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  result.exit_code = WIFEXITED(status)     ? WEXITSTATUS(status)
-                     : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
-                                           : -1;
-  result.output += ReadFile(out_path);
-  std::error_code ec;
-  std::filesystem::remove_all(std::filesystem::path(out_path).parent_path(),
-                              ec);
-  return result;
-}
 
 grpc::ByteBuffer ToByteBuffer(const std::string& bytes) {
   grpc::Slice slice(bytes);
@@ -312,7 +247,7 @@ std::string TempDataDir() {
 // Command line
 
 TEST(DaemonTest, HelpExitsZeroAndListsTheFlags) {
-  CommandResult r = RunCkptd({"--help"});
+  CkptdRun r = RunCkptdToExit({"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   for (const char* flag : {"--listen", "--log_level", "--pending_timeout"}) {
     EXPECT_THAT(r.output, HasSubstr(flag));
@@ -322,7 +257,7 @@ TEST(DaemonTest, HelpExitsZeroAndListsTheFlags) {
 }
 
 TEST(DaemonTest, HelpfullListsTheFlags) {
-  CommandResult r = RunCkptd({"--helpfull"});
+  CkptdRun r = RunCkptdToExit({"--helpfull"});
   for (const char* flag : {"--listen", "--log_level", "--pending_timeout"}) {
     EXPECT_THAT(r.output, HasSubstr(flag)) << r.output;
   }
@@ -333,8 +268,8 @@ TEST(DaemonTest, HelpfullListsTheFlags) {
 TEST(DaemonTest, BadLogLevelFailsNamingTheValue) {
   const std::string dir = TempDataDir();
   for (const char* level : {"loud", "INFOO", ""}) {
-    CommandResult r = RunCkptd({absl::StrCat("--log_level=", level),
-                                "--data_dir=" + dir, "--listen=127.0.0.1:0"});
+    CkptdRun r = RunCkptdToExit({absl::StrCat("--log_level=", level),
+                                 "--data_dir=" + dir, "--listen=127.0.0.1:0"});
     EXPECT_NE(r.exit_code, 0) << "--log_level=" << level << ":\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(absl::StrCat("--log_level=", level, " ")))
         << "the message does not name the value";
@@ -347,8 +282,8 @@ TEST(DaemonTest, BadListenFailsNamingTheValue) {
   const std::string dir = TempDataDir();
   for (const char* listen :
        {"nonsense", "127.0.0.1:abc", "256.1.1.1:80", "127.0.0.1:-1", ""}) {
-    CommandResult r = RunCkptd({absl::StrCat("--listen=", listen),
-                                "--data-dir=" + dir, "--log_level=warn"});
+    CkptdRun r = RunCkptdToExit({absl::StrCat("--listen=", listen),
+                                 "--data-dir=" + dir, "--log_level=warn"});
     EXPECT_NE(r.exit_code, 0) << "--listen=" << listen << ":\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(absl::StrCat("'", listen, "'")))
         << "the message does not name the value";
@@ -363,8 +298,8 @@ TEST(DaemonTest, ListenWithABadPortFails) {
   const std::string dir = TempDataDir();
   for (const char* listen :
        {"127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1", "127.0.0.1:"}) {
-    CommandResult r = RunCkptd({absl::StrCat("--listen=", listen),
-                                "--data_dir=" + dir, "--log_level=info"});
+    CkptdRun r = RunCkptdToExit({absl::StrCat("--listen=", listen),
+                                 "--data_dir=" + dir, "--log_level=info"});
     EXPECT_NE(r.exit_code, 0) << "--listen=" << listen << ":\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(absl::StrCat("'", listen, "'")));
     EXPECT_FALSE(r.served);
@@ -378,7 +313,7 @@ TEST(DaemonTest, ListenOnAPortInUseFails) {
   ServerProcess first;
   ASSERT_OK(first.Start());
   const std::string dir = TempDataDir();
-  CommandResult r = RunCkptd(
+  CkptdRun r = RunCkptdToExit(
       {"--listen=" + first.address(), "--data_dir=" + dir, "--log_level=info"});
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr(first.address()));
@@ -512,7 +447,7 @@ TEST(DaemonTest, SecondDaemonOnTheSameDataDirFailsAndTheFirstKeepsServing) {
   ASSERT_TRUE(info.ok()) << info.status();
 
   for (const char* dir_flag : {"--data_dir=", "--data-dir="}) {
-    CommandResult r = RunCkptd(
+    CkptdRun r = RunCkptdToExit(
         {absl::StrCat("--listen=127.0.0.1:", ServerProcess::PickFreePort()),
          dir_flag + first.data_dir()});
     EXPECT_NE(r.exit_code, 0) << r.output;
@@ -548,8 +483,8 @@ TEST(DaemonTest, BadLimitFlagsFailNamingTheFlag) {
       {"--max_manifest_bytes=lots", "max_manifest_bytes"},
   };
   for (const auto& [flag, says] : cases) {
-    CommandResult r =
-        RunCkptd({flag, "--data_dir=" + dir, "--listen=127.0.0.1:0"});
+    CkptdRun r =
+        RunCkptdToExit({flag, "--data_dir=" + dir, "--listen=127.0.0.1:0"});
     EXPECT_NE(r.exit_code, 0) << flag << ":\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(says)) << flag;
     EXPECT_FALSE(r.served) << flag;

@@ -19,68 +19,21 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/base/secret.h"
+#include "tests/integration/support/ckptd_run.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 
 namespace ckptd {
 namespace {
 
+using ::ckptd::testing::CkptdRun;
+using ::ckptd::testing::ReadFile;
+using ::ckptd::testing::RunCkptdToExit;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
 // Only a guard against a daemon that never exits.
-constexpr auto kExitGuard = std::chrono::seconds(60);
-constexpr char kServingLogLine[] = "ckptd listening on";
 constexpr char kToken[] = "ckptd_flagfile_test_token";
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-  bool served = false;
-};
-
-// Runs ckptd with `args`, expecting it to refuse to start: once it logs that
-// it serves, it is killed and `served` is set.
-CommandResult RunCkptd(const std::vector<std::string>& args,
-                       const std::string& scratch) {
-  const std::string out_path = scratch + "/ckptd.out";
-  std::vector<std::string> argv_storage = {ServerProcess::BinaryPath()};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  CommandResult result;
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, STDOUT_FILENO);
-    ::dup2(fd, STDERR_FILENO);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  const auto deadline = std::chrono::steady_clock::now() + kExitGuard;
-  for (;;) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) break;
-    if (ReadFile(out_path).find(kServingLogLine) != std::string::npos ||
-        std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      result.served = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.output = ReadFile(out_path);
-  return result;
-}
 
 class FlagfileTest : public ::testing::Test {
  protected:
@@ -221,10 +174,9 @@ TEST_F(FlagfileTest, BadFlagfilesStopCkptdWithTheReason) {
        {"--io_threads must be at least 1"}},
   };
   for (const Case& c : cases) {
-    const CommandResult r =
-        RunCkptd({"--listen=127.0.0.1:0", "--data_dir=" + scratch_ + "/data",
-                  c.flagfile_arg},
-                 scratch_);
+    const CkptdRun r =
+        RunCkptdToExit({"--listen=127.0.0.1:0",
+                        "--data_dir=" + scratch_ + "/data", c.flagfile_arg});
     EXPECT_FALSE(r.served) << c.name << "\n" << r.output;
     EXPECT_EQ(r.exit_code, c.exit_code) << c.name << "\n" << r.output;
     for (const std::string& part : c.message_parts) {
@@ -234,7 +186,7 @@ TEST_F(FlagfileTest, BadFlagfilesStopCkptdWithTheReason) {
 }
 
 TEST_F(FlagfileTest, HelpExplainsFlagfiles) {
-  const CommandResult r = RunCkptd({"--help"}, scratch_);
+  const CkptdRun r = RunCkptdToExit({"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--flagfile=FILE reads flags from FILE"));
   EXPECT_THAT(r.output, HasSubstr("--health_listen"));

@@ -24,11 +24,13 @@
 #include "gtest/gtest.h"
 #include "proto/base/digest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
 
+using ::ckptd::testing::FlipFileByte;
 using ::ckptd::testing::RandomBytes;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
@@ -45,16 +47,6 @@ std::unique_ptr<grpc::ClientContext> Context() {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::seconds(kRpcSeconds));
   return ctx;
-}
-
-void FlipFileByte(const std::string& path, uint64_t offset) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  char c;
-  ASSERT_EQ(::pread(fd, &c, 1, offset), 1);
-  c = static_cast<char>(~c);
-  ASSERT_EQ(::pwrite(fd, &c, 1, offset), 1);
-  ::close(fd);
 }
 
 v1::ManifestEntry Root() {

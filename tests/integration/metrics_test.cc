@@ -36,13 +36,18 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "proto/base/secret.h"
+#include "tests/integration/support/ckptd_run.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
 namespace ckptd {
 namespace {
 
+using ::ckptd::testing::CkptdRun;
 using ::ckptd::testing::RandomBytes;
+using ::ckptd::testing::ReadFile;
+using ::ckptd::testing::RunCkptdToExit;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
@@ -53,13 +58,6 @@ using ::testing::HasSubstr;
   } while (0)
 
 constexpr uint64_t kMiB = 1 << 20;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -713,49 +711,12 @@ TEST(MetricsTest, JsonLogsAreOneObjectPerLineWithTheRpcFields) {
 // ---------------------------------------------------------------------------
 // Flags ckptd must refuse.
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-  bool served = false;
-};
-
-// Runs ckptd with `args`; every caller expects it to refuse to start, so
-// once it serves it is killed (and `served` is set).
-CommandResult RunCkptd(std::vector<std::string> args) {
+// Runs ckptd with `args` over a fresh data dir; every caller expects it to
+// refuse to start.
+CkptdRun RunCkptd(std::vector<std::string> args) {
   const std::string dir = ServerProcess::MakeTempDir("ckptd-metrics-flags");
-  const std::string out_path = dir + "/output";
-  args.insert(args.begin(),
-              {ServerProcess::BinaryPath(), "--data_dir=" + dir + "/data"});
-  CommandResult result;
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-    }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  const auto guard =
-      std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  for (;;) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) break;
-    if (ReadFile(out_path).find("ckptd listening on") != std::string::npos ||
-        std::chrono::steady_clock::now() > guard) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      result.served = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.output = ReadFile(out_path);
+  args.insert(args.begin(), "--data_dir=" + dir + "/data");
+  CkptdRun result = RunCkptdToExit(args);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return result;
@@ -790,7 +751,7 @@ TEST(MetricsFlagsTest, BadValuesAreRefusedNamingTheValueAndTheFix) {
   for (const Case& c : cases) {
     std::vector<std::string> flags = c.flags;
     flags.push_back("--listen=127.0.0.1:0");
-    const CommandResult r = RunCkptd(flags);
+    const CkptdRun r = RunCkptd(flags);
     const std::string name = c.flags[0];
     EXPECT_FALSE(r.served) << name;
     EXPECT_EQ(r.exit_code, c.exit_code) << name << "\n" << r.output;
@@ -804,7 +765,7 @@ TEST(MetricsFlagsTest, AMetricsPortInUseStopsTheStart) {
   // A port something listens on: a running ckptd's metrics endpoint.
   MetricsServer server;
   ASSERT_OK(server.Start());
-  const CommandResult r = RunCkptd(
+  const CkptdRun r = RunCkptd(
       {"--listen=127.0.0.1:0",
        absl::StrCat("--metrics_listen=127.0.0.1:", server.metrics_port())});
   EXPECT_FALSE(r.served);

@@ -37,6 +37,7 @@
 #include "proto/base/digest.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 #include "tests/support/temp_dir.h"
 
@@ -77,6 +78,7 @@ absl::Status AsStatus(const absl::StatusOr<T>& s) {
 #define TEST_CONCAT_INNER_(a, b) a##b
 #define TEST_CONCAT_(a, b) TEST_CONCAT_INNER_(a, b)
 
+using ::ckptd::testing::FlipFileByte;
 using ::ckptd::testing::RandomBytes;
 
 Digest DigestOfString(std::string_view s) {
@@ -149,16 +151,6 @@ void WriteFile(const std::string& path, std::string_view contents) {
   ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
   ASSERT_EQ(::write(fd, contents.data(), contents.size()),
             static_cast<ssize_t>(contents.size()));
-  ::close(fd);
-}
-
-void FlipFileByte(const std::string& path, uint64_t offset) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  char c;
-  ASSERT_EQ(::pread(fd, &c, 1, offset), 1);
-  c = static_cast<char>(~c);
-  ASSERT_EQ(::pwrite(fd, &c, 1, offset), 1);
   ::close(fd);
 }
 

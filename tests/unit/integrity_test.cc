@@ -21,10 +21,13 @@
 #include "gtest/gtest.h"
 #include "proto/base/error_reason.h"
 #include "server/core/repository.h"
+#include "tests/support/file_bytes.h"
 #include "tests/support/temp_dir.h"
 
 namespace ckptd::core {
 namespace {
+
+using ::ckptd::testing::FlipFileByte;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -70,16 +73,6 @@ v1::ShardManifest Tensors(
     t->set_blob_digest(std::string(blob.first.AsBytes()));
   }
   return m;
-}
-
-void FlipFileByte(const std::string& path, uint64_t offset) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  char c;
-  ASSERT_EQ(::pread(fd, &c, 1, offset), 1);
-  c = static_cast<char>(~c);
-  ASSERT_EQ(::pwrite(fd, &c, 1, offset), 1);
-  ::close(fd);
 }
 
 class IntegrityTest : public ::testing::Test {
