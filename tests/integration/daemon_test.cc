@@ -53,9 +53,6 @@ using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// Only a guard against a daemon that never exits (so that a bug hangs no
-// test run); nothing asserts how fast it exits.
-// What ckptd logs once it serves.
 constexpr int kRpcSeconds = 30;
 
 #define ASSERT_OK(expr)                            \

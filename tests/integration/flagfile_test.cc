@@ -32,7 +32,6 @@ using ::ckptd::testing::RunCkptdToExit;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
-// Only a guard against a daemon that never exits.
 constexpr char kToken[] = "ckptd_flagfile_test_token";
 
 class FlagfileTest : public ::testing::Test {

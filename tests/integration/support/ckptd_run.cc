@@ -56,7 +56,8 @@ CkptdRun RunCkptdToExit(const std::vector<std::string>& args,
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
       result.served = true;
-      if (!serving) result.output = "[the test killed ckptd: it did not exit]\n";
+      if (!serving)
+        result.output = "[the test killed ckptd: it did not exit]\n";
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

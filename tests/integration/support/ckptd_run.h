@@ -19,7 +19,8 @@ struct CkptdRun {
 // Runs `ckptd args...` (no flag added) and waits for it to exit. Every
 // caller expects it to exit by itself (a refused flag, --help), so once it
 // logs that it serves, or after `guard`, it is killed and `served` is set
-// instead of waiting for it.
+// instead of waiting for it. `guard` only keeps a bug from hanging the
+// test run; nothing asserts how fast ckptd exits.
 CkptdRun RunCkptdToExit(const std::vector<std::string>& args,
                         absl::Duration guard = absl::Seconds(60));
 
