@@ -24,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "grpc/support/log.h"
 #include "server/common/flag_file.h"
@@ -45,6 +46,15 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(std::string, data_dir, "./ckptd-data",
           "Directory for the RocksDB metadata (meta/) and blob files "
           "(blobs/). Created if missing; one ckptd per directory.");
+ABSL_FLAG(std::string, local_socket, "<data_dir>/ckptd.sock",
+          "Also serve the same gRPC services on this Unix socket (mode "
+          "0660: the owner and group of the file may connect), for clients "
+          "on this host: they connect to unix:PATH. The same credentials "
+          "and roles apply as on --listen. A stale socket left by a killed "
+          "ckptd is replaced; a path that is not a socket is refused, never "
+          "deleted. At most 107 bytes (sun_path): an explicit longer path is "
+          "refused, the default one (under a deep --data_dir) is skipped "
+          "with a warning. Empty (--local_socket=): no socket.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log verbosity: trace, debug, info, warn, error or off.");
 ABSL_FLAG(absl::Duration, pending_timeout, absl::Hours(6),
@@ -157,6 +167,9 @@ ABSL_FLAG(std::string, health_listen, "",
           "main port's health reports. Empty: not served.");
 
 namespace {
+
+// --local_socket's default: the socket in --data_dir.
+constexpr absl::string_view kDefaultLocalSocket = "<data_dir>/ckptd.sock";
 
 // What ExpandFlagfiles needs to check a flag file's lines.
 ckptd::FlagKind LookupFlag(absl::string_view name) {
@@ -448,6 +461,12 @@ int main(int argc, char** argv) {
   ckptd::service::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.local_socket = absl::GetFlag(FLAGS_local_socket);
+  if (options.local_socket == kDefaultLocalSocket) {
+    options.local_socket_is_default = true;
+    options.local_socket =
+        absl::StrCat(absl::StripSuffix(options.data_dir, "/"), "/ckptd.sock");
+  }
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -1346,8 +1346,9 @@ std::map<std::string, Handler> DefineCommands(CLI::App& app, Args& args) {
   app.fallthrough();  // global flags may also follow the command
   app.require_subcommand(1);
   app.add_option("--server", args.server,
-                 "ckptd address (default: $CKPTD_SERVER, else "
-                 "127.0.0.1:50051)");
+                 "ckptd address: HOST:PORT, or unix:PATH for the "
+                 "co-located socket (ckptd --local_socket) (default: "
+                 "$CKPTD_SERVER, else 127.0.0.1:50051)");
   app.add_flag("--json", args.json, "Print JSON for scripts");
   app.add_option("--token", args.token,
                  "Bearer token for a server with --auth_file (default: "

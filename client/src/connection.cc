@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "proto/base/error_reason.h"
@@ -70,8 +71,18 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
         "give both (client_certificate= and client_key=, or --tls_cert and "
         "--tls_key)");
   }
+  const bool unix_socket = absl::StartsWith(address, "unix:");
+  if (unix_socket && !options.client_certificate.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", address,
+        "' is ckptd's local socket, which has no TLS: a client certificate "
+        "does not identify you there; use a token, or a HOST:PORT address"));
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (options.root_certificates.empty() && options.client_certificate.empty()) {
+  if (unix_socket || (options.root_certificates.empty() &&
+                      options.client_certificate.empty())) {
+    // The local socket is plaintext (the kernel carries the bytes); the
+    // server's TLS settings apply to its TCP port only.
     creds = grpc::InsecureChannelCredentials();
   } else {
     grpc::SslCredentialsOptions ssl;

@@ -25,8 +25,10 @@
 #include "server/service/access.h"
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
+#include "server/service/chunk_buffer_pool.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
+#include "server/service/local_socket.h"
 #include "server/service/metrics.h"
 #include "server/service/parse_error_interceptor.h"
 #include "server/service/reflection_v1_service.h"
@@ -46,6 +48,10 @@ constexpr int kStreamWindowBytes = 64 << 10;
 // and per-thread arenas then keep freed chunks resident (measured: 502 MiB
 // peak RSS instead of 411 MiB for 64 concurrent 32 MiB pushes).
 constexpr int kMmapThresholdBytes = 256 << 10;
+// Free memory at the top of the heap is given back to the OS only above
+// this: gRPC's and protobuf's many small per-chunk allocations would
+// otherwise trim and fault the same pages in again for every chunk.
+constexpr int kTrimThresholdBytes = 32 << 20;
 
 absl::StatusOr<std::string> ReadPemFile(absl::string_view flag,
                                         const std::string& path) {
@@ -94,10 +100,12 @@ struct Server::Impl {
   std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
   std::unique_ptr<AccessPolicy> access;
   std::unique_ptr<InflightBudget> budget;
+  std::unique_ptr<ChunkBufferPool> buffers;
   std::unique_ptr<DiskWatermark> watermark;
   std::unique_ptr<CheckpointService> service;
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
+  LocalSocketFile local_socket;  // path() empty without one
   std::unique_ptr<WebView> web;  // null without http_listen
   int port = 0;
   absl::Notification shutdown_started;
@@ -133,6 +141,17 @@ absl::Status ValidateListenAddress(absl::string_view listen) {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   CKPTD_RETURN_IF_ERROR(ValidateListenAddress(options.listen));
+  if (!options.local_socket.empty()) {
+    if (absl::Status st = CheckLocalSocketPath(options.local_socket);
+        !st.ok()) {
+      if (!options.local_socket_is_default) return st;
+      spdlog::warn(
+          "serving TCP only: the default {} (set it with --local_socket PATH, "
+          "or turn it off with --local_socket=)",
+          std::string(st.message()));
+      options.local_socket.clear();
+    }
+  }
   if (options.max_inflight_bytes < kMinInflightBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_inflight_bytes=", options.max_inflight_bytes,
@@ -242,12 +261,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);
   ::mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes);
+  ::mallopt(M_TRIM_THRESHOLD, kTrimThresholdBytes);
   impl->budget = std::make_unique<InflightBudget>(options.max_inflight_bytes);
+  // As many buffers as there are budget slots: a call holds one only while
+  // it holds a slot.
+  impl->buffers = std::make_unique<ChunkBufferPool>(
+      static_cast<size_t>(options.max_inflight_bytes / kStreamSlotBytes));
   impl->watermark =
       std::make_unique<DiskWatermark>(options.data_dir, options.min_free_disk);
   impl->service = std::make_unique<CheckpointService>(
       impl->repo.get(), impl->executor.get(), impl->access.get(),
-      ResourceGuards{impl->budget.get(), impl->watermark.get()}, metrics);
+      ResourceGuards{impl->budget.get(), impl->watermark.get(),
+                     impl->buffers.get()},
+      metrics);
   metrics->SetSources(
       {impl->repo.get(), impl->authenticator.get(), options.data_dir});
   if (!metrics_listen.empty()) {
@@ -264,6 +290,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, creds, &impl->port);
+  if (!options.local_socket.empty()) {
+    CKPTD_RETURN_IF_ERROR(ClearLocalSocketPath(options.local_socket));
+    // Local credentials run the auth processor (tokens, roles) as on TCP.
+    std::shared_ptr<grpc::ServerCredentials> local_creds =
+        grpc::InsecureServerCredentials();
+    if (impl->authenticator != nullptr) {
+      local_creds = grpc::experimental::LocalServerCredentials(UDS);
+      local_creds->SetAuthMetadataProcessor(impl->authenticator);
+    }
+    builder.AddListeningPort(absl::StrCat("unix:", options.local_socket),
+                             local_creds);
+  }
   builder.RegisterService(impl->service.get());
   builder.RegisterService(&impl->reflection_v1);
   // gRPC sets SO_REUSEPORT by default: a second ckptd could then share a
@@ -296,12 +334,32 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       interceptors;
   interceptors.push_back(std::make_unique<ParseErrorInterceptorFactory>());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  impl->grpc_server = builder.BuildAndStart();
+  {
+    const LocalSocketUmask umask;  // the socket file starts 0600
+    impl->grpc_server = builder.BuildAndStart();
+  }
   if (impl->grpc_server == nullptr || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on '", options.listen,
-                     "': address in use or invalid (expected HOST:PORT, e.g. "
-                     "127.0.0.1:50051)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on '", options.listen,
+        "': address in use or invalid (expected HOST:PORT, e.g. "
+        "127.0.0.1:50051)",
+        options.local_socket.empty()
+            ? ""
+            : absl::StrCat(", or on --local_socket ", options.local_socket,
+                           " (is its directory there and writable?)")));
+  }
+  if (!options.local_socket.empty()) {
+    auto local = LocalSocketFile::Publish(options.local_socket);
+    if (!local.ok()) {
+      impl->grpc_server->Shutdown();
+      impl->executor->Shutdown();
+      return local.status();
+    }
+    impl->local_socket = *std::move(local);
+    spdlog::info(
+        "also serving on the Unix socket {} (mode {:o}; clients: "
+        "unix:{})",
+        options.local_socket, kLocalSocketMode, options.local_socket);
   }
   grpc::HealthCheckServiceInterface* health =
       impl->grpc_server->GetHealthCheckService();
@@ -338,6 +396,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
 int Server::port() const { return impl_->port; }
 
+std::string Server::local_socket_path() const {
+  return impl_->local_socket.path();
+}
+
 int Server::metrics_port() const {
   return impl_->metrics_endpoint == nullptr ? 0
                                             : impl_->metrics_endpoint->port();
@@ -367,6 +429,7 @@ void Server::Shutdown(absl::Duration grace) {
   impl_->web.reset();  // waits for the requests it is answering
   impl_->service->SetDraining(true);
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  impl_->local_socket.Remove();
   impl_->executor->Shutdown();
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
   impl_->grpc_server.reset();

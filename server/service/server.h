@@ -55,6 +55,14 @@ struct ServerOptions {
   // Prometheus metrics over HTTP (metrics.h) on IPV4:PORT; empty: none.
   // Loopback only unless auth_file or insecure_no_auth, as for `listen`.
   std::string metrics_listen;
+  // The co-located Unix socket (local_socket.h), serving the same services
+  // as `listen`; empty: off. A path too long for sun_path is refused, unless
+  // local_socket_is_default: then the server warns and serves TCP only.
+  // Why: the default (<data_dir>/ckptd.sock) is derived, not asked for, and
+  // a ckptd whose data dir sits deep in the tree must still start as it did
+  // before the socket existed; a path someone typed is one they asked for.
+  std::string local_socket;
+  bool local_socket_is_default = false;
   core::RepositoryOptions repository;
 };
 
@@ -73,6 +81,8 @@ class Server {
   int metrics_port() const;
   // The web view's port; 0 when http_listen is empty.
   int http_port() const;
+  // The Unix socket served on; empty when there is none.
+  std::string local_socket_path() const;
   // Blocks until Shutdown() has completed.
   void Wait();
   void Shutdown(absl::Duration grace);

@@ -98,32 +98,46 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 class Server:
-    def __init__(self, binary: str, data_dir: Path) -> None:
+    """A ckptd on a free loopback port; `flags` are added to its command line
+    and `ready` (if given) must also hold before it counts as started."""
+
+    def __init__(
+        self,
+        binary: str,
+        data_dir: Path,
+        flags: Tuple[str, ...] = (),
+        log_path: Optional[Path] = None,
+        ready: Optional[Callable[[], bool]] = None,
+    ) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log = open(data_dir.parent / "ckptd.log", "ab")
+        self.data_dir = data_dir
+        self.log = open(log_path or data_dir.parent / "ckptd.log", "ab")
         self.proc = subprocess.Popen(
-            [binary, f"--listen={self.address}", f"--data_dir={data_dir}", "--log_level=warn", "--shutdown_grace=2s"],
+            [binary, f"--listen={self.address}", f"--data_dir={data_dir}", "--log_level=warn", "--shutdown_grace=2s",
+             *flags],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-        )
+        )  # fmt: skip
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"ckptd exited with {self.proc.returncode}; see {self.log.name}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                if ready is None or ready():
+                    return
             except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("ckptd did not start within 30 s")
-                time.sleep(0.05)
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("ckptd did not start within 30 s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -539,6 +539,31 @@ TEST_F(CkptCliTest, ServerDownExitsOne) {
   EXPECT_THAT(r.err, StartsWith("ckpt: UNAVAILABLE: ")) << r;
 }
 
+TEST_F(CkptCliTest, ServerAddressMayBeTheLocalSocket) {
+  // The shared server serves its default socket, <data_dir>/ckptd.sock.
+  const std::string socket = server_->data_dir() + "/ckptd.sock";
+  if (socket.size() > 107) GTEST_SKIP() << "temp dir too deep: " << socket;
+  const std::string run = Run();
+  const std::string file = Path("local.safetensors");
+  WriteFile(file, EncodeSafetensors(SampleTensors(5), {{"format", "pt"}}));
+  const CkptResult pushed = RunProcess(
+      CKPT_BINARY,
+      {"--server", "unix:" + socket, "push", run, file, "--step", "1"},
+      *scratch_);
+  ASSERT_EQ(pushed.exit_code, 0) << pushed;
+  // Over TCP the same server has it; over the socket it pulls back intact.
+  EXPECT_EQ(Ckpt({"show", run + "@1"}).exit_code, 0);
+  const std::string out = Path("local-out.safetensors");
+  const CkptResult pulled = RunProcess(
+      CKPT_BINARY,
+      {"--server", "unix:" + socket, "pull", run + "@1", "-o", out}, *scratch_);
+  ASSERT_EQ(pulled.exit_code, 0) << pulled;
+  const std::string over_tcp = Path("local-tcp.safetensors");
+  ASSERT_EQ(Ckpt({"pull", run + "@1", "-o", over_tcp}).exit_code, 0);
+  EXPECT_FALSE(ReadFile(out).empty());
+  EXPECT_TRUE(ReadFile(out) == ReadFile(over_tcp));
+}
+
 TEST_F(CkptCliTest, TokenNewPrintsATokenAndTheLineThatAdmitsIt) {
   CkptResult r = Ckpt({"token", "new", "alice", "writer", "llama-*,bert"});
   ASSERT_EQ(r.exit_code, 0) << r;

@@ -129,7 +129,8 @@ struct Caller {
   std::string name;
   std::shared_ptr<grpc::ChannelCredentials> creds;
   std::string token;
-  bool mtls_server = false;  // talks to the mTLS server
+  bool mtls_server = false;   // talks to the mTLS server
+  bool local_socket = false;  // talks to the server's --local_socket
 };
 
 std::shared_ptr<grpc::ChannelCredentials> Tls(const Pki& pki,
@@ -497,37 +498,47 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
       {"plaintext", grpc::InsecureChannelCredentials(), tokens_->admin},
       {"mtls-cert", Tls(*pki_, pki_->client_cert, pki_->client_key), "", true},
       {"rogue-ca", Tls(*pki_, pki_->rogue_cert, pki_->rogue_key), "", true},
+      // The same tokens over the co-located socket (plaintext, local
+      // credentials): the same answers as over TLS.
+      {"sock-none", grpc::InsecureChannelCredentials(), "", false, true},
+      {"sock-reader", grpc::InsecureChannelCredentials(), tokens_->reader,
+       false, true},
+      {"sock-admin", grpc::InsecureChannelCredentials(), tokens_->admin, false,
+       true},
+      {"sock-other", grpc::InsecureChannelCredentials(), tokens_->other_writer,
+       false, true},
   };
   // a: allowed; U: UNAUTHENTICATED; P: PERMISSION_DENIED; X: no connection.
-  // Columns in the order of `callers`.
+  // Columns in the order of `callers`; the sock-* columns repeat none,
+  // reader, admin and other-run.
   const std::map<std::string, std::string> expected = {
-      {"BeginVersion", "UUPaaPXaX"},
-      {"FindMissingBlobs", "UUPaaPXaX"},
-      {"UploadBlobs", "UUPaaPXaX"},
-      {"QueryUpload", "UUPaaPXaX"},
-      {"CommitShard", "UUPaaPXaX"},
-      {"AbortVersion", "UUPaaPXaX"},
-      {"GetVersion", "UUaaaPXaX"},
-      {"ReadBlobs", "UUaaaPXaX"},
-      {"ExportSafetensors", "UUaaaPXaX"},
-      {"WatchRef", "UUaaaPXaX"},
-      {"ListRuns", "UUaaaaXaX"},
-      {"ListVersions", "UUaaaPXaX"},
-      {"GetMetricHistory", "UUaaaPXaX"},
-      {"SetAlias", "UUPaaPXaX"},
-      {"DeleteAlias", "UUPaaPXaX"},
-      {"GetAliasHistory", "UUaaaPXaX"},
-      {"Pin", "UUPaaPXaX"},
-      {"Unpin", "UUPaaPXaX"},
-      {"DeleteVersion", "UUPPaPXPX"},
-      {"SetPolicy", "UUPaaPXaX"},
-      {"GetPolicy", "UUaaaPXaX"},
-      {"CollectGarbage", "UUPPaPXPX"},
-      {"Verify", "UUPPaPXPX"},
-      {"GetAuditLog", "UUaaaPXaX"},
-      {"Backup", "UUPPaPXPX"},
-      {"Health", "aaaaaaXaX"},
-      {"Reflection", "UUaaaaXaX"},
+      {"BeginVersion", "UUPaaPXaXUPaP"},
+      {"FindMissingBlobs", "UUPaaPXaXUPaP"},
+      {"UploadBlobs", "UUPaaPXaXUPaP"},
+      {"QueryUpload", "UUPaaPXaXUPaP"},
+      {"CommitShard", "UUPaaPXaXUPaP"},
+      {"AbortVersion", "UUPaaPXaXUPaP"},
+      {"GetVersion", "UUaaaPXaXUaaP"},
+      {"ReadBlobs", "UUaaaPXaXUaaP"},
+      {"ExportSafetensors", "UUaaaPXaXUaaP"},
+      {"WatchRef", "UUaaaPXaXUaaP"},
+      {"ListRuns", "UUaaaaXaXUaaa"},
+      {"ListVersions", "UUaaaPXaXUaaP"},
+      {"GetMetricHistory", "UUaaaPXaXUaaP"},
+      {"SetAlias", "UUPaaPXaXUPaP"},
+      {"DeleteAlias", "UUPaaPXaXUPaP"},
+      {"GetAliasHistory", "UUaaaPXaXUaaP"},
+      {"Pin", "UUPaaPXaXUPaP"},
+      {"Unpin", "UUPaaPXaXUPaP"},
+      {"DeleteVersion", "UUPPaPXPXUPaP"},
+      {"SetPolicy", "UUPaaPXaXUPaP"},
+      {"GetPolicy", "UUaaaPXaXUaaP"},
+      {"CollectGarbage", "UUPPaPXPXUPaP"},
+      {"Verify", "UUPPaPXPXUPaP"},
+      {"GetAuditLog", "UUaaaPXaXUaaP"},
+      {"Backup", "UUPPaPXPXUPaP"},
+      {"Health", "aaaaaaXaXaaaa"},
+      {"Reflection", "UUaaaaXaXUaaa"},
   };
   auto classify = [](const grpc::Status& st) {
     switch (st.error_code()) {
@@ -546,9 +557,11 @@ TEST_F(AuthTest, MatrixOfEveryRpcAndCaller) {
   for (const Caller& c : callers) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    channels.push_back(grpc::CreateCustomChannel(
-        c.mtls_server ? mtls_server->address() : server->address(), c.creds,
-        args));
+    const std::string address =
+        c.local_socket  ? "unix:" + server->data_dir() + "/ckptd.sock"
+        : c.mtls_server ? mtls_server->address()
+                        : server->address();
+    channels.push_back(grpc::CreateCustomChannel(address, c.creds, args));
     stubs.push_back(v1::Checkpoint::NewStub(channels.back()));
   }
   std::string table = absl::StrCat("\n", std::string(18, ' '));

@@ -25,18 +25,13 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/assert_ok.h"
 
 namespace ckptd {
 namespace {
 
 using ::ckptd::testing::ServerProcess;
 using ::google::protobuf::util::MessageDifferencer;
-
-#define ASSERT_OK(expr)                            \
-  do {                                             \
-    const absl::Status _st = (expr);               \
-    ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
-  } while (0)
 
 #define EXPECT_OK_STATUS(expr)                     \
   do {                                             \

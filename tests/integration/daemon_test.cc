@@ -37,6 +37,7 @@
 #include "gtest/gtest.h"
 #include "tests/integration/support/ckptd_run.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/assert_ok.h"
 #include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
@@ -54,12 +55,6 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 constexpr int kRpcSeconds = 30;
-
-#define ASSERT_OK(expr)                            \
-  do {                                             \
-    const absl::Status _st = (expr);               \
-    ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
-  } while (0)
 
 grpc::ByteBuffer ToByteBuffer(const std::string& bytes) {
   grpc::Slice slice(bytes);

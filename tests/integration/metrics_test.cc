@@ -38,6 +38,7 @@
 #include "proto/base/secret.h"
 #include "tests/integration/support/ckptd_run.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/assert_ok.h"
 #include "tests/support/file_bytes.h"
 #include "tests/support/random_bytes.h"
 
@@ -50,12 +51,6 @@ using ::ckptd::testing::ReadFile;
 using ::ckptd::testing::RunCkptdToExit;
 using ::ckptd::testing::ServerProcess;
 using ::testing::HasSubstr;
-
-#define ASSERT_OK(expr)                            \
-  do {                                             \
-    const absl::Status _st = (expr);               \
-    ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
-  } while (0)
 
 constexpr uint64_t kMiB = 1 << 20;
 

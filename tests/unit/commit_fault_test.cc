@@ -55,6 +55,7 @@
 #include "server/storage/metadata_store.h"
 #include "server/storage/testing/fault_injection_blob_store.h"
 #include "server/storage/testing/memory_blob_store.h"
+#include "tests/support/assert_ok.h"
 #include "tests/support/temp_dir.h"
 
 namespace ckptd::core {
@@ -64,12 +65,6 @@ namespace fs = std::filesystem;
 using storage::testing::FaultInjectionBlobStore;
 using storage::testing::MemoryBlobStore;
 using ::testing::HasSubstr;
-
-#define ASSERT_OK(expr)                            \
-  do {                                             \
-    const absl::Status _st = (expr);               \
-    ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
-  } while (0)
 
 constexpr char kRun[] = "faulty-run";
 constexpr char kMetric[] = "loss";

@@ -266,7 +266,9 @@ class Client:
     Safe to use from several threads. Network calls release the GIL.
 
     Args:
-        address: ``host:port``; None: ``$CKPTD_SERVER``, else ``127.0.0.1:50051``.
+        address: ``host:port``, or ``unix:PATH`` for a ckptd on this host
+            (its ``--local_socket``, default ``<data_dir>/ckptd.sock``);
+            None: ``$CKPTD_SERVER``, else ``127.0.0.1:50051``.
         token: bearer token for servers with ``--auth_file``; None:
             ``$CKPTD_TOKEN`` if set.
         root_certificates: PEM of the CA(s) that signed the server's
