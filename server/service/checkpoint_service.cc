@@ -20,19 +20,6 @@
 namespace ckptd::service {
 namespace {
 
-// A chunk buffer from `pool`, or a fresh one without a pool.
-std::string TakeBuffer(ChunkBufferPool* pool) {
-  return pool != nullptr ? pool->Take() : std::string();
-}
-
-// Moves `*field` out (leaving it empty) and gives it back to `pool`, or
-// frees it without one.
-void GiveBuffer(ChunkBufferPool* pool, std::string* field) {
-  std::string buffer;
-  buffer.swap(*field);
-  if (pool != nullptr) pool->Give(std::move(buffer));
-}
-
 absl::Status BusyError() {
   return WithReason(absl::ResourceExhaustedError(
                         "ckptd is busy: too many queued requests; retry "
@@ -69,15 +56,13 @@ class UploadReactor final
   void OnReadDone(bool ok) override {
     if (!ok) {
       // End of the client's stream (or a cancelled call).
-      GiveBuffer(service_->guards().buffers, chunk_.mutable_data());
       slot_.Release();
       service_->executor()->Submit([this] { FinishStream(); });
       return;
     }
     service_->executor()->Submit([this] {
       absl::Status st = HandleChunk();
-      // Back to the pool (or freed): only a call holding a slot holds one.
-      GiveBuffer(service_->guards().buffers, chunk_.mutable_data());
+      std::string().swap(*chunk_.mutable_data());  // frees it, unlike clear()
       slot_.Release();
       if (!st.ok()) {
         if (upload_) upload_.reset();  // suspends: resumable
@@ -104,12 +89,7 @@ class UploadReactor final
       service_->executor()->Submit([this] { FinishStream(); });
       return;
     }
-    slot_.Acquire([this] {
-      // Parsing the next chunk reuses the buffer's capacity (protobuf
-      // clears a bytes field without freeing it).
-      *chunk_.mutable_data() = TakeBuffer(service_->guards().buffers);
-      StartRead(&chunk_);
-    });
+    slot_.Acquire([this] { StartRead(&chunk_); });
   }
 
   absl::Status HandleChunk() {
@@ -231,12 +211,7 @@ class StreamingReadReactor
         slot_(service->guards().budget, kStreamSlotBytes) {}
 
   void OnWriteDone(bool ok) override {
-    if (pooled_) {
-      GiveBuffer(service_->guards().buffers, message_.mutable_data());
-      pooled_ = false;
-    } else {
-      std::string().swap(*message_.mutable_data());  // frees it
-    }
+    std::string().swap(*message_.mutable_data());  // frees it, unlike Clear()
     slot_.Release();
     if (!ok) {
       this->Finish(
@@ -286,8 +261,7 @@ class StreamingReadReactor
   std::unique_ptr<BlobCursor> cursor_;
   Message message_;
   bool has_prologue_ = false;
-  bool pooled_ = false;  // message_'s data is a buffer of the pool
-  BudgetSlot slot_;      // held while message_ holds bytes
+  BudgetSlot slot_;  // held while message_ holds bytes
 
  private:
   void NextWhenSlotIsFree() {
@@ -301,18 +275,18 @@ class StreamingReadReactor
       this->StartWrite(&message_);
       return;
     }
-    ChunkBufferPool* pool = service_->guards().buffers;
-    std::string bytes = TakeBuffer(pool);
+    std::string bytes;
     auto chunk = cursor_->Next(&bytes);
-    if (!chunk.ok() || !chunk->has_value()) {
-      GiveBuffer(pool, &bytes);
-      this->Finish(chunk.ok() ? grpc::Status::OK
-                              : ToGrpcStatus(chunk.status()));
+    if (!chunk.ok()) {
+      this->Finish(ToGrpcStatus(chunk.status()));
+      return;
+    }
+    if (!chunk->has_value()) {
+      this->Finish(grpc::Status::OK);
       return;
     }
     message_.Clear();
     Fill(**chunk, std::move(bytes));
-    pooled_ = true;
     this->scope().AddSent(message_.ByteSizeLong());
     this->StartWrite(&message_);
   }

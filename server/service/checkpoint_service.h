@@ -22,7 +22,6 @@
 #include "server/common/executor.h"
 #include "server/core/repository.h"
 #include "server/service/access.h"
-#include "server/service/chunk_buffer_pool.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
 #include "server/service/metrics.h"
@@ -38,8 +37,6 @@ inline constexpr uint32_t kDefaultReadChunk = 4 << 20;
 struct ResourceGuards {
   InflightBudget* budget = nullptr;
   DiskWatermark* watermark = nullptr;
-  // Reused chunk buffers (chunk_buffer_pool.h); null: a fresh one per chunk.
-  ChunkBufferPool* buffers = nullptr;
 };
 
 class CheckpointService final : public v1::Checkpoint::CallbackService {

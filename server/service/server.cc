@@ -25,7 +25,6 @@
 #include "server/service/access.h"
 #include "server/service/auth.h"
 #include "server/service/checkpoint_service.h"
-#include "server/service/chunk_buffer_pool.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
 #include "server/service/local_socket.h"
@@ -48,10 +47,6 @@ constexpr int kStreamWindowBytes = 64 << 10;
 // and per-thread arenas then keep freed chunks resident (measured: 502 MiB
 // peak RSS instead of 411 MiB for 64 concurrent 32 MiB pushes).
 constexpr int kMmapThresholdBytes = 256 << 10;
-// Free memory at the top of the heap is given back to the OS only above
-// this: gRPC's and protobuf's many small per-chunk allocations would
-// otherwise trim and fault the same pages in again for every chunk.
-constexpr int kTrimThresholdBytes = 32 << 20;
 
 absl::StatusOr<std::string> ReadPemFile(absl::string_view flag,
                                         const std::string& path) {
@@ -100,7 +95,6 @@ struct Server::Impl {
   std::shared_ptr<Authenticator> authenticator;  // null without --auth_file
   std::unique_ptr<AccessPolicy> access;
   std::unique_ptr<InflightBudget> budget;
-  std::unique_ptr<ChunkBufferPool> buffers;
   std::unique_ptr<DiskWatermark> watermark;
   std::unique_ptr<CheckpointService> service;
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
@@ -261,19 +255,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   impl->executor = std::make_unique<Executor>(options.io_threads,
                                               options.max_queued_requests);
   ::mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes);
-  ::mallopt(M_TRIM_THRESHOLD, kTrimThresholdBytes);
   impl->budget = std::make_unique<InflightBudget>(options.max_inflight_bytes);
-  // As many buffers as there are budget slots: a call holds one only while
-  // it holds a slot.
-  impl->buffers = std::make_unique<ChunkBufferPool>(
-      static_cast<size_t>(options.max_inflight_bytes / kStreamSlotBytes));
   impl->watermark =
       std::make_unique<DiskWatermark>(options.data_dir, options.min_free_disk);
   impl->service = std::make_unique<CheckpointService>(
       impl->repo.get(), impl->executor.get(), impl->access.get(),
-      ResourceGuards{impl->budget.get(), impl->watermark.get(),
-                     impl->buffers.get()},
-      metrics);
+      ResourceGuards{impl->budget.get(), impl->watermark.get()}, metrics);
   metrics->SetSources(
       {impl->repo.get(), impl->authenticator.get(), options.data_dir});
   if (!metrics_listen.empty()) {

@@ -7,7 +7,6 @@
 #include "absl/strings/str_format.h"
 #include "proto/base/error_reason.h"
 #include "proto/base/status.h"
-#include "rocksdb/convenience.h"
 #include "rocksdb/options.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "server/storage/local_dir.h"
@@ -141,17 +140,6 @@ MetadataStore::~MetadataStore() {
         "rocksdb: no flush on close ({}): the WAL holds every acknowledged "
         "write and the next start replays it",
         write_failed_.load() ? "a write failed" : "the disk is nearly full");
-    // Close() syncs the WAL, and on a full disk unsynced writes the page
-    // cache took can fail then (ENOSPC at writeback); RocksDB 7.8 then
-    // asserts instead of returning the error. So the database is left open
-    // for the process exit to drop, as a kill -9 would: its LOCK goes with
-    // the process, every synced write is in the WAL, and the kernel still
-    // writes back what it can of the rest.
-    if (!write_failed_.load()) {
-      rocksdb::CancelAllBackgroundWork(db_.get(), /*wait=*/true);
-      (void)db_.release();  // deliberately not closed, see above
-      return;
-    }
   }
   rocksdb::Status s = db_->Close();
   if (!s.ok()) spdlog::warn("rocksdb close: {}", s.ToString());

@@ -1,7 +1,6 @@
 // The pieces that bound ckptd's memory and disk use: --min_free_disk
 // parsing (server/service/disk_watermark.h) and the in-flight byte budget
-// (server/service/inflight_budget.h), and the chunk buffers reused within
-// it (server/service/chunk_buffer_pool.h).
+// (server/service/inflight_budget.h).
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -10,7 +9,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/base/error_reason.h"
-#include "server/service/chunk_buffer_pool.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
 
@@ -209,72 +207,6 @@ TEST(BudgetSlotTest, RunsAtOnceOrWhenTheSlotFrees) {
   bool now = false;
   unbudgeted.Acquire([&] { now = true; });
   EXPECT_TRUE(now);
-}
-
-TEST(ChunkBufferPoolTest, AGivenBufferComesBackWithItsMemory) {
-  ChunkBufferPool pool(4);
-  std::string a = pool.Take();
-  EXPECT_TRUE(a.empty());
-  a.resize(4 << 20, 'x');
-  const char* memory = a.data();
-  const size_t capacity = a.capacity();
-  pool.Give(std::move(a));
-  EXPECT_EQ(pool.kept(), 1u);
-  EXPECT_EQ(pool.in_use(), 0u);
-  std::string b = pool.Take();
-  EXPECT_TRUE(b.empty());
-  EXPECT_EQ(b.capacity(), capacity);
-  EXPECT_EQ(b.data(), memory);  // the same pages, already resident
-  EXPECT_EQ(pool.in_use(), 1u);
-  EXPECT_EQ(pool.kept(), 0u);
-}
-
-TEST(ChunkBufferPoolTest, KeptPlusInUseNeverExceedsTheBound) {
-  ChunkBufferPool pool(3);
-  std::vector<std::string> taken;
-  for (int i = 0; i < 5; ++i) {  // more than the bound: e.g. no budget
-    taken.push_back(pool.Take());
-    taken.back().resize(2 << 20);
-  }
-  for (std::string& b : taken) {
-    pool.Give(std::move(b));
-    EXPECT_LE(pool.kept() + pool.in_use(), 5u);
-  }
-  EXPECT_EQ(pool.in_use(), 0u);
-  EXPECT_EQ(pool.kept(), 3u);
-  // With two in use, only one more may be kept.
-  std::string x = pool.Take(), y = pool.Take(), z = pool.Take();
-  pool.Give(std::move(z));
-  EXPECT_EQ(pool.kept(), 1u);
-  EXPECT_EQ(pool.kept() + pool.in_use(), 3u);
-  pool.Give(std::move(x));
-  pool.Give(std::move(y));
-  EXPECT_EQ(pool.kept(), 3u);
-}
-
-TEST(ChunkBufferPoolTest, SmallAndOversizedBuffersAreNotKept) {
-  ChunkBufferPool pool(4);
-  struct Case {
-    const char* name;
-    size_t size;
-    size_t kept;
-  };
-  const Case cases[] = {
-      {"a header", 100, 0},
-      {"a small chunk", 64 << 10, 0},
-      {"a 1 MiB chunk", 1 << 20, 1},
-      {"a 4 MiB chunk", 4 << 20, 1},
-      {"more than a chunk", 16 << 20, 0},
-  };
-  for (const Case& c : cases) {
-    ChunkBufferPool fresh(4);
-    std::string b = fresh.Take();
-    b.resize(c.size);
-    b.shrink_to_fit();
-    fresh.Give(std::move(b));
-    EXPECT_EQ(fresh.kept(), c.kept) << c.name;
-    EXPECT_EQ(fresh.in_use(), 0u) << c.name;
-  }
 }
 
 }  // namespace
