@@ -310,5 +310,20 @@ TEST(LocalSocketTest, TokensAndRolesApplyOnTheSocket) {
             absl::StatusCode::kUnauthenticated);
 }
 
+// The socket has no TLS: a client certificate cannot identify anyone there,
+// so a client given one for a unix: address is refused before it connects.
+TEST(LocalSocketTest, ClientCertificateOnTheSocketIsRefused) {
+  ClientOptions options;
+  options.address = "unix:/nonexistent/ckptd.sock";
+  options.client_certificate = "-----BEGIN CERTIFICATE-----";
+  options.client_key = "-----BEGIN PRIVATE KEY-----";
+  auto client = Client::Connect(options);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(client.status().message()),
+              HasSubstr("has no TLS: a client certificate does not identify "
+                        "you there; use a token"));
+}
+
 }  // namespace
 }  // namespace ckptd
