@@ -16,6 +16,9 @@ packages=(
   # tests/deploy: systemd-analyze and systemd-sysusers check the unit, the
   # YAML parser reads the k8s manifests.
   systemd python3-yaml
+  # The S3 blob store's HTTP client (libcurl's SigV4), and the throwaway
+  # Ceph cluster its tests run against (tests/s3/ceph-cluster).
+  libcurl4-openssl-dev curl ceph-mon ceph-osd radosgw ceph-common
   # The `clang` preset (lock annotations checked by -Wthread-safety), the
   # format check (.ci/check-format) and clang's sanitizer runtimes.
   clang-16 clang-format-16 libclang-rt-16-dev

@@ -182,7 +182,7 @@ absl::Status CopyBlob(storage::BlobStore& from, storage::BlobStore& to,
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<storage::BlobReader> reader,
                          from.Open(digest));
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<storage::BlobWriter> writer,
-                         to.NewWriter());
+                         to.NewWriter(digest));
   const uint64_t size = reader->size();
   for (uint64_t off = 0; off < size;) {
     const uint64_t n = std::min<uint64_t>(kCopyBuffer, size - off);

@@ -305,7 +305,7 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     CKPTD_ASSIGN_OR_RETURN(
         writer, uploads_.Resume({run, version, digest}, blob_size, offset));
   } else {
-    CKPTD_ASSIGN_OR_RETURN(writer, blobs_->NewWriter());
+    CKPTD_ASSIGN_OR_RETURN(writer, blobs_->NewWriter(digest));
     uploads_.BeginFresh({run, version, digest});
   }
   std::move(unreserve).Cancel();

@@ -41,8 +41,11 @@ class BlobWriter {
   virtual absl::Status Append(std::string_view data) = 0;
   // Bytes appended so far.
   virtual uint64_t size() const = 0;
-  // Makes every byte appended so far durable and returns that count: the
-  // offset an interrupted upload may resume from.
+  // Makes every byte appended so far safe from the interruption of the
+  // stream that brought them and returns that count: the offset an
+  // interrupted upload may resume from, with this writer, in this process
+  // (files: fdatasync; S3: bytes not yet sent as a part stay in the writer).
+  // A restart drops partial blobs in every store (RemoveTemporaries).
   virtual absl::StatusOr<uint64_t> Sync() = 0;
   // Checks that the digest of the appended bytes equals `expected`
   // (INVALID_ARGUMENT naming both digests if not, and the partial blob is
@@ -75,7 +78,12 @@ class BlobStore {
  public:
   virtual ~BlobStore() = default;
 
-  virtual absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter() = 0;
+  // A writer of the blob the caller means to commit as `expected`. A store
+  // may place bytes by it while they arrive (S3: the multipart upload goes
+  // to the blob's own key, so a committed upload is never copied); Commit
+  // still checks the bytes against the digest it is given.
+  virtual absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter(
+      const Digest& expected) = 0;
   // Size of the blob, or nullopt when it is not stored.
   virtual absl::StatusOr<std::optional<uint64_t>> Stat(
       const Digest& digest) = 0;

@@ -11,18 +11,10 @@
 //   <dir>/tmp/blob-<pid>-<seq>-<nonce>.tmp
 //                                      blobs being written (O_EXCL, unique).
 //
-// A blob file is the raw data bytes followed by a trailer:
-//
-//   data            data_size bytes
-//   checksums       chunk_count x u64 LE: XXH3-64 of each chunk_size
-//                   (kBlobChecksumChunk, 1 MiB) chunk of data; the last chunk
-//                   may be short; an empty blob has no chunks
-//   footer          24 bytes: magic "CKPTBLB1", data_size u64 LE,
-//                   chunk_size u32 LE, chunk_count u32 LE
-//
-// The footer is self-checking: chunk_count == ceil(data_size / chunk_size)
-// and file size == data_size + 8 * chunk_count + 24. A file that fails
-// this (truncated, or a damaged footer) reads as DATA_LOSS. Stat and ForEach
+// A blob file is the stored form of blob_format.h: the raw data bytes
+// followed by a trailer of per-chunk checksums and a self-checking footer.
+// A file whose footer fails its check (truncated, or damaged) reads as
+// DATA_LOSS. Stat and ForEach
 // report data_size, not the file size. Readers read whole chunks and verify
 // each against its checksum before returning any of its bytes.
 //
@@ -67,7 +59,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
@@ -92,46 +83,21 @@
 #include "absl/time/clock.h"
 #include "proto/base/digest.h"
 #include "proto/base/status.h"
+#include "server/storage/blob_format.h"
 #include "server/storage/blob_store.h"
 
 namespace ckptd::storage {
 namespace {
 
-constexpr char kFooterMagic[8] = {'C', 'K', 'P', 'T', 'B', 'L', 'B', '1'};
-constexpr size_t kFooterSize = 24;
-constexpr size_t kChecksumSize = 8;
-// Refuse footers claiming chunks larger than this: a reader allocates one
-// chunk of scratch space.
-constexpr uint64_t kMaxChunkSize = 64 << 20;
 constexpr int kFanOut = 256;
 constexpr mode_t kDirMode = 0755;
 constexpr mode_t kFileMode = 0644;
 constexpr absl::string_view kTmpPrefix = "blob-";
 constexpr absl::string_view kTmpSuffix = ".tmp";
-// Appends are hashed twice (digest, chunk checksum) slice by slice so that
-// the second pass reads from cache.
-constexpr size_t kHashSlice = 256 << 10;
 constexpr int kTmpCreateAttempts = 16;
 // Writeback of appended data is started every this many bytes, so the disk
 // works while data still arrives and Commit's fdatasync has little left.
 constexpr uint64_t kWritebackWindow = 8 << 20;
-
-void StoreLE64(uint64_t v, char* p) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void StoreLE32(uint32_t v, char* p) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint64_t LoadLE64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-uint32_t LoadLE32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
 
 // Owns a file descriptor.
 class Fd {
@@ -257,26 +223,9 @@ bool IsTemporaryName(absl::string_view name) {
          absl::StartsWith(name, kTmpPrefix) && absl::EndsWith(name, kTmpSuffix);
 }
 
-struct Footer {
-  uint64_t data_size = 0;
-  uint32_t chunk_size = 0;
-  uint32_t chunk_count = 0;
-};
-
-uint64_t ChunkCount(uint64_t data_size, uint64_t chunk_size) {
-  return data_size / chunk_size + (data_size % chunk_size != 0 ? 1 : 0);
-}
-
-void EncodeFooter(const Footer& f, char* out) {
-  std::memcpy(out, kFooterMagic, sizeof(kFooterMagic));
-  StoreLE64(f.data_size, out + 8);
-  StoreLE32(f.chunk_size, out + 16);
-  StoreLE32(f.chunk_count, out + 20);
-}
-
 // Reads and validates the footer of an open blob file.
-absl::StatusOr<Footer> ReadFooter(int fd, const std::string& path,
-                                  const Digest& digest) {
+absl::StatusOr<BlobFooter> ReadFooter(int fd, const std::string& path,
+                                      const Digest& digest) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     return ckptd::ErrnoToStatus(errno, absl::StrCat("stat blob file ", path));
@@ -288,27 +237,15 @@ absl::StatusOr<Footer> ReadFooter(int fd, const std::string& path,
   };
   if (!S_ISREG(st.st_mode)) return bad("not a regular file");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < kFooterSize) return bad("too short for its footer");
-  char buf[kFooterSize];
+  if (file_size < kBlobFooterSize) return bad("too short for its footer");
+  char buf[kBlobFooterSize];
   CKPTD_ASSIGN_OR_RETURN(
-      size_t n, PreadFull(fd, buf, kFooterSize, file_size - kFooterSize, path));
-  if (n != kFooterSize) return bad("footer cut short");
-  if (std::memcmp(buf, kFooterMagic, sizeof(kFooterMagic)) != 0) {
-    return bad("bad footer magic (truncated?)");
-  }
-  Footer f;
-  f.data_size = LoadLE64(buf + 8);
-  f.chunk_size = LoadLE32(buf + 16);
-  f.chunk_count = LoadLE32(buf + 20);
-  if (f.chunk_size == 0 || f.chunk_size > kMaxChunkSize ||
-      f.chunk_count != ChunkCount(f.data_size, f.chunk_size) ||
-      f.data_size > file_size ||
-      file_size - f.data_size !=
-          kChecksumSize * uint64_t{f.chunk_count} + kFooterSize) {
-    return bad(absl::StrCat("inconsistent footer (data_size ", f.data_size,
-                            ", chunk_size ", f.chunk_size, ", chunk_count ",
-                            f.chunk_count, ")"));
-  }
+      size_t n,
+      PreadFull(fd, buf, kBlobFooterSize, file_size - kBlobFooterSize, path));
+  if (n != kBlobFooterSize) return bad("footer cut short");
+  absl::StatusOr<BlobFooter> f =
+      DecodeBlobFooter(absl::string_view(buf, n), file_size);
+  if (!f.ok()) return bad(f.status().message());
   return f;
 }
 
@@ -327,10 +264,7 @@ class FileBlobWriter final : public BlobWriter {
   FileBlobWriter(std::string blobs_dir, std::string tmp_path, Fd fd)
       : blobs_dir_(std::move(blobs_dir)),
         tmp_path_(std::move(tmp_path)),
-        fd_(std::move(fd)),
-        chunk_state_(XXH3_createState()) {
-    XXH3_64bits_reset(chunk_state_.get());
-  }
+        fd_(std::move(fd)) {}
   ~FileBlobWriter() override { Abandon(); }
 
   absl::Status Append(std::string_view data) override;
@@ -341,12 +275,7 @@ class FileBlobWriter final : public BlobWriter {
   void Abandon() override;
 
  private:
-  struct XxhStateFree {
-    void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-  };
-
   absl::Status CheckUsable() const;
-  void Hash(const char* p, size_t n);
   // `replace`: rename over a blob already stored (CommitReplacing).
   absl::Status CommitFile(const Digest& expected, bool replace);
 
@@ -358,15 +287,12 @@ class FileBlobWriter final : public BlobWriter {
   absl::Status error_;      // a failed write or sync poisons the writer
   uint64_t size_ = 0;
   uint64_t writeback_begin_ = 0;  // end of the range last sent to writeback
-  DigestBuilder digest_;
-  std::unique_ptr<XXH3_state_t, XxhStateFree> chunk_state_;
-  uint64_t chunk_fill_ = 0;          // bytes of the current, open chunk
-  std::vector<uint64_t> checksums_;  // of the completed chunks
+  BlobHasher hasher_;
 };
 
 class FileBlobReader final : public BlobReader {
  public:
-  FileBlobReader(std::string path, Digest digest, Fd fd, Footer footer,
+  FileBlobReader(std::string path, Digest digest, Fd fd, BlobFooter footer,
                  std::vector<uint64_t> checksums)
       : path_(std::move(path)),
         digest_(digest),
@@ -378,14 +304,13 @@ class FileBlobReader final : public BlobReader {
   absl::Status ReadAt(uint64_t offset, uint64_t length, char* out) override;
 
  private:
-  // Reads chunks [first, last] — whole, contiguous — into `dst` and verifies
-  // them.
+  // Reads chunks [first, last] — whole, contiguous — into `dst`.
   absl::Status ReadChunks(uint64_t first, uint64_t last, char* dst);
 
   const std::string path_;
   const Digest digest_;
   Fd fd_;
-  const Footer footer_;
+  const BlobFooter footer_;
   const std::vector<uint64_t> checksums_;
   std::unique_ptr<char[]> scratch_;  // one chunk, for partly read chunks
 };
@@ -399,7 +324,8 @@ class FileBlobStore final : public BlobStore {
 
   absl::Status Init();
 
-  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter() override;
+  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter(
+      const Digest& expected) override;
   absl::StatusOr<std::optional<uint64_t>> Stat(const Digest& digest) override;
   absl::StatusOr<std::unique_ptr<BlobReader>> Open(
       const Digest& digest) override;
@@ -431,28 +357,11 @@ absl::Status FileBlobWriter::CheckUsable() const {
   return error_;
 }
 
-void FileBlobWriter::Hash(const char* p, size_t n) {
-  while (n > 0) {
-    const size_t slice = static_cast<size_t>(
-        std::min<uint64_t>({n, kHashSlice, kBlobChecksumChunk - chunk_fill_}));
-    digest_.Update(p, slice);
-    XXH3_64bits_update(chunk_state_.get(), p, slice);
-    chunk_fill_ += slice;
-    if (chunk_fill_ == kBlobChecksumChunk) {
-      checksums_.push_back(XXH3_64bits_digest(chunk_state_.get()));
-      XXH3_64bits_reset(chunk_state_.get());
-      chunk_fill_ = 0;
-    }
-    p += slice;
-    n -= slice;
-  }
-}
-
 absl::Status FileBlobWriter::Append(std::string_view data) {
   CKPTD_RETURN_IF_ERROR(CheckUsable());
   if (data.empty()) return absl::OkStatus();
   // A failed write poisons the writer, so hashing first is safe.
-  Hash(data.data(), data.size());
+  hasher_.Update(data.data(), data.size());
   if (absl::Status st =
           WriteFull(fd_.get(), data.data(), data.size(), tmp_path_);
       !st.ok()) {
@@ -497,24 +406,13 @@ absl::Status FileBlobWriter::CommitReplacing(const Digest& expected) {
 
 absl::Status FileBlobWriter::CommitFile(const Digest& expected, bool replace) {
   CKPTD_RETURN_IF_ERROR(CheckUsable());
-  const Digest actual = digest_.Finish();
+  const Digest actual = hasher_.digest();
   if (actual != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
         "blob digest mismatch: expected ", expected.Hex(), " but the ", size_,
         " bytes received hash to ", actual.Hex(), "; the blob was discarded"));
   }
-  if (chunk_fill_ > 0) {
-    checksums_.push_back(XXH3_64bits_digest(chunk_state_.get()));
-    chunk_fill_ = 0;
-  }
-  std::string trailer(checksums_.size() * kChecksumSize + kFooterSize, '\0');
-  for (size_t i = 0; i < checksums_.size(); ++i) {
-    StoreLE64(checksums_[i], &trailer[i * kChecksumSize]);
-  }
-  EncodeFooter({.data_size = size_,
-                .chunk_size = static_cast<uint32_t>(kBlobChecksumChunk),
-                .chunk_count = static_cast<uint32_t>(checksums_.size())},
-               &trailer[checksums_.size() * kChecksumSize]);
+  const std::string trailer = hasher_.Trailer();
   CKPTD_RETURN_IF_ERROR(
       WriteFull(fd_.get(), trailer.data(), trailer.size(), tmp_path_));
   CKPTD_RETURN_IF_ERROR(FdataSync(
@@ -557,7 +455,7 @@ absl::Status FileBlobWriter::CommitFile(const Digest& expected, bool replace) {
         if (absl::IsNotFound(existing.status()) && attempt < 3) continue;
         return existing.status();
       }
-      absl::StatusOr<Footer> footer =
+      absl::StatusOr<BlobFooter> footer =
           ReadFooter(existing->get(), target, expected);
       if (footer.ok()) break;  // Abandon() unlinks our copy
       if (!absl::IsDataLoss(footer.status())) return footer.status();
@@ -594,60 +492,16 @@ absl::Status FileBlobReader::ReadChunks(uint64_t first, uint64_t last,
         "blob ", digest_.Hex(), " (file ", path_, ") ends at offset ",
         begin + n, ", inside its data of ", footer_.data_size, " bytes"));
   }
-  for (uint64_t c = first; c <= last; ++c) {
-    const uint64_t cb = c * chunk;
-    const uint64_t ce = std::min(cb + chunk, footer_.data_size);
-    if (XXH3_64bits(dst + (cb - begin), ce - cb) != checksums_[c]) {
-      return absl::DataLossError(absl::StrCat(
-          "blob ", digest_.Hex(), " is corrupt at offset ", cb, ": bytes [", cb,
-          ", ", ce, ") do not match their stored checksum (file ", path_, ")"));
-    }
-  }
   return absl::OkStatus();
 }
 
 absl::Status FileBlobReader::ReadAt(uint64_t offset, uint64_t length,
                                     char* out) {
-  const uint64_t size = footer_.data_size;
-  if (offset > size || length > size - offset) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "read of ", length, " bytes at offset ", offset, " is past the end of ",
-        "blob ", digest_.Hex(), " (", size, " bytes)"));
-  }
-  if (length == 0) return absl::OkStatus();
-  const uint64_t chunk = footer_.chunk_size;
-  const uint64_t end = offset + length;
-  const uint64_t first = offset / chunk;
-  const uint64_t last = (end - 1) / chunk;
-  auto covered = [&](uint64_t c) {
-    return c * chunk >= offset && std::min((c + 1) * chunk, size) <= end;
-  };
-  // Partly requested chunks go through scratch space; the run of wholly
-  // requested chunks between them is read straight into `out`.
-  auto read_partial = [&](uint64_t c) -> absl::Status {
-    if (scratch_ == nullptr) scratch_.reset(new char[chunk]);
-    CKPTD_RETURN_IF_ERROR(ReadChunks(c, c, scratch_.get()));
-    const uint64_t cb = c * chunk;
-    const uint64_t from = std::max(cb, offset);
-    const uint64_t to = std::min({cb + chunk, size, end});
-    std::memcpy(out + (from - offset), scratch_.get() + (from - cb), to - from);
-    return absl::OkStatus();
-  };
-  uint64_t whole_begin = first;  // [whole_begin, whole_end): chunk indexes
-  uint64_t whole_end = last + 1;
-  if (!covered(first)) {
-    CKPTD_RETURN_IF_ERROR(read_partial(first));
-    whole_begin = first + 1;
-  }
-  if (last >= whole_begin && !covered(last)) {
-    CKPTD_RETURN_IF_ERROR(read_partial(last));
-    whole_end = last;
-  }
-  if (whole_begin < whole_end) {
-    CKPTD_RETURN_IF_ERROR(ReadChunks(whole_begin, whole_end - 1,
-                                     out + (whole_begin * chunk - offset)));
-  }
-  return absl::OkStatus();
+  return ReadVerifiedBlobRange(
+      digest_, absl::StrCat("file ", path_), footer_, checksums_, offset,
+      length, out, scratch_, [this](uint64_t first, uint64_t last, char* dst) {
+        return ReadChunks(first, last, dst);
+      });
 }
 
 // ---------------------------------------------------------------------------
@@ -674,7 +528,8 @@ absl::Status FileBlobStore::Init() {
   return FsyncDir(dir_);
 }
 
-absl::StatusOr<std::unique_ptr<BlobWriter>> FileBlobStore::NewWriter() {
+absl::StatusOr<std::unique_ptr<BlobWriter>> FileBlobStore::NewWriter(
+    const Digest& /*expected*/) {
   for (int attempt = 0;; ++attempt) {
     const uint64_t seq = next_tmp_seq_.fetch_add(1, std::memory_order_relaxed);
     const uint64_t nonce = static_cast<uint64_t>(absl::GetCurrentTimeNanos()) ^
@@ -703,7 +558,8 @@ absl::StatusOr<std::optional<uint64_t>> FileBlobStore::Stat(
     if (absl::IsNotFound(fd.status())) return std::nullopt;
     return fd.status();
   }
-  CKPTD_ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
+  CKPTD_ASSIGN_OR_RETURN(BlobFooter footer,
+                         ReadFooter(fd->get(), path, digest));
   return footer.data_size;
 }
 
@@ -718,18 +574,16 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
     }
     return fd.status();
   }
-  CKPTD_ASSIGN_OR_RETURN(Footer footer, ReadFooter(fd->get(), path, digest));
-  std::string raw(uint64_t{footer.chunk_count} * kChecksumSize, '\0');
+  CKPTD_ASSIGN_OR_RETURN(BlobFooter footer,
+                         ReadFooter(fd->get(), path, digest));
+  std::string raw(uint64_t{footer.chunk_count} * kBlobChecksumSize, '\0');
   CKPTD_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), raw.data(), raw.size(),
                                              footer.data_size, path));
   if (n != raw.size()) {
     return absl::DataLossError(absl::StrCat("blob ", digest.Hex(), " (file ",
                                             path, ") checksums cut short"));
   }
-  std::vector<uint64_t> checksums(footer.chunk_count);
-  for (size_t i = 0; i < checksums.size(); ++i) {
-    checksums[i] = LoadLE64(&raw[i * kChecksumSize]);
-  }
+  std::vector<uint64_t> checksums = DecodeBlobChecksums(raw);
   // Blobs are mostly streamed front to back: ask for aggressive readahead.
   ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   return std::make_unique<FileBlobReader>(
@@ -787,7 +641,7 @@ absl::Status FileBlobStore::ForEach(
       if (!S_ISREG(st.st_mode)) continue;
       // A blob with a damaged footer is still listed (so GC can remove it),
       // with its size on disk; reading it gives DATA_LOSS.
-      absl::StatusOr<Footer> footer = ReadFooter(fd->get(), path, d);
+      absl::StatusOr<BlobFooter> footer = ReadFooter(fd->get(), path, d);
       if (!footer.ok() && !absl::IsDataLoss(footer.status())) {
         return footer.status();
       }

@@ -110,10 +110,11 @@ uint64_t FaultInjectionBlobStore::injected_failures() const {
   return injector_->injected_failures;
 }
 
-absl::StatusOr<std::unique_ptr<BlobWriter>>
-FaultInjectionBlobStore::NewWriter() {
+absl::StatusOr<std::unique_ptr<BlobWriter>> FaultInjectionBlobStore::NewWriter(
+    const Digest& expected) {
   CKPTD_RETURN_IF_ERROR(injector_->BeginMutation());
-  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<BlobWriter> base, base_->NewWriter());
+  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<BlobWriter> base,
+                         base_->NewWriter(expected));
   return std::make_unique<FaultInjectionBlobWriter>(injector_, std::move(base));
 }
 

@@ -56,7 +56,8 @@ class FaultInjectionBlobStore final : public BlobStore {
   // How many operations were failed by injection.
   uint64_t injected_failures() const;
 
-  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter() override;
+  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter(
+      const Digest& expected) override;
   absl::StatusOr<std::optional<uint64_t>> Stat(const Digest& digest) override;
   absl::StatusOr<std::unique_ptr<BlobReader>> Open(
       const Digest& digest) override;

@@ -182,7 +182,8 @@ class MemoryBlobReader final : public BlobReader {
 MemoryBlobStore::MemoryBlobStore() : state_(std::make_shared<State>()) {}
 MemoryBlobStore::~MemoryBlobStore() = default;
 
-absl::StatusOr<std::unique_ptr<BlobWriter>> MemoryBlobStore::NewWriter() {
+absl::StatusOr<std::unique_ptr<BlobWriter>> MemoryBlobStore::NewWriter(
+    const Digest& /*expected*/) {
   absl::MutexLock lock(&state_->mu);
   const uint64_t id = state_->next_partial_id++;
   state_->partials[id] = PartialBlob{};

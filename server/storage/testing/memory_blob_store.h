@@ -43,7 +43,8 @@ class MemoryBlobStore final : public BlobStore {
   MemoryBlobStore(const MemoryBlobStore&) = delete;
   MemoryBlobStore& operator=(const MemoryBlobStore&) = delete;
 
-  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter() override;
+  absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter(
+      const Digest& expected) override;
   absl::StatusOr<std::optional<uint64_t>> Stat(const Digest& digest) override;
   absl::StatusOr<std::unique_ptr<BlobReader>> Open(
       const Digest& digest) override;
