@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -32,6 +33,8 @@
 #include "server/service/health_listener.h"
 #include "server/service/inflight_budget.h"
 #include "server/service/server.h"
+#include "server/storage/s3_blob_store.h"
+#include "server/storage/s3_client.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -55,6 +58,26 @@ ABSL_FLAG(std::string, local_socket, "<data_dir>/ckptd.sock",
           "deleted. At most 107 bytes (sun_path): an explicit longer path is "
           "refused, the default one (under a deep --data_dir) is skipped "
           "with a warning. Empty (--local_socket=): no socket.");
+ABSL_FLAG(std::string, blob_store, "file",
+          "Where blob bytes live: `file` (files under --data_dir) or "
+          "s3://BUCKET[/PREFIX] (an S3 bucket: Ceph radosgw, MinIO, AWS; "
+          "needs --s3_endpoint, and keys from AWS_ACCESS_KEY_ID / "
+          "AWS_SECRET_ACCESS_KEY or --s3_credentials_file). RocksDB stays "
+          "in --data_dir either way.");
+ABSL_FLAG(std::string, s3_endpoint, "",
+          "The S3 endpoint for --blob_store s3://..., as http://HOST[:PORT] "
+          "or https://HOST[:PORT] (path-style requests).");
+ABSL_FLAG(std::string, s3_region, "us-east-1",
+          "The region requests are signed for (SigV4).");
+ABSL_FLAG(std::string, s3_credentials_file, "",
+          "An AWS-style credentials file ([default] aws_access_key_id, "
+          "aws_secret_access_key), mode 0600; instead of the AWS_* "
+          "environment variables.");
+ABSL_FLAG(uint64_t, s3_part_size, 8 << 20,
+          "Blobs larger than this are uploaded in parts of this many bytes, "
+          "each sent while the next arrives (S3 wants at least 5 MiB).");
+ABSL_FLAG(int, s3_upload_threads, 4,
+          "Threads that send multipart parts, for all uploads together.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log verbosity: trace, debug, info, warn, error or off.");
 ABSL_FLAG(absl::Duration, pending_timeout, absl::Hours(6),
@@ -251,6 +274,73 @@ std::string ReadResourceFlags(ckptd::service::ServerOptions* options) {
       ckptd::service::ParseMinFreeDisk(absl::GetFlag(FLAGS_min_free_disk));
   if (!floor.ok()) return std::string(floor.status().message());
   options->min_free_disk = *floor;
+  return "";
+}
+
+// --blob_store and the --s3_* flags.
+std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
+  const std::string store = absl::GetFlag(FLAGS_blob_store);
+  const bool s3 = absl::StartsWith(store, "s3://");
+  if (!s3) {
+    if (store != "file") {
+      return absl::StrCat("--blob_store '", store,
+                          "' is neither `file` nor s3://BUCKET[/PREFIX]");
+    }
+    for (const auto& [flag, set] :
+         {std::pair<const char*, bool>{
+              "s3_endpoint", !absl::GetFlag(FLAGS_s3_endpoint).empty()},
+          {"s3_credentials_file",
+           !absl::GetFlag(FLAGS_s3_credentials_file).empty()}}) {
+      if (set) {
+        return absl::StrCat("--", flag,
+                            " is for an S3 blob store: give --blob_store "
+                            "s3://BUCKET[/PREFIX] too, or drop it");
+      }
+    }
+    return "";
+  }
+  ckptd::storage::S3BlobStoreOptions o;
+  if (absl::Status st =
+          ckptd::storage::ParseS3Location(store, o.s3.bucket, o.prefix);
+      !st.ok()) {
+    return std::string(st.message());
+  }
+  o.s3.endpoint = absl::GetFlag(FLAGS_s3_endpoint);
+  if (o.s3.endpoint.empty()) {
+    return absl::StrCat("--blob_store ", store,
+                        " needs --s3_endpoint (e.g. "
+                        "--s3_endpoint=http://127.0.0.1:7480)");
+  }
+  o.s3.region = absl::GetFlag(FLAGS_s3_region);
+  if (const std::string file = absl::GetFlag(FLAGS_s3_credentials_file);
+      !file.empty()) {
+    if (absl::Status st = ckptd::storage::ReadS3CredentialsFile(file, o.s3);
+        !st.ok()) {
+      return std::string(st.message());
+    }
+  } else {
+    const char* id = std::getenv("AWS_ACCESS_KEY_ID");
+    const char* secret = std::getenv("AWS_SECRET_ACCESS_KEY");
+    o.s3.access_key_id = id != nullptr ? id : "";
+    o.s3.secret_access_key = secret != nullptr ? secret : "";
+  }
+  if (absl::Status st = ckptd::storage::ValidateS3Options(o.s3); !st.ok()) {
+    return std::string(st.message());
+  }
+  o.part_size = absl::GetFlag(FLAGS_s3_part_size);
+  if (o.part_size < ckptd::storage::kMinS3PartSize ||
+      o.part_size > ckptd::storage::kMaxS3PartSize) {
+    return absl::StrCat("--s3_part_size=", o.part_size, " is outside [",
+                        ckptd::storage::kMinS3PartSize, ", ",
+                        ckptd::storage::kMaxS3PartSize,
+                        "]; S3 wants at least 5 MiB (5242880)");
+  }
+  o.upload_threads = absl::GetFlag(FLAGS_s3_upload_threads);
+  if (o.upload_threads < 1 || o.upload_threads > 256) {
+    return absl::StrCat("--s3_upload_threads=", o.upload_threads,
+                        " is outside [1, 256]");
+  }
+  options->repository.s3 = std::move(o);
   return "";
 }
 
@@ -491,6 +581,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "ckptd: --identity_quota_bytes needs --auth_file: without "
                  "it there are no identities to count against\n");
+    return 2;
+  }
+  if (const std::string err = ReadBlobStoreFlags(&options); !err.empty()) {
+    std::fprintf(stderr, "ckptd: %s\n", err.c_str());
     return 2;
   }
   if (const std::string err = ReadLimitFlags(&options); !err.empty()) {

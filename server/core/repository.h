@@ -90,6 +90,7 @@
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
 #include "server/storage/metadata_store.h"
+#include "server/storage/s3_blob_store.h"
 
 namespace ckptd::core {
 
@@ -100,6 +101,9 @@ inline constexpr size_t kIndexSliceDigests = 4096;
 struct RepositoryOptions {
   // RocksDB lives here.
   std::string metadata_dir;
+  // OpenDataDir: blobs in this S3 bucket instead of files under the data
+  // dir (ckptd --blob_store s3://BUCKET/PREFIX).
+  std::optional<storage::S3BlobStoreOptions> s3;
   // Largest blob accepted.
   uint64_t max_blob_size = uint64_t{1} << 40;
   // Pending versions older than this are aborted by AbortExpiredPending().
@@ -248,7 +252,8 @@ class Repository {
   static absl::StatusOr<std::unique_ptr<Repository>> Open(
       const RepositoryOptions& options,
       std::shared_ptr<storage::BlobStore> blobs);
-  // RocksDB at <data_dir>/meta, file blobs under <data_dir> (blobs/, tmp/).
+  // RocksDB at <data_dir>/meta; blobs in options.s3's bucket when set, else
+  // files under <data_dir> (blobs/, tmp/).
   static absl::StatusOr<std::unique_ptr<Repository>> OpenDataDir(
       const std::string& data_dir, RepositoryOptions options);
   ~Repository();

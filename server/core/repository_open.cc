@@ -55,8 +55,14 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   CKPTD_ASSIGN_OR_RETURN(
       auto meta,
       storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
-  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
-                         storage::OpenFileBlobStore(data_dir));
+  std::shared_ptr<storage::BlobStore> blobs;
+  if (options.s3.has_value()) {
+    CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenS3BlobStore(*options.s3));
+    spdlog::info("blobs in s3://{}/{} at {}", options.s3->s3.bucket,
+                 options.s3->prefix, options.s3->s3.endpoint);
+  } else {
+    CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenFileBlobStore(data_dir));
+  }
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   repo->data_dir_ = data_dir;

@@ -1,9 +1,12 @@
 #include "server/storage/s3_client.h"
 
 #include <curl/curl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <string>
@@ -228,6 +231,62 @@ absl::Status ValidateS3Options(const S3Options& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "S3 max_attempts ", o.max_attempts, " is outside [1, 100]"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReadS3CredentialsFile(const std::string& path,
+                                   S3Options& options) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--s3_credentials_file ", path, ": ", why));
+  };
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("--s3_credentials_file ", path));
+  }
+  if (!S_ISREG(st.st_mode)) return bad("not a regular file");
+  if ((st.st_mode & S_IRWXO) != 0) {
+    return bad(
+        absl::StrFormat("mode %04o lets every user read the keys; chmod 600 it",
+                        st.st_mode & 07777));
+  }
+  if (st.st_size > (1 << 20)) return bad("larger than 1 MiB");
+  std::ifstream in(path);
+  if (!in) return bad("cannot be read");
+  std::string line;
+  std::string section;
+  std::string key_id, secret;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (l.empty() || l[0] == '#' || l[0] == ';') continue;
+    if (l.front() == '[') {
+      if (l.back() != ']') {
+        return bad(absl::StrCat("line ", n, ": a section header is [NAME]"));
+      }
+      section =
+          std::string(absl::StripAsciiWhitespace(l.substr(1, l.size() - 2)));
+      continue;
+    }
+    const size_t eq = l.find('=');
+    if (eq == absl::string_view::npos) {
+      return bad(absl::StrCat("line ", n, ": expected NAME = VALUE"));
+    }
+    if (!section.empty() && section != "default") continue;
+    const std::string name =
+        absl::AsciiStrToLower(absl::StripAsciiWhitespace(l.substr(0, eq)));
+    const std::string value(absl::StripAsciiWhitespace(l.substr(eq + 1)));
+    if (name == "aws_access_key_id") key_id = value;
+    if (name == "aws_secret_access_key") secret = value;
+  }
+  if (key_id.empty() || secret.empty()) {
+    return bad(
+        "no aws_access_key_id and aws_secret_access_key in its [default] "
+        "section");
+  }
+  options.access_key_id = std::move(key_id);
+  options.secret_access_key = std::move(secret);
   return absl::OkStatus();
 }
 

@@ -70,6 +70,17 @@ absl::Status ValidateS3Options(const S3Options& options);
 // letter or digit.
 absl::Status ValidateBucketName(absl::string_view bucket);
 
+// Reads keys from an AWS-style credentials file into `options`:
+//
+//   [default]
+//   aws_access_key_id = AKIA...
+//   aws_secret_access_key = ...
+//
+// The [default] section is used (or the keys outside any section). The file
+// must not be readable by others (mode 0600 or 0640). INVALID_ARGUMENT
+// naming the path, the line and the fix otherwise.
+absl::Status ReadS3CredentialsFile(const std::string& path, S3Options& options);
+
 class S3Client {
  public:
   struct ObjectEntry {

@@ -9,8 +9,14 @@
 //    Verify finds no damage;
 //  - `last` points at the newest committed version;
 //  - nothing partial is visible (every listed version has all its shards).
+//
+// Built twice: crash_test over the file store, and s3_crash_test (tests/s3,
+// with CKPTD_CRASH_TEST_ON_S3) over the S3 store of the test cluster, with
+// parts small enough that each large blob is a multipart upload, so kills
+// land between parts and leave uploads for the restart to abort.
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +38,7 @@
 #include "ckptd/client.h"
 #include "gtest/gtest.h"
 #include "tests/integration/support/server_process.h"
+#include "tests/support/s3_env.h"
 
 namespace ckptd {
 namespace {
@@ -231,6 +238,30 @@ void CheckInvariants(Client& client, const std::map<uint64_t, int64_t>& acked,
   EXPECT_TRUE(verify->errors().empty()) << verify->errors(0);
 }
 
+// The server's blob store: flags, and the environment its keys come from.
+struct BlobStoreSetup {
+  std::vector<std::string> flags;
+  std::vector<std::string> env;
+  std::string skip;  // why the store is not there
+};
+
+BlobStoreSetup StoreSetup(const std::string& name) {
+  BlobStoreSetup setup;
+  setup.flags.push_back("--shutdown_grace=1s");
+#ifdef CKPTD_CRASH_TEST_ON_S3
+  const testing::S3TestEnv s3 = testing::LoadS3TestEnv();
+  setup.skip = s3.missing;
+  setup.flags.push_back(absl::StrCat("--blob_store=s3://", s3.bucket, "/crash/",
+                                     name, "-", ::getpid()));
+  setup.flags.push_back(absl::StrCat("--s3_endpoint=", s3.endpoint));
+  setup.flags.push_back(absl::StrCat("--s3_region=", s3.region));
+  setup.flags.push_back("--s3_part_size=65536");
+  setup.env = {absl::StrCat("AWS_ACCESS_KEY_ID=", s3.access_key_id),
+               absl::StrCat("AWS_SECRET_ACCESS_KEY=", s3.secret_access_key)};
+#endif
+  return setup;
+}
+
 class CrashTest : public ::testing::TestWithParam<KillCase> {};
 
 TEST_P(CrashTest, KilledAtThePointLosesNothingAcknowledged) {
@@ -238,8 +269,12 @@ TEST_P(CrashTest, KilledAtThePointLosesNothingAcknowledged) {
   SCOPED_TRACE(absl::StrCat(c.point, ":", c.hit, " (", c.what, ")"));
   // A short grace: the test's idle channels would otherwise hold each stop
   // for the default 10 s.
-  testing::ServerProcess server({"--shutdown_grace=1s"});
-  server.set_extra_env({absl::StrCat("CKPTD_KILL_AT=", c.point, ":", c.hit)});
+  BlobStoreSetup store = StoreSetup(CaseName(c));
+  if (!store.skip.empty()) GTEST_SKIP() << store.skip;
+  testing::ServerProcess server(store.flags);
+  std::vector<std::string> env = store.env;
+  env.push_back(absl::StrCat("CKPTD_KILL_AT=", c.point, ":", c.hit));
+  server.set_extra_env(env);
   ASSERT_TRUE(server.Start().ok());
   ClientOptions options;
   options.address = server.address();
@@ -299,7 +334,8 @@ TEST_P(CrashTest, KilledAtThePointLosesNothingAcknowledged) {
       << *status << "); end of its log:\n"
       << server.LogTail();
 
-  server.set_extra_env({"CKPTD_KILL_AT"});  // the restart runs normally
+  env.back() = "CKPTD_KILL_AT";  // the restart runs normally
+  server.set_extra_env(env);
   const absl::Status restarted = server.Start();
   if (!restarted.ok()) {
     abandon = true;

@@ -1,0 +1,236 @@
+"""ckptd with its blobs in S3 (a real radosgw), end to end from Python.
+
+Runs as the ctest entry python_s3_tests, whose fixture starts the throwaway
+Ceph cluster of tests/s3/ceph-cluster and points CKPTD_S3_ENV at its s3.env.
+In the main Python suite (no cluster) every test here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+from _util import assert_same
+from conftest import ServerProcess, ckptd_binary
+
+
+def s3_env() -> Dict[str, str]:
+    path = os.environ.get("CKPTD_S3_ENV", "")
+    if not path or not Path(path).exists():
+        pytest.skip("no S3 endpoint: runs as the ctest entry python_s3_tests (its fixture starts Ceph)")
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        m = re.match(r"export (\w+)=(.*)$", line)
+        if m:
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+def s3_request(env: Dict[str, str], query: str) -> str:
+    """A signed GET of the bucket (listings), with curl's SigV4."""
+    out = subprocess.run(
+        [
+            "curl", "-sS", "--fail",
+            "--aws-sigv4", f"aws:amz:{env['CKPTD_S3_REGION']}:s3",
+            "--user", f"{env['AWS_ACCESS_KEY_ID']}:{env['AWS_SECRET_ACCESS_KEY']}",
+            "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+            f"{env['CKPTD_S3_ENDPOINT']}/{env['CKPTD_S3_BUCKET']}?{query}",
+        ],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout
+
+
+def blob_keys(env: Dict[str, str], prefix: str) -> List[str]:
+    xml = s3_request(env, f"list-type=2&prefix={prefix}%2Fblobs%2F")
+    return re.findall(r"<Key>([^<]+)</Key>", xml)
+
+
+def open_uploads(env: Dict[str, str], prefix: str) -> List[str]:
+    xml = s3_request(env, f"prefix={prefix}%2F&uploads=")
+    return re.findall(r"<UploadId>([^<]+)</UploadId>", xml)
+
+
+def s3_flags(env: Dict[str, str], prefix: str) -> List[str]:
+    return [
+        f"--blob_store=s3://{env['CKPTD_S3_BUCKET']}/{prefix}",
+        f"--s3_endpoint={env['CKPTD_S3_ENDPOINT']}",
+        f"--s3_region={env['CKPTD_S3_REGION']}",
+        # Small parts, so that the tensors below go up as multipart uploads.
+        "--s3_part_size=262144",
+        "--shutdown_grace=1s",
+    ]
+
+
+@pytest.fixture
+def env(monkeypatch) -> Dict[str, str]:
+    e = s3_env()
+    # ckptd takes its keys from the environment it inherits.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", e["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", e["AWS_SECRET_ACCESS_KEY"])
+    return e
+
+
+def state(seed: int) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "layer.weight": torch.randn(512, 1024, generator=g),  # 2 MiB: 8 parts
+        "layer.bias": torch.randn(1024, generator=g),
+        "embed": torch.randn(300, 77, generator=g).to(torch.bfloat16),
+        "steps": torch.arange(1000, dtype=torch.int64),
+        "mask": torch.rand(4096, generator=g) > 0.5,
+    }
+
+
+def test_save_load_and_restart_keep_bytes_in_the_bucket(env, tmp_path):
+    import ckptd
+
+    prefix = f"py-{uuid.uuid4().hex[:12]}"
+    server = ServerProcess(ckptd_binary(), tmp_path / "data", s3_flags(env, prefix))
+    server.start()
+    try:
+        c = ckptd.Client(server.address, timeout=60)
+        sd = state(1)
+        c.save("s3run", sd, step=1, metrics={"loss": 0.5})
+        c.save("s3run", state(2), step=2, metrics={"loss": 0.25})
+        assert_same(c.load("s3run", "1"), sd)
+        c.close()
+        # The blobs are objects in the bucket, not files in the data dir.
+        keys = blob_keys(env, prefix)
+        # Per version: the large weight as its own blob, the rest packed.
+        assert len(keys) == 4, keys
+        blob_files = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and "blobs" in p.parts]
+        assert blob_files == []
+        assert open_uploads(env, prefix) == []
+        assert server.stop() == 0
+
+        # A restart over the same data dir serves the same bytes.
+        server.start()
+        c = ckptd.Client(server.address, timeout=60)
+        assert_same(c.load("s3run", "1"), sd)
+        assert_same(c.load("s3run", "last"), state(2))
+        assert [v.step for v in c.versions("s3run")] == [1, 2]
+        c.close()
+    finally:
+        server.stop()
+
+
+def test_kill_9_during_a_save_leaves_no_upload_and_no_partial_version(env, tmp_path):
+    import ckptd
+
+    prefix = f"py-{uuid.uuid4().hex[:12]}"
+    server = ServerProcess(ckptd_binary(), tmp_path / "data", s3_flags(env, prefix))
+    server.start()
+    big = {f"t{i}": torch.randn(1024, 1024) for i in range(48)}  # 192 MiB
+    errors: List[BaseException] = []
+
+    def push():
+        try:
+            c = ckptd.Client(server.address, timeout=30)
+            c.save("killed", big, step=1)
+        except BaseException as e:  # the server dies under it
+            errors.append(e)
+
+    t = threading.Thread(target=push)
+    t.start()
+    # Kill once parts are on their way.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not open_uploads(env, prefix):
+        time.sleep(0.05)
+    assert open_uploads(env, prefix), "no multipart upload started within 60 s"
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    t.join(120)
+    assert not t.is_alive()
+
+    server.start()
+    try:
+        # Orphaned uploads were aborted at start; nothing partial is visible.
+        assert open_uploads(env, prefix) == []
+        c = ckptd.Client(server.address, timeout=60)
+        try:
+            committed = c.versions("killed")
+        except ckptd.NotFoundError:
+            committed = []
+        assert committed == []
+        sd = state(3)
+        c.save("killed", sd, step=2)
+        assert_same(c.load("killed", "last"), sd)
+        c.close()
+    finally:
+        server.stop()
+
+
+def run_ckptd(args: List[str], env_vars: Dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ckptd_binary(), f"--data_dir={tmp_path / 'bad'}", "--listen=127.0.0.1:0", *args],
+        capture_output=True, text=True, timeout=60, env=env_vars,
+    )
+
+
+def test_bad_s3_configuration_is_refused_naming_the_fix(env, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    keys = {**base, "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+    store = f"--blob_store=s3://{env['CKPTD_S3_BUCKET']}/bad"
+    endpoint = f"--s3_endpoint={env['CKPTD_S3_ENDPOINT']}"
+    cases = [
+        ([store], keys, 2, "needs --s3_endpoint"),
+        (["--blob_store=s3://Bad_Bucket", endpoint], keys, 2, "bucket name"),
+        (["--blob_store=s3://bucket/../x", endpoint], keys, 2, "prefix segment"),
+        (["--blob_store=gs://bucket", endpoint], keys, 2, "neither `file` nor s3://"),
+        ([endpoint], keys, 2, "give --blob_store s3://"),
+        ([store, "--s3_endpoint=127.0.0.1:7480"], keys, 2, "http://HOST"),
+        ([store, endpoint], base, 2, "AWS_ACCESS_KEY_ID"),
+        ([store, endpoint, "--s3_part_size=1000"], keys, 2, "--s3_part_size=1000"),
+        ([store, endpoint, "--s3_region=us east"], keys, 2, "--s3_region"),
+        ([store, endpoint], {**keys, "AWS_SECRET_ACCESS_KEY": "wrong"}, 1, "AWS_SECRET_ACCESS_KEY"),
+        ([f"--blob_store=s3://no-such-bucket-{uuid.uuid4().hex[:8]}", endpoint], keys, 1, "the bucket does not exist; create it"),
+    ]
+    for args, env_vars, code, says in cases:
+        r = run_ckptd(args, env_vars, tmp_path)
+        assert r.returncode == code, (args, r.returncode, r.stderr[-2000:])
+        assert says in r.stderr, (args, r.stderr[-2000:])
+
+    # A credentials file: refused while others can read it, used once 0600.
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        "# ckptd's keys\n[other]\naws_access_key_id = nope\n"
+        f"[default]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    creds.chmod(0o644)
+    r = run_ckptd([store, endpoint, f"--s3_credentials_file={creds}"], base, tmp_path)
+    assert r.returncode == 2 and "chmod 600" in r.stderr, r.stderr[-2000:]
+    empty = tmp_path / "empty"
+    empty.write_text("[default]\n")
+    empty.chmod(0o600)
+    r = run_ckptd([store, endpoint, f"--s3_credentials_file={empty}"], base, tmp_path)
+    assert r.returncode == 2 and "no aws_access_key_id" in r.stderr, r.stderr[-2000:]
+    creds.chmod(0o600)
+    server = ServerProcess(
+        ckptd_binary(), tmp_path / "data",
+        s3_flags(env, f"py-{uuid.uuid4().hex[:12]}") + [f"--s3_credentials_file={creds}"],
+    )
+    os.environ.pop("AWS_ACCESS_KEY_ID", None)
+    os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
+    server.start()
+    try:
+        import ckptd
+
+        c = ckptd.Client(server.address, timeout=60)
+        sd = {"x": torch.arange(100000, dtype=torch.float32)}
+        c.save("creds", sd, step=1)
+        assert_same(c.load("creds"), sd)
+        c.close()
+    finally:
+        server.stop()
