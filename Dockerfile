@@ -28,7 +28,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends \
       libabsl20220623 libgrpc++1.51 libprotobuf32 libspdlog1.10 libxxhash0 \
       libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0 zlib1g \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 libcurl4 \
     && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid/gid, so that Kubernetes' runAsNonRoot can check it and
 # volume ownership (fsGroup, chown on the host) is predictable.

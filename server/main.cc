@@ -78,6 +78,12 @@ ABSL_FLAG(uint64_t, s3_part_size, 8 << 20,
           "each sent while the next arrives (S3 wants at least 5 MiB).");
 ABSL_FLAG(int, s3_upload_threads, 4,
           "Threads that send multipart parts, for all uploads together.");
+ABSL_FLAG(bool, rebuild_index, false,
+          "Rebuild this node's index (RocksDB in --data_dir) from the "
+          "record in the S3 bucket of --blob_store, then serve: every "
+          "version, alias and policy is back. The data dir must hold no "
+          "index. Done without the flag too when the data dir is empty and "
+          "the bucket's record is not.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log verbosity: trace, debug, info, warn, error or off.");
 ABSL_FLAG(absl::Duration, pending_timeout, absl::Hours(6),
@@ -289,6 +295,7 @@ std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
     for (const auto& [flag, set] :
          {std::pair<const char*, bool>{
               "s3_endpoint", !absl::GetFlag(FLAGS_s3_endpoint).empty()},
+          {"rebuild_index", absl::GetFlag(FLAGS_rebuild_index)},
           {"s3_credentials_file",
            !absl::GetFlag(FLAGS_s3_credentials_file).empty()}}) {
       if (set) {
@@ -341,6 +348,7 @@ std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
                         " is outside [1, 256]");
   }
   options->repository.s3 = std::move(o);
+  options->repository.rebuild_index = absl::GetFlag(FLAGS_rebuild_index);
   return "";
 }
 

@@ -104,6 +104,11 @@ struct RepositoryOptions {
   // OpenDataDir: blobs in this S3 bucket instead of files under the data
   // dir (ckptd --blob_store s3://BUCKET/PREFIX).
   std::optional<storage::S3BlobStoreOptions> s3;
+  // OpenDataDir with `s3`: rebuild the index from the bucket's record
+  // (storage/record_log.h) into a data dir that has none (ckptd
+  // --rebuild_index). Without it that is done when the data dir has no
+  // index and the record is not empty.
+  bool rebuild_index = false;
   // Largest blob accepted.
   uint64_t max_blob_size = uint64_t{1} << 40;
   // Pending versions older than this are aborted by AbortExpiredPending().
@@ -402,6 +407,12 @@ class Repository {
              std::unique_ptr<storage::MetadataStore> meta,
              std::shared_ptr<storage::BlobStore> blobs);
   absl::Status Recover();
+  // OpenDataDir with S3: the rebuild of `meta` from `record` when asked
+  // (--rebuild_index), when an earlier one was interrupted, or when the data
+  // dir had no index and the record is not empty.
+  static absl::Status RebuildIfAsked(storage::MetadataStore& meta,
+                                     storage::RecordLog& record, bool had_index,
+                                     bool asked);
   // Builds the BlobIndex (from the store's listing `stored` and the
   // manifests) and the pending leases.
   absl::Status RecoverLocked(

@@ -51,6 +51,13 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
                          absl::StrCat("create data dir ", data_dir));
   }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
+  const bool had_index =
+      std::filesystem::exists(absl::StrCat(options.metadata_dir, "/CURRENT"));
+  if (options.rebuild_index && !options.s3.has_value()) {
+    return absl::InvalidArgumentError(
+        "--rebuild_index rebuilds from an S3 bucket's record: give "
+        "--blob_store s3://BUCKET[/PREFIX] too");
+  }
   // Open RocksDB first: its LOCK keeps a second ckptd off the blobs too.
   CKPTD_ASSIGN_OR_RETURN(
       auto meta,
@@ -60,6 +67,12 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
     CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenS3BlobStore(*options.s3));
     spdlog::info("blobs in s3://{}/{} at {}", options.s3->s3.bucket,
                  options.s3->prefix, options.s3->s3.endpoint);
+    CKPTD_ASSIGN_OR_RETURN(
+        std::unique_ptr<storage::RecordLog> record,
+        storage::RecordLog::Open(options.s3->s3, options.s3->prefix));
+    CKPTD_RETURN_IF_ERROR(
+        RebuildIfAsked(*meta, *record, had_index, options.rebuild_index));
+    CKPTD_RETURN_IF_ERROR(meta->AttachRecordLog(std::move(record)));
   } else {
     CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenFileBlobStore(data_dir));
   }
@@ -69,6 +82,36 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   CKPTD_RETURN_IF_ERROR(repo->Recover());
   repo->StartScrubber();
   return repo;
+}
+
+absl::Status Repository::RebuildIfAsked(storage::MetadataStore& meta,
+                                        storage::RecordLog& record,
+                                        bool had_index, bool asked) {
+  CKPTD_ASSIGN_OR_RETURN(bool interrupted, meta.RebuildInterrupted());
+  if (asked && had_index && !interrupted) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--rebuild_index: ", meta.dir(),
+        " already holds an index; a rebuild starts from none. Move it away "
+        "(it is kept as it is), or start without --rebuild_index"));
+  }
+  bool rebuild = asked || interrupted;
+  if (!rebuild && !had_index) {
+    CKPTD_ASSIGN_OR_RETURN(uint64_t records, record.LastSeq());
+    if (records > 0) {
+      spdlog::info(
+          "the data dir has no index and {} holds {} records: rebuilding "
+          "the index from the bucket",
+          record.Describe(), records);
+      rebuild = true;
+    }
+  }
+  if (!rebuild) return absl::OkStatus();
+  if (interrupted) spdlog::info("resuming an interrupted rebuild");
+  const absl::Time start = absl::Now();
+  CKPTD_ASSIGN_OR_RETURN(uint64_t applied, meta.RebuildFrom(record));
+  spdlog::info("rebuilt the index from {}: {} records in {}", record.Describe(),
+               applied, absl::FormatDuration(absl::Now() - start));
+  return absl::OkStatus();
 }
 
 absl::Status Repository::Recover() {

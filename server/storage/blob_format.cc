@@ -20,16 +20,8 @@ constexpr char kFooterMagic[8] = {'C', 'K', 'P', 'T', 'B', 'L', 'B', '1'};
 // the second pass reads from cache.
 constexpr size_t kHashSlice = 256 << 10;
 
-void StoreLE64(uint64_t v, char* p) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
 void StoreLE32(uint32_t v, char* p) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint64_t LoadLE64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
 }
 uint32_t LoadLE32(const char* p) {
   uint32_t v = 0;
@@ -38,6 +30,15 @@ uint32_t LoadLE32(const char* p) {
 }
 
 }  // namespace
+
+void StoreLE64(uint64_t v, char* p) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+uint64_t LoadLE64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
 
 uint64_t BlobChunkCount(uint64_t data_size, uint64_t chunk_size) {
   return data_size / chunk_size + (data_size % chunk_size != 0 ? 1 : 0);

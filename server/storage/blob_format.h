@@ -47,6 +47,11 @@ struct BlobFooter {
   uint32_t chunk_count = 0;
 };
 
+// Little-endian 64-bit integers, as the stored forms (blobs, records) hold
+// them.
+void StoreLE64(uint64_t v, char* p);
+uint64_t LoadLE64(const char* p);
+
 uint64_t BlobChunkCount(uint64_t data_size, uint64_t chunk_size);
 // Bytes the stored form of `data_size` data bytes takes (1 MiB chunks).
 uint64_t StoredBlobSize(uint64_t data_size);

@@ -2,11 +2,17 @@
 
 #include <sys/statvfs.h>
 
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "proto/base/error_reason.h"
 #include "proto/base/status.h"
+#include "rocksdb/convenience.h"
 #include "rocksdb/options.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "server/storage/local_dir.h"
@@ -60,6 +66,9 @@ std::string Lease(absl::string_view run, uint64_t version,
 }
 std::string LeasePrefix(absl::string_view run, uint64_t version) {
   return absl::StrCat("lease/", run, "/", Hex16(version), "/");
+}
+std::string Record(uint64_t seq) {
+  return absl::StrCat(kRecordPrefix, Hex16(seq));
 }
 std::string Quarantine(absl::string_view digest_hex) {
   return absl::StrCat(kQuarantinePrefix, digest_hex);
@@ -115,24 +124,39 @@ MetadataStore::MetadataStore(std::string dir, std::unique_ptr<rocksdb::DB> db)
 // a flush runs out of disk space, or writes to a WAL whose last write
 // failed, with `Assertion sync_without_flush_called_ failed` instead of
 // returning the error.
-bool MetadataStore::SafeToFlush() {
-  if (write_failed_.load()) return false;
+MetadataStore::CloseMode MetadataStore::ChooseCloseMode() {
+  if (write_failed_.load()) return CloseMode::kCloseWithoutFlush;
   uint64_t memtables = 0;
   if (!db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &memtables)) {
-    return false;
+    return CloseMode::kCloseWithoutFlush;
   }
   struct statvfs st;
-  if (::statvfs(dir_.c_str(), &st) != 0) return false;
+  if (::statvfs(dir_.c_str(), &st) != 0) return CloseMode::kCloseWithoutFlush;
   const uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
   // The table file is at most about the memtable's size; twice that and a
   // margin leave room for the new WAL and MANIFEST records.
   constexpr uint64_t kFlushMargin = 8 << 20;
-  return free >= 2 * memtables + kFlushMargin;
+  if (free >= 2 * memtables + kFlushMargin) return CloseMode::kFlushAndClose;
+  // Close itself writes too (it trims the WAL's preallocated tail, finishes
+  // the MANIFEST), and on a nearly full disk the same assertion was seen to
+  // abort the process there: a close that cannot fail is none.
+  return CloseMode::kLeaveOpen;
 }
+
+namespace {
+
+// Databases left open at close (CloseMode::kLeaveOpen), reachable so that a
+// leak checker sees them as kept, not lost.
+absl::Mutex abandoned_mu(absl::kConstInit);
+std::vector<std::unique_ptr<rocksdb::DB>>* abandoned
+    ABSL_GUARDED_BY(abandoned_mu) = nullptr;
+
+}  // namespace
 
 MetadataStore::~MetadataStore() {
   if (db_ == nullptr) return;
-  if (SafeToFlush()) {
+  const CloseMode mode = ChooseCloseMode();
+  if (mode == CloseMode::kFlushAndClose) {
     rocksdb::Status s = db_->Flush(rocksdb::FlushOptions());
     if (!s.ok()) spdlog::warn("rocksdb flush on close: {}", s.ToString());
   } else {
@@ -140,6 +164,19 @@ MetadataStore::~MetadataStore() {
         "rocksdb: no flush on close ({}): the WAL holds every acknowledged "
         "write and the next start replays it",
         write_failed_.load() ? "a write failed" : "the disk is nearly full");
+  }
+  if (mode == CloseMode::kLeaveOpen) {
+    // Every write already reached the WAL file (write(2) at each commit), so
+    // leaving the database open loses nothing; the process exits soon and
+    // the kernel releases the LOCK file. Background work is stopped first.
+    spdlog::warn("rocksdb: not closed (the disk is nearly full)");
+    rocksdb::CancelAllBackgroundWork(db_.get(), /*wait=*/true);
+    absl::MutexLock lock(&abandoned_mu);
+    if (abandoned == nullptr) {
+      abandoned = new std::vector<std::unique_ptr<rocksdb::DB>>();
+    }
+    abandoned->push_back(std::move(db_));
+    return;
   }
   rocksdb::Status s = db_->Close();
   if (!s.ok()) spdlog::warn("rocksdb close: {}", s.ToString());
@@ -204,12 +241,188 @@ absl::StatusOr<bool> MetadataStore::GetProto(
   return true;
 }
 
-absl::Status MetadataStore::Commit(MetadataBatch& batch, bool sync) {
+absl::Status MetadataStore::WriteRaw(rocksdb::WriteBatch& batch, bool sync) {
   rocksdb::WriteOptions options;
   options.sync = sync;
-  rocksdb::Status s = db_->Write(options, &batch.batch_);
+  rocksdb::Status s = db_->Write(options, &batch);
   if (!s.ok()) write_failed_.store(true);
   return FromRocks(s, "write metadata batch");
+}
+
+absl::Status MetadataStore::Commit(MetadataBatch& batch, bool sync) {
+  if (!recording_.load()) return WriteRaw(batch.batch_, sync);
+  if (!sync) return WriteRaw(batch.batch_, false);
+  absl::MutexLock lock(&record_mu_);
+  // Records go to the bucket in order: first any earlier one that could not
+  // be written; while the bucket is unreachable nothing new is committed.
+  CKPTD_RETURN_IF_ERROR(WriteUnrecordedLocked());
+  const uint64_t seq = committed_seq_ + 1;
+  const std::string record = batch.batch_.Data();
+  batch.Put(keys::Record(seq), record);
+  batch.Put(keys::kRecordSeq, keys::Hex16(seq));
+  CKPTD_RETURN_IF_ERROR(WriteRaw(batch.batch_, true));
+  committed_seq_ = seq;
+  if (absl::Status put = record_->Put(seq, record); !put.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the change is committed on this node but its record ",
+        record_->KeyOf(seq), " could not be written to the bucket (",
+        put.message(),
+        "); ckptd writes it before the next change, and refuses changes "
+        "until the bucket takes it"));
+  }
+  recorded_seq_ = seq;
+  rocksdb::WriteBatch done;
+  done.Delete(keys::Record(seq));
+  // Without sync: a rec/ key that outlives a crash is written again.
+  WriteRaw(done, false).IgnoreError();
+  return absl::OkStatus();
+}
+
+absl::Status MetadataStore::WriteUnrecordedLocked() {
+  while (recorded_seq_ < committed_seq_) {
+    const uint64_t seq = recorded_seq_ + 1;
+    CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> record,
+                           Get(keys::Record(seq)));
+    if (!record.has_value()) {
+      return absl::DataLossError(
+          absl::StrCat("record ", seq, " (", keys::Record(seq),
+                       ") is neither in the bucket nor in the local database"));
+    }
+    if (absl::Status put = record_->Put(seq, *record); !put.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "nothing was changed: record ", record_->KeyOf(seq),
+          " of an earlier change is not yet in the bucket and still cannot "
+          "be written (",
+          put.message(), "); retry when the bucket is reachable"));
+    }
+    recorded_seq_ = seq;
+    rocksdb::WriteBatch done;
+    done.Delete(keys::Record(seq));
+    WriteRaw(done, false).IgnoreError();
+  }
+  return absl::OkStatus();
+}
+
+uint64_t MetadataStore::recorded_seq() {
+  absl::MutexLock lock(&record_mu_);
+  return recorded_seq_;
+}
+
+absl::StatusOr<bool> MetadataStore::RebuildInterrupted() {
+  CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> v, Get(keys::kRebuilding));
+  return v.has_value();
+}
+
+absl::Status MetadataStore::AttachRecordLog(std::unique_ptr<RecordLog> log) {
+  absl::MutexLock lock(&record_mu_);
+  CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> seq_text,
+                         Get(keys::kRecordSeq));
+  uint64_t committed = 0;
+  if (seq_text.has_value() && !absl::SimpleHexAtoi(*seq_text, &committed)) {
+    return absl::DataLossError(absl::StrCat("stored ", keys::kRecordSeq, " '",
+                                            *seq_text, "' is not a number"));
+  }
+  // Records committed here but not yet written: rec/<seq> keys.
+  std::optional<uint64_t> first_unrecorded;
+  CKPTD_RETURN_IF_ERROR(
+      Scan(keys::kRecordPrefix, "", [&](absl::string_view key, auto) {
+        uint64_t seq = 0;
+        if (absl::SimpleHexAtoi(key.substr(keys::kRecordPrefix.size()), &seq) &&
+            seq <= committed) {
+          if (!first_unrecorded.has_value()) first_unrecorded = seq;
+        }
+        return true;
+      }));
+  const uint64_t recorded =
+      first_unrecorded.has_value() ? *first_unrecorded - 1 : committed;
+  CKPTD_ASSIGN_OR_RETURN(uint64_t in_bucket, log->LastSeq());
+  const std::string where = log->Describe();
+  if (in_bucket > committed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the record in ", where, " holds ", in_bucket,
+        " changes but this data dir's index only ", committed,
+        ": another ckptd writes to this bucket prefix, or this data dir is "
+        "older than the bucket. Give each ckptd its own prefix, or rebuild "
+        "this node from the bucket: move ",
+        dir_, " away and start with --rebuild_index"));
+  }
+  if (in_bucket < recorded) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the record in ", where, " holds ", in_bucket,
+        " changes but this data dir recorded ", recorded,
+        " there: is --blob_store the bucket and prefix this data dir was "
+        "started with? Records were deleted from the bucket otherwise"));
+  }
+  committed_seq_ = committed;
+  recorded_seq_ = recorded;
+  record_ = std::move(log);
+  recording_.store(true);
+  // The part of unwritten records the bucket got before a crash is written
+  // again (same bytes); then the rest.
+  CKPTD_RETURN_IF_ERROR(WriteUnrecordedLocked());
+  if (committed_seq_ > 0) return absl::OkStatus();
+  // A database with history but no record yet (its first start with this
+  // bucket): everything it holds becomes record 1.
+  MetadataBatch all;
+  bool history = false;
+  CKPTD_RETURN_IF_ERROR(
+      Scan("", "", [&](absl::string_view key, absl::string_view value) {
+        if (absl::StartsWith(key, "meta/") ||
+            absl::StartsWith(key, keys::kRecordPrefix) ||
+            absl::StartsWith(key, keys::kLeasePrefix)) {
+          return true;
+        }
+        history = true;
+        all.Put(key, value);
+        return true;
+      }));
+  if (!history) return absl::OkStatus();
+  const uint64_t seq = 1;
+  const std::string record = all.batch_.Data();
+  all.Put(keys::Record(seq), record);
+  all.Put(keys::kRecordSeq, keys::Hex16(seq));
+  CKPTD_RETURN_IF_ERROR(WriteRaw(all.batch_, true));
+  committed_seq_ = seq;
+  spdlog::info("record: this data dir's index written to {} as record 1",
+               where);
+  return WriteUnrecordedLocked();
+}
+
+absl::StatusOr<uint64_t> MetadataStore::RebuildFrom(RecordLog& log) {
+  bool has_content = false;
+  CKPTD_RETURN_IF_ERROR(Scan("", "", [&](absl::string_view key, auto) {
+    if (!absl::StartsWith(key, "meta/")) has_content = true;
+    return !has_content;
+  }));
+  CKPTD_ASSIGN_OR_RETURN(bool resumed, RebuildInterrupted());
+  if (has_content && !resumed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the index in ", dir_,
+        " is not empty; a rebuild from the bucket starts from nothing: move ",
+        dir_, " away (or start without --rebuild_index)"));
+  }
+  {
+    MetadataBatch mark;
+    mark.Put(keys::kRebuilding, "1");
+    CKPTD_RETURN_IF_ERROR(WriteRaw(mark.batch_, true));
+  }
+  // Replaying from record 1 over what an interrupted rebuild applied gives
+  // the same state: each key ends as the last record that touched it says.
+  uint64_t applied = 0;
+  CKPTD_ASSIGN_OR_RETURN(
+      uint64_t last,
+      log.Replay(0, /*fetch_threads=*/8,
+                 [&](uint64_t, absl::string_view record) -> absl::Status {
+                   rocksdb::WriteBatch batch{std::string(record)};
+                   CKPTD_RETURN_IF_ERROR(WriteRaw(batch, false));
+                   ++applied;
+                   return absl::OkStatus();
+                 }));
+  MetadataBatch done;
+  done.Put(keys::kRecordSeq, keys::Hex16(last));
+  done.Delete(keys::kRebuilding);
+  CKPTD_RETURN_IF_ERROR(WriteRaw(done.batch_, true));
+  return applied;
 }
 
 absl::Status MetadataStore::Scan(

@@ -31,6 +31,11 @@
 //                                   first enabled on this data dir
 //   scrub/last_pass_end             unix nanos (decimal) of the end of the
 //                                   last complete scrub pass
+//   meta/record_seq                 seq (16 hex) of the last commit recorded
+//                                   in the bucket (record_log.h), with S3
+//   meta/rebuilding                 "1" while a rebuild from the bucket runs
+//   rec/<seq:016x>                  a commit's record not yet written to the
+//                                   bucket (its batch; deleted once written)
 //
 // Every change that publishes or moves something is one WriteBatch written
 // with sync=true, so a crash leaves either all of it or none of it.
@@ -46,15 +51,18 @@
 #include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/message_lite.h"
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/write_batch.h"
+#include "server/storage/record_log.h"
 
 namespace ckptd::storage {
 
@@ -79,6 +87,10 @@ std::string Lease(absl::string_view run, uint64_t version,
                   absl::string_view digest_hex);
 std::string LeasePrefix(absl::string_view run, uint64_t version);
 inline constexpr absl::string_view kLeasePrefix = "lease/";
+inline constexpr absl::string_view kRecordSeq = "meta/record_seq";
+inline constexpr absl::string_view kRebuilding = "meta/rebuilding";
+inline constexpr absl::string_view kRecordPrefix = "rec/";
+std::string Record(uint64_t seq);
 std::string Quarantine(absl::string_view digest_hex);
 inline constexpr absl::string_view kQuarantinePrefix = "quar/";
 inline constexpr absl::string_view kScrubSince = "scrub/since";
@@ -108,7 +120,7 @@ class MetadataStore {
   // nullptr: RocksDB's default.
   static absl::StatusOr<std::unique_ptr<MetadataStore>> Open(
       const std::string& dir, rocksdb::Env* env = nullptr);
-  // Flushes (when it is safe: see the .cc) and closes cleanly.
+  // Flushes and closes when that is safe (see ChooseCloseMode in the .cc).
   ~MetadataStore();
 
   absl::StatusOr<std::optional<std::string>> Get(absl::string_view key);
@@ -116,8 +128,31 @@ class MetadataStore {
   // the stored value does not parse.
   absl::StatusOr<bool> GetProto(absl::string_view key,
                                 google::protobuf::MessageLite* out);
-  // Applies `batch` atomically; durable on return when `sync`.
+  // Applies `batch` atomically; durable on return when `sync`. With a
+  // record log attached, a `sync` commit is also written to the bucket
+  // before this returns (it adds its record keys to `batch`); when that
+  // fails the commit stands here, the result is UNAVAILABLE saying so, and
+  // the record is written before the next commit, which fails while it
+  // cannot be.
   absl::Status Commit(MetadataBatch& batch, bool sync = true);
+
+  // Makes `log` the bucket record of this database (record_log.h). Writes
+  // the records a crash left unwritten. FAILED_PRECONDITION when the bucket
+  // holds records this database has not seen (another ckptd writes the
+  // prefix, or this data dir is older than the bucket), or fewer than it
+  // wrote (another bucket or prefix). A database with history but no record
+  // yet is recorded whole, as record 1.
+  absl::Status AttachRecordLog(std::unique_ptr<RecordLog> log);
+  // Fills this database, which must hold nothing but meta/ keys, from the
+  // records in `log`: the state as of the last record. Resumable: an
+  // interrupted rebuild leaves meta/rebuilding and starts over. Returns the
+  // number of records applied.
+  absl::StatusOr<uint64_t> RebuildFrom(RecordLog& log);
+  // Whether a rebuild was interrupted (meta/rebuilding is set).
+  absl::StatusOr<bool> RebuildInterrupted();
+  // The last seq recorded in the bucket (0 without a record log).
+  uint64_t recorded_seq();
+  const std::string& dir() const { return dir_; }
   // Calls fn(key, value) for every key starting with `prefix`, in key
   // order, starting at `start` (>= prefix) if non-empty, until fn returns
   // false.
@@ -143,12 +178,34 @@ class MetadataStore {
 
  private:
   MetadataStore(std::string dir, std::unique_ptr<rocksdb::DB> db);
-  // Whether a flush at close has the room it needs.
-  bool SafeToFlush();
+  enum class CloseMode {
+    kFlushAndClose,
+    kCloseWithoutFlush,
+    // No room even for the writes of a close: the database stays open
+    // until the process exits.
+    kLeaveOpen,
+  };
+  // How the destructor ends the database, given the free space and whether
+  // a write failed.
+  CloseMode ChooseCloseMode();
+
+  // Writes the records committed here but not yet in the bucket.
+  absl::Status WriteUnrecordedLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(record_mu_);
+  absl::Status WriteRaw(rocksdb::WriteBatch& batch, bool sync);
 
   const std::string dir_;
   std::unique_ptr<rocksdb::DB> db_;
   std::atomic<bool> write_failed_{false};
+  // Commits with a record are serialized: each is committed here, then
+  // written to the bucket, before the next one starts.
+  absl::Mutex record_mu_;
+  std::atomic<bool> recording_{false};  // record_ is set
+  std::unique_ptr<RecordLog> record_ ABSL_GUARDED_BY(record_mu_);
+  // Last seq committed here / written to the bucket; the ones between have
+  // rec/ keys.
+  uint64_t committed_seq_ ABSL_GUARDED_BY(record_mu_) = 0;
+  uint64_t recorded_seq_ ABSL_GUARDED_BY(record_mu_) = 0;
 };
 
 template <typename Message, typename Fn>

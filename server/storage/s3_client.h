@@ -50,7 +50,7 @@ struct S3Options {
   std::string access_key_id;
   std::string secret_access_key;
   // Attempts per request, the first included.
-  int max_attempts = 6;
+  int max_attempts = 10;
   absl::Duration first_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration connect_timeout = absl::Seconds(10);

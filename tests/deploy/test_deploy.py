@@ -55,7 +55,7 @@ GUARD_SECONDS = 60
 def ckptd_flags() -> set[str]:
     """The flag names `ckptd --help` documents."""
     out = subprocess.run([CKPTD, "--help"], capture_output=True, text=True, check=True).stdout
-    names = set(re.findall(r"^  --([a-z_]+)  \(default: ", out, re.M))
+    names = set(re.findall(r"^  --([a-z0-9_]+)  \(default: ", out, re.M))
     assert {"listen", "data_dir", "auth_file", "health_listen"} <= names, out
     return names
 

@@ -234,3 +234,96 @@ def test_bad_s3_configuration_is_refused_naming_the_fix(env, tmp_path):
         c.close()
     finally:
         server.stop()
+
+
+def record_keys(env: Dict[str, str], prefix: str) -> List[str]:
+    xml = s3_request(env, f"list-type=2&prefix={prefix}%2Frecord%2F")
+    return re.findall(r"<Key>([^<]+)</Key>", xml)
+
+
+def history(c, run: str):
+    """What a rebuild must bring back: versions, aliases, policy, alias history."""
+    versions = [
+        (v.version, v.step, v.state, dict(v.metrics), dict(v.labels), sorted(v.aliases), v.pinned, v.total_bytes)
+        for v in c.versions(run)
+    ]
+    policy = c.get_policy(run)
+    events = [(e.alias, e.from_version, e.to_version, e.at) for e in c.alias_history(run)]
+    return versions, (policy.monitor, policy.mode, policy.keep_last, policy.keep_best), events
+
+
+def test_a_node_whose_data_dir_is_lost_is_rebuilt_from_the_bucket(env, tmp_path):
+    import ckptd
+
+    prefix = f"py-{uuid.uuid4().hex[:12]}"
+    flags = s3_flags(env, prefix)
+    server = ServerProcess(ckptd_binary(), tmp_path / "data", flags)
+    server.start()
+    states = {}
+    try:
+        c = ckptd.Client(server.address, timeout=60)
+        c.set_policy("rb", monitor="loss", mode="min", keep_last=3)
+        for step, loss in [(1, 0.9), (2, 0.3), (3, 0.5), (4, 0.7), (5, 0.6)]:
+            states[step] = state(step)
+            c.save("rb", states[step], step=step, metrics={"loss": loss}, labels={"k": f"v{step}"})
+        c.pin("rb", 3)
+        c.set_alias("rb", "prod", 3)
+        c.save("other", state(9), step=1)
+        c.save("other", state(10), step=2)
+        c.delete_version("other", 1)
+        before = history(c, "rb"), history(c, "other")
+        c.close()
+    finally:
+        assert server.stop() == 0
+    assert record_keys(env, prefix), "no record objects in the bucket"
+
+    # The data dir is lost; --rebuild_index brings every version back.
+    import shutil
+
+    shutil.rmtree(tmp_path / "data")
+    rebuilt = ServerProcess(ckptd_binary(), tmp_path / "data", flags + ["--rebuild_index"])
+    rebuilt.start()
+    try:
+        assert "rebuilt the index from" in rebuilt.log()
+        c = ckptd.Client(rebuilt.address, timeout=60)
+        assert (history(c, "rb"), history(c, "other")) == before
+        assert c.get("rb", "best").version == 2
+        assert c.get("rb", "prod").version == 3
+        for v in c.versions("rb"):
+            assert_same(c.load("rb", v.version), states[v.step])
+        assert_same(c.load("other", "last"), state(10))
+        # It takes new versions, recorded after the rebuilt ones.
+        c.save("rb", state(6), step=6, metrics={"loss": 0.1})
+        assert c.get("rb", "best").step == 6
+        c.close()
+    finally:
+        assert rebuilt.stop() == 0
+
+    # An empty data dir over a bucket with a record is rebuilt without the
+    # flag; a data dir that has an index is refused by --rebuild_index.
+    auto = ServerProcess(ckptd_binary(), tmp_path / "data2", flags)
+    auto.start()
+    try:
+        assert "rebuilding the index from the bucket" in auto.log()
+        c = ckptd.Client(auto.address, timeout=60)
+        assert c.get("rb", "best").step == 6
+        assert_same(c.load("rb", "best"), state(6))
+        # This node writes on: the rebuilt node's data dir is behind now.
+        c.save("rb", state(7), step=7, metrics={"loss": 0.05})
+        c.close()
+    finally:
+        assert auto.stop() == 0
+
+    def run_over(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [ckptd_binary(), f"--data_dir={data_dir}", "--listen=127.0.0.1:0", *args],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    r = run_over(tmp_path / "data", *flags)
+    assert r.returncode == 1 and "another ckptd writes to this bucket prefix" in r.stderr, r.stderr[-2000:]
+    assert "--rebuild_index" in r.stderr
+    r = run_over(tmp_path / "data2", *flags, "--rebuild_index")
+    assert r.returncode == 1 and "already holds an index" in r.stderr, r.stderr[-2000:]
+    r = run_over(tmp_path / "data3", "--rebuild_index")
+    assert r.returncode == 2 and "give --blob_store s3://" in r.stderr, r.stderr[-2000:]

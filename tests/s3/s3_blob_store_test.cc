@@ -33,29 +33,14 @@ namespace {
 
 using ::ckptd::testing::LoadS3TestEnv;
 using ::ckptd::testing::RandomBytes;
+using ::ckptd::testing::S3OptionsOf;
 using ::ckptd::testing::S3TestEnv;
+using ::ckptd::testing::UniqueS3Prefix;
 using ::testing::HasSubstr;
 
 // Parts just over one checksum chunk: most conformance blobs go up as
 // multipart uploads whose part edges fall inside chunks.
 constexpr uint64_t kPartSize = kBlobChecksumChunk + 4096;
-
-std::string UniquePrefix(absl::string_view what) {
-  std::random_device rd;
-  return absl::StrCat("test/", what, "-", ::getpid(), "-",
-                      absl::Hex(uint64_t{rd()} << 32 | rd()));
-}
-
-S3Options OptionsOf(const S3TestEnv& env) {
-  S3Options o;
-  o.endpoint = env.endpoint;
-  o.region = env.region;
-  o.bucket = env.bucket;
-  o.access_key_id = env.access_key_id;
-  o.secret_access_key = env.secret_access_key;
-  o.first_backoff = absl::Milliseconds(5);
-  return o;
-}
 
 // Removes every object and upload under `prefix`.
 void Wipe(S3Client& client, const std::string& prefix) {
@@ -89,7 +74,7 @@ size_t UploadsUnder(S3Client& client, const std::string& prefix) {
 
 class S3Harness : public StoreHarness {
  public:
-  S3Harness() : env_(LoadS3TestEnv()), prefix_(UniquePrefix("conformance")) {}
+  S3Harness() : env_(LoadS3TestEnv()), prefix_(UniqueS3Prefix("conformance")) {}
   ~S3Harness() override {
     store_.reset();
     if (admin_ != nullptr) Wipe(*admin_, prefix_);
@@ -99,7 +84,7 @@ class S3Harness : public StoreHarness {
 
   absl::Status Init() override {
     absl::StatusOr<std::unique_ptr<S3Client>> admin =
-        S3Client::Create(OptionsOf(env_));
+        S3Client::Create(S3OptionsOf(env_));
     if (!admin.ok()) return admin.status();
     admin_ = *std::move(admin);
     return Open();
@@ -126,7 +111,7 @@ class S3Harness : public StoreHarness {
  private:
   absl::Status Open() {
     S3BlobStoreOptions options{
-        .s3 = OptionsOf(env_), .prefix = prefix_, .part_size = kPartSize};
+        .s3 = S3OptionsOf(env_), .prefix = prefix_, .part_size = kPartSize};
     absl::StatusOr<std::unique_ptr<BlobStore>> store =
         OpenS3BlobStore(std::move(options));
     if (!store.ok()) return store.status();
@@ -154,7 +139,7 @@ class S3BlobStoreTest : public ::testing::Test {
   void SetUp() override {
     if (!env_.missing.empty()) GTEST_SKIP() << env_.missing;
     absl::StatusOr<std::unique_ptr<S3Client>> admin =
-        S3Client::Create(OptionsOf(env_));
+        S3Client::Create(S3OptionsOf(env_));
     ASSERT_TRUE(admin.ok()) << admin.status();
     admin_ = *std::move(admin);
   }
@@ -166,14 +151,14 @@ class S3BlobStoreTest : public ::testing::Test {
       std::function<absl::Status(absl::string_view, bool&)> hook = nullptr,
       int max_attempts = 6) {
     S3BlobStoreOptions options{
-        .s3 = OptionsOf(env_), .prefix = prefix_, .part_size = kPartSize};
+        .s3 = S3OptionsOf(env_), .prefix = prefix_, .part_size = kPartSize};
     options.s3.fault_hook = std::move(hook);
     options.s3.max_attempts = max_attempts;
     return OpenS3BlobStore(std::move(options));
   }
 
   const S3TestEnv env_ = LoadS3TestEnv();
-  const std::string prefix_ = UniquePrefix("store");
+  const std::string prefix_ = UniqueS3Prefix("store");
   std::unique_ptr<S3Client> admin_;
 };
 
@@ -312,7 +297,7 @@ TEST_F(S3BlobStoreTest, TransientFailuresAreRetriedWithBackoff) {
 
 TEST_F(S3BlobStoreTest, BadConfigurationFailsAtOpenNamingTheFix) {
   {
-    S3BlobStoreOptions o{.s3 = OptionsOf(env_), .prefix = prefix_};
+    S3BlobStoreOptions o{.s3 = S3OptionsOf(env_), .prefix = prefix_};
     o.s3.secret_access_key = "wrong-secret";
     absl::StatusOr<std::unique_ptr<BlobStore>> s = OpenS3BlobStore(o);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kPermissionDenied)
@@ -320,7 +305,7 @@ TEST_F(S3BlobStoreTest, BadConfigurationFailsAtOpenNamingTheFix) {
     EXPECT_THAT(s.status().message(), HasSubstr("AWS_SECRET_ACCESS_KEY"));
   }
   {
-    S3BlobStoreOptions o{.s3 = OptionsOf(env_), .prefix = prefix_};
+    S3BlobStoreOptions o{.s3 = S3OptionsOf(env_), .prefix = prefix_};
     o.s3.bucket = "no-such-bucket-here";
     absl::StatusOr<std::unique_ptr<BlobStore>> s = OpenS3BlobStore(o);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition)
@@ -337,7 +322,7 @@ TEST_F(S3BlobStoreTest, BadConfigurationFailsAtOpenNamingTheFix) {
     ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
     ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
     ::close(fd);
-    S3BlobStoreOptions o{.s3 = OptionsOf(env_), .prefix = prefix_};
+    S3BlobStoreOptions o{.s3 = S3OptionsOf(env_), .prefix = prefix_};
     o.s3.endpoint = absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port));
     o.s3.max_attempts = 2;
     absl::StatusOr<std::unique_ptr<BlobStore>> s = OpenS3BlobStore(o);
@@ -345,7 +330,7 @@ TEST_F(S3BlobStoreTest, BadConfigurationFailsAtOpenNamingTheFix) {
     EXPECT_THAT(s.status().message(), HasSubstr(o.s3.endpoint));
   }
   {
-    S3BlobStoreOptions o{.s3 = OptionsOf(env_), .prefix = prefix_};
+    S3BlobStoreOptions o{.s3 = S3OptionsOf(env_), .prefix = prefix_};
     o.part_size = 1000;
     EXPECT_EQ(OpenS3BlobStore(o).status().code(),
               absl::StatusCode::kInvalidArgument);

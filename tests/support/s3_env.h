@@ -6,14 +6,21 @@
 #ifndef CKPTD_TESTS_SUPPORT_S3_ENV_H_
 #define CKPTD_TESTS_SUPPORT_S3_ENV_H_
 
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "server/storage/s3_client.h"
 
 namespace ckptd::testing {
 
@@ -60,6 +67,25 @@ inline S3TestEnv LoadS3TestEnv() {
         "s3.env that `tests/s3/ceph-cluster start DIR` wrote";
   }
   return env;
+}
+
+// Client options for `env`, with short backoffs for tests.
+inline storage::S3Options S3OptionsOf(const S3TestEnv& env) {
+  storage::S3Options o;
+  o.endpoint = env.endpoint;
+  o.region = env.region;
+  o.bucket = env.bucket;
+  o.access_key_id = env.access_key_id;
+  o.secret_access_key = env.secret_access_key;
+  o.first_backoff = absl::Milliseconds(5);
+  return o;
+}
+
+// A prefix no other test (or run of this one) uses: test/WHAT-PID-RANDOM.
+inline std::string UniqueS3Prefix(absl::string_view what) {
+  std::random_device rd;
+  return absl::StrCat("test/", what, "-", ::getpid(), "-",
+                      absl::Hex(uint64_t{rd()} << 32 | rd()));
 }
 
 }  // namespace ckptd::testing
