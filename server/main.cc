@@ -78,6 +78,27 @@ ABSL_FLAG(uint64_t, s3_part_size, 8 << 20,
           "each sent while the next arrives (S3 wants at least 5 MiB).");
 ABSL_FLAG(int, s3_upload_threads, 4,
           "Threads that send multipart parts, for all uploads together.");
+ABSL_FLAG(std::string, cache_dir, "",
+          "With an S3 store (--blob_store s3://... or --replica_of): keep "
+          "whole copies of the blobs read in this local directory, verified "
+          "as they are fetched and on every read, so that pulls of the same "
+          "version read a local disk; needs --cache_bytes. The least "
+          "recently read go first.");
+ABSL_FLAG(uint64_t, cache_bytes, 0,
+          "Bytes of blobs --cache_dir may hold, e.g. 10737418240 (10 GiB). "
+          "A blob larger than this is always read from the bucket.");
+constexpr absl::Duration kDefaultFollowInterval = absl::Seconds(2);
+ABSL_FLAG(std::string, replica_of, "",
+          "Serve as a read replica of s3://BUCKET[/PREFIX], the prefix "
+          "another ckptd writes (--blob_store): GetVersion, ReadBlobs, "
+          "export, WatchRef and the history calls are served from the "
+          "bucket; changes are refused with FAILED_PRECONDITION naming the "
+          "writer. The data dir keeps the replica's own copy of the index. "
+          "Uses the --s3_* flags. Several replicas may follow one prefix.");
+ABSL_FLAG(absl::Duration, follow_interval, kDefaultFollowInterval,
+          "How often a replica (--replica_of) looks for new records in the "
+          "bucket, e.g. 2s, 500ms; in [10ms, 1h]. A version the writer "
+          "commits is served by the replica within about this long.");
 ABSL_FLAG(bool, rebuild_index, false,
           "Rebuild this node's index (RocksDB in --data_dir) from the "
           "record in the S3 bucket of --blob_store, then serve: every "
@@ -283,38 +304,17 @@ std::string ReadResourceFlags(ckptd::service::ServerOptions* options) {
   return "";
 }
 
-// --blob_store and the --s3_* flags.
-std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
-  const std::string store = absl::GetFlag(FLAGS_blob_store);
-  const bool s3 = absl::StartsWith(store, "s3://");
-  if (!s3) {
-    if (store != "file") {
-      return absl::StrCat("--blob_store '", store,
-                          "' is neither `file` nor s3://BUCKET[/PREFIX]");
-    }
-    for (const auto& [flag, set] :
-         {std::pair<const char*, bool>{
-              "s3_endpoint", !absl::GetFlag(FLAGS_s3_endpoint).empty()},
-          {"rebuild_index", absl::GetFlag(FLAGS_rebuild_index)},
-          {"s3_credentials_file",
-           !absl::GetFlag(FLAGS_s3_credentials_file).empty()}}) {
-      if (set) {
-        return absl::StrCat("--", flag,
-                            " is for an S3 blob store: give --blob_store "
-                            "s3://BUCKET[/PREFIX] too, or drop it");
-      }
-    }
-    return "";
-  }
-  ckptd::storage::S3BlobStoreOptions o;
+// The S3 options of `location` (given as --`flag`) from the --s3_* flags.
+std::string ReadS3Flags(const std::string& flag, const std::string& location,
+                        ckptd::storage::S3BlobStoreOptions& o) {
   if (absl::Status st =
-          ckptd::storage::ParseS3Location(store, o.s3.bucket, o.prefix);
+          ckptd::storage::ParseS3Location(location, o.s3.bucket, o.prefix);
       !st.ok()) {
-    return std::string(st.message());
+    return absl::StrCat("--", flag, ": ", st.message());
   }
   o.s3.endpoint = absl::GetFlag(FLAGS_s3_endpoint);
   if (o.s3.endpoint.empty()) {
-    return absl::StrCat("--blob_store ", store,
+    return absl::StrCat("--", flag, " ", location,
                         " needs --s3_endpoint (e.g. "
                         "--s3_endpoint=http://127.0.0.1:7480)");
   }
@@ -347,9 +347,78 @@ std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
     return absl::StrCat("--s3_upload_threads=", o.upload_threads,
                         " is outside [1, 256]");
   }
+  return "";
+}
+
+// --cache_dir and --cache_bytes (the store checks the values).
+std::string ReadCacheFlags(ckptd::service::ServerOptions* options) {
+  const std::string dir = absl::GetFlag(FLAGS_cache_dir);
+  const uint64_t bytes = absl::GetFlag(FLAGS_cache_bytes);
+  if (dir.empty()) {
+    return bytes == 0 ? ""
+                      : "--cache_bytes is the size of --cache_dir: give "
+                        "--cache_dir DIR too, or drop it";
+  }
+  options->repository.cache =
+      ckptd::storage::BlobCacheOptions{.dir = dir, .max_bytes = bytes};
+  return "";
+}
+
+// --blob_store, --replica_of, --follow_interval, the cache and the --s3_*
+// flags.
+std::string ReadBlobStoreFlags(ckptd::service::ServerOptions* options) {
+  const std::string store = absl::GetFlag(FLAGS_blob_store);
+  const std::string replica_of = absl::GetFlag(FLAGS_replica_of);
+  const bool s3 = absl::StartsWith(store, "s3://");
+  if (!s3 && store != "file") {
+    return absl::StrCat("--blob_store '", store,
+                        "' is neither `file` nor s3://BUCKET[/PREFIX]");
+  }
+  const bool follow_set =
+      absl::GetFlag(FLAGS_follow_interval) != kDefaultFollowInterval;
+  if (replica_of.empty() && follow_set) {
+    return "--follow_interval is for a read replica: give --replica_of "
+           "s3://BUCKET[/PREFIX] too, or drop it";
+  }
+  if (!replica_of.empty()) {
+    // The repository checks the interval and what a replica excludes.
+    const absl::Duration every = absl::GetFlag(FLAGS_follow_interval);
+    ckptd::storage::S3BlobStoreOptions o;
+    if (std::string err = ReadS3Flags("replica_of", replica_of, o);
+        !err.empty()) {
+      return err;
+    }
+    options->repository.replica_of = std::move(o);
+    options->repository.follow_interval = every;
+    options->repository.rebuild_index = absl::GetFlag(FLAGS_rebuild_index);
+    if (std::string err = ReadCacheFlags(options); !err.empty()) return err;
+    if (!s3) return "";
+  }
+  if (!s3) {
+    for (const auto& [flag, set] :
+         {std::pair<const char*, bool>{
+              "s3_endpoint", !absl::GetFlag(FLAGS_s3_endpoint).empty()},
+          {"rebuild_index", absl::GetFlag(FLAGS_rebuild_index)},
+          {"cache_dir", !absl::GetFlag(FLAGS_cache_dir).empty()},
+          {"cache_bytes", absl::GetFlag(FLAGS_cache_bytes) != 0},
+          {"s3_credentials_file",
+           !absl::GetFlag(FLAGS_s3_credentials_file).empty()}}) {
+      if (set) {
+        return absl::StrCat("--", flag,
+                            " is for an S3 blob store: give --blob_store "
+                            "s3://BUCKET[/PREFIX] (or --replica_of) too, or "
+                            "drop it");
+      }
+    }
+    return "";
+  }
+  ckptd::storage::S3BlobStoreOptions o;
+  if (std::string err = ReadS3Flags("blob_store", store, o); !err.empty()) {
+    return err;
+  }
   options->repository.s3 = std::move(o);
   options->repository.rebuild_index = absl::GetFlag(FLAGS_rebuild_index);
-  return "";
+  return ReadCacheFlags(options);
 }
 
 // --help: the usage message and ckptd's own flags, exit 0. (Abseil's --help

@@ -82,6 +82,7 @@
 #include "absl/time/time.h"
 #include "ckptd/v1/checkpoint.pb.h"
 #include "proto/base/digest.h"
+#include "server/common/executor.h"
 #include "server/core/alias_watchers.h"
 #include "server/core/best_selector.h"
 #include "server/core/blob_index.h"
@@ -89,6 +90,7 @@
 #include "server/core/repository_stats.h"
 #include "server/core/upload_tracker.h"
 #include "server/storage/blob_store.h"
+#include "server/storage/cached_blob_store.h"
 #include "server/storage/metadata_store.h"
 #include "server/storage/s3_blob_store.h"
 
@@ -109,6 +111,17 @@ struct RepositoryOptions {
   // --rebuild_index). Without it that is done when the data dir has no
   // index and the record is not empty.
   bool rebuild_index = false;
+  // OpenDataDir: a read replica of the bucket prefix another ckptd writes
+  // (ckptd --replica_of s3://BUCKET/PREFIX; repository_replica.cc). It
+  // serves reads from the bucket and from its own copy of the index, which
+  // follows the bucket's record every `follow_interval`; every change is
+  // refused with FAILED_PRECONDITION. Excludes `s3` and `rebuild_index`.
+  std::optional<storage::S3BlobStoreOptions> replica_of;
+  absl::Duration follow_interval = absl::Seconds(2);
+  // OpenDataDir with `s3` or `replica_of`: a local read cache of whole
+  // blobs in front of the bucket (ckptd --cache_dir, --cache_bytes;
+  // storage/cached_blob_store.h).
+  std::optional<storage::BlobCacheOptions> cache;
   // Largest blob accepted.
   uint64_t max_blob_size = uint64_t{1} << 40;
   // Pending versions older than this are aborted by AbortExpiredPending().
@@ -377,6 +390,27 @@ class Repository {
                                  std::optional<v1::VersionInfo>* current);
   void Unwatch(uint64_t id);
 
+  // ---- Read replicas (repository_replica.cc) ----
+  bool is_replica() const { return follow_ != nullptr; }
+  // FAILED_PRECONDITION on a replica, naming `what` was refused and where
+  // writes go; OK on a writer.
+  absl::Status CheckWritable(absl::string_view what);
+  // A replica: applies the records the writer added since the last call
+  // (each one atomically, under mu_, moving watched aliases) and returns
+  // how many. The follower thread calls it every follow_interval; tests
+  // call it to catch up at once. FAILED_PRECONDITION on a writer.
+  absl::StatusOr<uint64_t> FollowOnce();
+  // A writer with an S3 store: writes `address` (where it serves) to the
+  // bucket for the replicas' messages. OK and nothing done otherwise.
+  absl::Status AnnounceWriter(absl::string_view address);
+  // A replica's position: the last record applied, and when the last
+  // follow that reached the bucket ended (InfinitePast: none yet).
+  struct FollowState {
+    uint64_t applied_seq = 0;
+    absl::Time last_success = absl::InfinitePast();
+  };
+  FollowState GetFollowState();
+
   // What the repository holds now (repository_query.cc). Takes mu_ briefly,
   // does no I/O: cheap enough for every metrics scrape.
   RepositoryStats Stats();
@@ -407,6 +441,10 @@ class Repository {
              std::unique_ptr<storage::MetadataStore> meta,
              std::shared_ptr<storage::BlobStore> blobs);
   absl::Status Recover();
+  // `remote` behind the read cache when `cache` is set.
+  static absl::StatusOr<std::shared_ptr<storage::BlobStore>> WithCache(
+      std::shared_ptr<storage::BlobStore> remote,
+      const std::optional<storage::BlobCacheOptions>& cache);
   // OpenDataDir with S3: the rebuild of `meta` from `record` when asked
   // (--rebuild_index), when an earlier one was interrupted, or when the data
   // dir had no index and the record is not empty.
@@ -615,6 +653,17 @@ class Repository {
   // The persisted scrub times (unix nanos; 0 when absent).
   int64_t ReadScrubTime(absl::string_view key);
 
+  // ---- Replica helpers (repository_replica.cc) ----
+  // OpenDataDir of a replica.
+  static absl::StatusOr<std::unique_ptr<Repository>> OpenReplica(
+      const std::string& data_dir, RepositoryOptions options);
+  // Applies record `seq` (its batch) and brings the BlobIndex and the
+  // watchers along.
+  absl::Status ApplyFollowed(uint64_t seq, absl::string_view batch)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StartFollower();
+  void StopFollower();
+
   const RepositoryOptions options_;
   // The data dir (OpenDataDir); empty when opened over a given blob store.
   std::string data_dir_;
@@ -622,6 +671,10 @@ class Repository {
   std::shared_ptr<storage::BlobStore> blobs_;
   UploadTracker uploads_;
   AliasWatchers watchers_;
+  // Blob store calls that may run side by side (GC's deletes), at most
+  // kStoreCallThreads at once; never called under mu_.
+  static constexpr int kStoreCallThreads = 8;
+  std::unique_ptr<Executor> store_calls_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<PendingKey, PendingLeases> leases_ ABSL_GUARDED_BY(mu_);
@@ -637,6 +690,17 @@ class Repository {
   bool scrub_stop_ ABSL_GUARDED_BY(scrub_mu_) = false;
   ScrubStats scrub_stats_ ABSL_GUARDED_BY(scrub_mu_);
   std::thread scrub_thread_;
+
+  // A replica's record (null on a writer), s3://BUCKET/PREFIX it follows,
+  // and its follower. follow_mu_ serialises FollowOnce; taken before mu_.
+  std::unique_ptr<storage::RecordLog> follow_;
+  std::string replica_of_;
+  absl::Mutex follow_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  absl::Mutex follow_state_mu_;
+  std::string writer_address_ ABSL_GUARDED_BY(follow_state_mu_);
+  FollowState follow_state_ ABSL_GUARDED_BY(follow_state_mu_);
+  bool follow_stop_ ABSL_GUARDED_BY(follow_state_mu_) = false;
+  std::thread follow_thread_;
 };
 
 }  // namespace ckptd::core

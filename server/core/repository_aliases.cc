@@ -168,6 +168,7 @@ absl::Status Repository::MoveAlias(storage::MetadataBatch& batch,
 
 absl::StatusOr<v1::Policy> Repository::SetPolicy(
     const v1::SetPolicyRequest& req, const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("policy changes (SetPolicy)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   const v1::Policy& p = req.policy();
   if (!p.monitor().empty()) {
@@ -276,6 +277,7 @@ absl::StatusOr<v1::Policy> Repository::GetPolicy(
 
 absl::StatusOr<v1::AliasInfo> Repository::SetAlias(
     const v1::SetAliasRequest& req, const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("alias moves (SetAlias)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
   v1::VersionInfo target;
@@ -303,6 +305,7 @@ absl::StatusOr<v1::AliasInfo> Repository::SetAlias(
 
 absl::Status Repository::DeleteAlias(const v1::DeleteAliasRequest& req,
                                      const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("alias deletes (DeleteAlias)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(ValidateUserAliasName(req.name()));
   absl::MutexLock lock(&mu_);
@@ -323,6 +326,7 @@ absl::Status Repository::DeleteAlias(const v1::DeleteAliasRequest& req,
 absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
                                                       bool pinned,
                                                       const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pins (Pin, Unpin)"));
   absl::MutexLock lock(&mu_);
   CKPTD_ASSIGN_OR_RETURN(v1::VersionInfo info,
                          LoadCommitted(req.run(), req.ref()));
@@ -340,6 +344,7 @@ absl::StatusOr<v1::VersionInfo> Repository::SetPinned(const v1::PinRequest& req,
 
 absl::Status Repository::DeleteVersion(const v1::DeleteVersionRequest& req,
                                        const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("deletes (DeleteVersion)"));
   {
     absl::MutexLock lock(&mu_);
     CKPTD_ASSIGN_OR_RETURN(v1::RunInfo run, LoadRun(req.run()));

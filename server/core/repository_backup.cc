@@ -272,6 +272,7 @@ absl::StatusOr<std::unique_ptr<ReadLease>> Repository::PinForBackup(
 absl::StatusOr<v1::BackupResponse> Repository::Backup(
     const v1::BackupRequest& req, const Actor& actor,
     const std::function<bool()>& cancelled) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("backups (Backup; back up the writer)"));
   const absl::Time start = absl::Now();
   CKPTD_RETURN_IF_ERROR(ValidateBackupPath(req.dir()));
   absl::string_view requested = req.dir();

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "proto/base/status.h"
 #include "server/common/kill_point.h"
 #include "server/core/repository.h"
@@ -25,6 +26,7 @@ namespace ckptd::core {
 
 absl::StatusOr<std::vector<uint64_t>> Repository::ApplyRetention(
     const std::string& run) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("retention (the writer applies it)"));
   std::vector<uint64_t> deleted;
   {
     absl::MutexLock lock(&mu_);
@@ -67,11 +69,31 @@ absl::Status Repository::PurgeBlobs(
     const std::vector<BlobIndex::Garbage>& garbage,
     v1::CollectGarbageResponse* out) {
   if (garbage.empty()) return absl::OkStatus();
+  if (is_replica()) {
+    // The writer deletes the bytes; a replica only forgets them.
+    absl::MutexLock lock(&mu_);
+    for (const BlobIndex::Garbage& g : garbage) {
+      index_.FinishDelete(g.digest, /*deleted=*/true);
+      if (g.quarantined) DeleteQuarantineRecordLocked(g.digest);
+    }
+    return absl::OkStatus();
+  }
+  // The deletes run on the store-call threads, a few at once (an object
+  // store's DELETE is a round trip), never under mu_.
+  std::vector<absl::Status> results(garbage.size());
+  absl::BlockingCounter pending(static_cast<int>(garbage.size()));
+  for (size_t i = 0; i < garbage.size(); ++i) {
+    store_calls_->Submit([&, i] {
+      CKPTD_KILL_POINT("gc.before_delete");
+      results[i] = blobs_->Delete(garbage[i].digest);
+      pending.DecrementCount();
+    });
+  }
+  pending.Wait();
   absl::Status first_error;
   std::vector<bool> deleted(garbage.size());
   for (size_t i = 0; i < garbage.size(); ++i) {
-    CKPTD_KILL_POINT("gc.before_delete");
-    absl::Status st = blobs_->Delete(garbage[i].digest);
+    const absl::Status& st = results[i];
     deleted[i] = st.ok();
     if (!st.ok()) {
       spdlog::warn("GC: delete blob {}: {}", garbage[i].digest.Hex(),
@@ -111,6 +133,7 @@ void Repository::CollectNewGarbage(absl::string_view why) {
 
 absl::StatusOr<v1::CollectGarbageResponse> Repository::CollectGarbage(
     const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("garbage collection (CollectGarbage)"));
   std::vector<BlobIndex::Garbage> garbage;
   {
     // Waits out a backup choosing its blobs (a snapshot and a pin pass).

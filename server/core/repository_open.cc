@@ -18,11 +18,14 @@ Repository::Repository(RepositoryOptions options,
     : options_(std::move(options)),
       meta_(std::move(meta)),
       blobs_(std::move(blobs)),
-      uploads_(options_.max_suspended_uploads) {}
+      uploads_(options_.max_suspended_uploads),
+      store_calls_(std::make_unique<Executor>(kStoreCallThreads,
+                                              /*max_queue=*/0)) {}
 
 // The scrub stops first (it uses everything below); suspended writers go
 // before the blob store they write into.
 Repository::~Repository() {
+  StopFollower();
   StopScrubber();
   uploads_.Clear();
 }
@@ -50,6 +53,9 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
     return ErrnoToStatus(ec.value(),
                          absl::StrCat("create data dir ", data_dir));
   }
+  if (options.replica_of.has_value()) {
+    return OpenReplica(data_dir, std::move(options));
+  }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
   const bool had_index =
       std::filesystem::exists(absl::StrCat(options.metadata_dir, "/CURRENT"));
@@ -62,9 +68,18 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   CKPTD_ASSIGN_OR_RETURN(
       auto meta,
       storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
+  CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> replica_of,
+                         meta->Get(storage::keys::kReplicaOf));
+  if (replica_of.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the data dir ", data_dir, " is a read replica's copy of ",
+                     *replica_of, "; start it with --replica_of ", *replica_of,
+                     ", or give a writer a data dir of its own"));
+  }
   std::shared_ptr<storage::BlobStore> blobs;
   if (options.s3.has_value()) {
     CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenS3BlobStore(*options.s3));
+    CKPTD_ASSIGN_OR_RETURN(blobs, WithCache(std::move(blobs), options.cache));
     spdlog::info("blobs in s3://{}/{} at {}", options.s3->s3.bucket,
                  options.s3->prefix, options.s3->s3.endpoint);
     CKPTD_ASSIGN_OR_RETURN(
@@ -74,6 +89,13 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
         RebuildIfAsked(*meta, *record, had_index, options.rebuild_index));
     CKPTD_RETURN_IF_ERROR(meta->AttachRecordLog(std::move(record)));
   } else {
+    if (options.cache.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--cache_dir ", options.cache->dir,
+          " caches blobs of an S3 store; the blobs of this data dir are "
+          "local files already: drop --cache_dir, or give --blob_store "
+          "s3://BUCKET[/PREFIX]"));
+    }
     CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenFileBlobStore(data_dir));
   }
   std::unique_ptr<Repository> repo(
@@ -82,6 +104,18 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   CKPTD_RETURN_IF_ERROR(repo->Recover());
   repo->StartScrubber();
   return repo;
+}
+
+absl::StatusOr<std::shared_ptr<storage::BlobStore>> Repository::WithCache(
+    std::shared_ptr<storage::BlobStore> remote,
+    const std::optional<storage::BlobCacheOptions>& cache) {
+  if (!cache.has_value()) return remote;
+  CKPTD_ASSIGN_OR_RETURN(
+      std::unique_ptr<storage::BlobStore> cached,
+      storage::OpenCachedBlobStore(std::move(remote), *cache));
+  spdlog::info("read cache in {}, up to {} bytes", cache->dir,
+               cache->max_bytes);
+  return std::shared_ptr<storage::BlobStore>(std::move(cached));
 }
 
 absl::Status Repository::RebuildIfAsked(storage::MetadataStore& meta,

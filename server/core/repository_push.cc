@@ -121,6 +121,7 @@ void BlobUpload::Suspend() {
 
 absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
     const v1::BeginVersionRequest& req, const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (BeginVersion)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckEnvironment(req.env(), options_.limits));
   const uint32_t world_size = req.world_size() == 0 ? 1 : req.world_size();
@@ -194,6 +195,7 @@ absl::StatusOr<v1::BeginVersionResponse> Repository::BeginVersion(
 
 absl::Status Repository::CheckPending(const std::string& run,
                                       uint64_t version) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (UploadBlobs)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(run));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(version));
   absl::ReaderMutexLock lock(&mu_);
@@ -213,6 +215,7 @@ absl::Status Repository::CheckPending(const std::string& run,
 
 absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
     const v1::FindMissingBlobsRequest& req, const RunFilter& may_use) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (FindMissingBlobs)"));
   if (static_cast<size_t>(req.digests_size()) >
       options_.limits.find_missing_digests) {
     return OverLimit(
@@ -269,6 +272,7 @@ absl::StatusOr<v1::FindMissingBlobsResponse> Repository::FindMissingBlobs(
 absl::StatusOr<std::unique_ptr<BlobUpload>> Repository::StartBlobUpload(
     const std::string& run, uint64_t version, const Digest& digest,
     uint64_t blob_size, uint64_t offset, const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (UploadBlobs)"));
   if (blob_size > options_.max_blob_size) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "blob ", digest.Hex(), " of ", blob_size,
@@ -439,6 +443,7 @@ void Repository::AwaitNotDeleting(const Digest& digest) {
 }
 
 int Repository::ExpireSuspendedUploads() {
+  if (is_replica()) return 0;
   return uploads_.ExpireOlderThan(options_.now() - options_.pending_timeout);
 }
 
@@ -500,6 +505,7 @@ void Repository::SuspendUpload(const UploadKey& key, uint64_t blob_size,
 
 absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
     const v1::QueryUploadRequest& req) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (QueryUpload)"));
   CKPTD_ASSIGN_OR_RETURN(Digest digest, DigestFromBytes(req.digest()));
   const UploadKey key{req.run(), req.version(), digest};
   // A client asks right after its stream broke; the server may not have
@@ -527,6 +533,7 @@ absl::StatusOr<v1::QueryUploadResponse> Repository::QueryUpload(
 
 absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
     const v1::CommitShardRequest& req, const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (CommitShard)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   CKPTD_RETURN_IF_ERROR(CheckMetrics(req.metrics(), options_.limits));
@@ -692,6 +699,7 @@ absl::StatusOr<v1::VersionInfo> Repository::CommitShard(
 
 absl::Status Repository::AbortVersion(const v1::AbortVersionRequest& req,
                                       const Actor& actor) {
+  CKPTD_RETURN_IF_ERROR(CheckWritable("pushes (AbortVersion)"));
   CKPTD_RETURN_IF_ERROR(ValidateRunName(req.run()));
   CKPTD_RETURN_IF_ERROR(CheckVersionNumber(req.version()));
   absl::StatusOr<bool> aborted = false;
@@ -762,6 +770,8 @@ absl::StatusOr<bool> Repository::AbortLocked(
 }
 
 absl::StatusOr<int> Repository::AbortExpiredPending() {
+  // A replica's pending versions are the writer's to abort.
+  if (is_replica()) return 0;
   const int64_t cutoff =
       NowNanos() - absl::ToInt64Nanoseconds(options_.pending_timeout);
   int aborted = 0;

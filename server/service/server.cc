@@ -1,6 +1,7 @@
 #include "server/service/server.h"
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -63,6 +64,18 @@ absl::StatusOr<std::string> ReadPemFile(absl::string_view flag,
         "--", flag, " ", path, " is not a PEM file (no -----BEGIN line)"));
   }
   return pem;
+}
+
+// Where clients reach this ckptd: --listen with the bound port, and this
+// host's name for a wildcard host (0.0.0.0, [::]).
+std::string AdvertisedAddress(absl::string_view listen, int port) {
+  absl::string_view host = listen.substr(0, listen.rfind(':'));
+  std::string name(host);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]") {
+    char buf[256] = {};
+    name = ::gethostname(buf, sizeof(buf) - 1) == 0 ? buf : "localhost";
+  }
+  return absl::StrCat(name, ":", port);
 }
 
 }  // namespace
@@ -351,10 +364,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::HealthCheckServiceInterface* health =
       impl->grpc_server->GetHealthCheckService();
   health->SetServingStatus(true);
-  // Pushes may be refused for disk space while reads are served.
-  impl->watermark->SetListener([health](bool accepting) {
-    health->SetServingStatus(kPushHealthService, accepting);
-  });
+  if (impl->repo->is_replica()) {
+    // A replica takes no pushes, ever.
+    health->SetServingStatus(kPushHealthService, false);
+  } else {
+    // Pushes may be refused for disk space while reads are served.
+    impl->watermark->SetListener([health](bool accepting) {
+      health->SetServingStatus(kPushHealthService, accepting);
+    });
+    // Replicas of the bucket name this address when they refuse a change.
+    if (absl::Status st = impl->repo->AnnounceWriter(
+            AdvertisedAddress(options.listen, impl->port));
+        !st.ok()) {
+      spdlog::warn("could not write this ckptd's address to the bucket: {}",
+                   st.ToString());
+    }
+  }
   Impl* raw = impl.get();
   impl->maintenance = std::thread([raw] {
     while (!raw->shutdown_started.WaitForNotificationWithTimeout(

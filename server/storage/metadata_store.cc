@@ -303,9 +303,69 @@ absl::Status MetadataStore::WriteUnrecordedLocked() {
   return absl::OkStatus();
 }
 
+RecordLog* MetadataStore::record_log() {
+  absl::MutexLock lock(&record_mu_);
+  return record_.get();
+}
+
 uint64_t MetadataStore::recorded_seq() {
   absl::MutexLock lock(&record_mu_);
   return recorded_seq_;
+}
+
+absl::StatusOr<uint64_t> MetadataStore::AppliedSeq() {
+  CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> text,
+                         Get(keys::kRecordSeq));
+  uint64_t seq = 0;
+  if (text.has_value() && !absl::SimpleHexAtoi(*text, &seq)) {
+    return absl::DataLossError(absl::StrCat("stored ", keys::kRecordSeq, " '",
+                                            text->substr(0, 32),
+                                            "' is not a hex number"));
+  }
+  return seq;
+}
+
+absl::Status MetadataStore::ApplyRecord(uint64_t seq, absl::string_view batch) {
+  rocksdb::WriteBatch b{std::string(batch)};
+  const std::string seq_text = keys::Hex16(seq);
+  CKPTD_RETURN_IF_ERROR(
+      FromRocks(b.Put(std::string(keys::kRecordSeq), seq_text),
+                absl::StrCat("apply record ", seq)));
+  return WriteRaw(b, false);
+}
+
+namespace {
+// Collects a batch's puts and deletes (RocksDB's WriteBatch::Iterate).
+class RecordVisitor : public rocksdb::WriteBatch::Handler {
+ public:
+  using Fn = absl::FunctionRef<void(absl::string_view,
+                                    std::optional<absl::string_view>)>;
+  explicit RecordVisitor(Fn fn) : fn_(fn) {}
+  void Put(const rocksdb::Slice& key, const rocksdb::Slice& value) override {
+    fn_(absl::string_view(key.data(), key.size()),
+        absl::string_view(value.data(), value.size()));
+  }
+  void Delete(const rocksdb::Slice& key) override {
+    fn_(absl::string_view(key.data(), key.size()), std::nullopt);
+  }
+
+ private:
+  Fn fn_;
+};
+}  // namespace
+
+absl::Status MetadataStore::VisitRecord(
+    absl::string_view batch,
+    absl::FunctionRef<void(absl::string_view, std::optional<absl::string_view>)>
+        fn) {
+  rocksdb::WriteBatch b{std::string(batch)};
+  RecordVisitor visitor(fn);
+  rocksdb::Status st = b.Iterate(&visitor);
+  if (!st.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("a record is not a write batch: ", st.ToString()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<bool> MetadataStore::RebuildInterrupted() {

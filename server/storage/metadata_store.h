@@ -34,6 +34,9 @@
 //   meta/record_seq                 seq (16 hex) of the last commit recorded
 //                                   in the bucket (record_log.h), with S3
 //   meta/rebuilding                 "1" while a rebuild from the bucket runs
+//   meta/replica_of                 s3://BUCKET/PREFIX: this database is a
+//                                   read replica's copy of that record
+//                                   (meta/record_seq: the last applied)
 //   rec/<seq:016x>                  a commit's record not yet written to the
 //                                   bucket (its batch; deleted once written)
 //
@@ -89,6 +92,7 @@ std::string LeasePrefix(absl::string_view run, uint64_t version);
 inline constexpr absl::string_view kLeasePrefix = "lease/";
 inline constexpr absl::string_view kRecordSeq = "meta/record_seq";
 inline constexpr absl::string_view kRebuilding = "meta/rebuilding";
+inline constexpr absl::string_view kReplicaOf = "meta/replica_of";
 inline constexpr absl::string_view kRecordPrefix = "rec/";
 std::string Record(uint64_t seq);
 std::string Quarantine(absl::string_view digest_hex);
@@ -148,8 +152,25 @@ class MetadataStore {
   // interrupted rebuild leaves meta/rebuilding and starts over. Returns the
   // number of records applied.
   absl::StatusOr<uint64_t> RebuildFrom(RecordLog& log);
+  // A read replica's copy of the record (core/repository_replica.cc): the
+  // seq of the last record applied to this database (meta/record_seq; 0
+  // when none), and the application of the next one, `seq`, holding
+  // `batch` (as RecordLog::Replay gives it), atomically with its seq.
+  // Written without sync: a replica's database is a copy that a restart
+  // catches up from the bucket.
+  absl::StatusOr<uint64_t> AppliedSeq();
+  absl::Status ApplyRecord(uint64_t seq, absl::string_view batch);
+  // The puts (value set) and deletes (value nullopt) of a record's batch,
+  // in order. DATA_LOSS when `batch` is not a write batch.
+  static absl::Status VisitRecord(
+      absl::string_view batch,
+      absl::FunctionRef<void(absl::string_view key,
+                             std::optional<absl::string_view> value)>
+          fn);
   // Whether a rebuild was interrupted (meta/rebuilding is set).
   absl::StatusOr<bool> RebuildInterrupted();
+  // The attached record log; null when none. It lives as long as the store.
+  RecordLog* record_log();
   // The last seq recorded in the bucket (0 without a record log).
   uint64_t recorded_seq();
   const std::string& dir() const { return dir_; }

@@ -93,7 +93,9 @@ absl::StatusOr<std::unique_ptr<RecordLog>> RecordLog::Open(S3Options s3,
 RecordLog::RecordLog(std::unique_ptr<S3Client> client, std::string prefix)
     : client_(std::move(client)),
       records_prefix_(prefix.empty() ? std::string("record/")
-                                     : absl::StrCat(prefix, "/record/")) {}
+                                     : absl::StrCat(prefix, "/record/")),
+      writer_key_(prefix.empty() ? std::string("writer")
+                                 : absl::StrCat(prefix, "/writer")) {}
 
 std::string RecordLog::KeyOf(uint64_t seq) const {
   return absl::StrCat(records_prefix_, absl::StrFormat("%016x", seq));
@@ -109,11 +111,12 @@ absl::Status RecordLog::Put(uint64_t seq, absl::string_view batch) {
   return client_->Put(KeyOf(seq), body);
 }
 
-absl::StatusOr<std::vector<uint64_t>> RecordLog::ListSeqs() {
+absl::StatusOr<std::vector<uint64_t>> RecordLog::ListSeqs(uint64_t after) {
   std::vector<uint64_t> seqs;
   std::vector<std::string> strays;
   CKPTD_RETURN_IF_ERROR(client_->ListObjects(
-      records_prefix_, [&](const S3Client::ObjectEntry& e) {
+      records_prefix_,
+      [&](const S3Client::ObjectEntry& e) {
         absl::string_view name(e.key);
         name.remove_prefix(records_prefix_.size());
         uint64_t seq = 0;
@@ -122,7 +125,8 @@ absl::StatusOr<std::vector<uint64_t>> RecordLog::ListSeqs() {
         } else {
           strays.push_back(e.key);
         }
-      }));
+      },
+      after == 0 ? "" : KeyOf(after)));
   for (const std::string& key : strays) {
     spdlog::warn("record: ignoring {}, which is not a record",
                  client_->Describe(key));
@@ -132,14 +136,31 @@ absl::StatusOr<std::vector<uint64_t>> RecordLog::ListSeqs() {
 }
 
 absl::StatusOr<uint64_t> RecordLog::LastSeq() {
-  CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> seqs, ListSeqs());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> seqs, ListSeqs(0));
   return seqs.empty() ? 0 : seqs.back();
+}
+
+absl::Status RecordLog::PutWriter(absl::string_view text) {
+  const absl::string_view body[] = {text};
+  return client_->Put(writer_key_, body);
+}
+
+absl::StatusOr<std::string> RecordLog::GetWriter() {
+  CKPTD_ASSIGN_OR_RETURN(std::optional<S3Client::ObjectInfo> info,
+                         client_->Head(writer_key_));
+  if (!info.has_value()) return std::string();
+  if (info->size > kMaxWriterBytes) {
+    return absl::DataLossError(absl::StrCat(
+        client_->Describe(writer_key_), " is ", info->size,
+        " bytes, more than a writer's address (", kMaxWriterBytes, ")"));
+  }
+  return client_->Get(writer_key_);
 }
 
 absl::StatusOr<uint64_t> RecordLog::Replay(
     uint64_t after, int fetch_threads,
     absl::FunctionRef<absl::Status(uint64_t, absl::string_view)> fn) {
-  CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> all, ListSeqs());
+  CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> all, ListSeqs(after));
   // The unbroken run after+1, after+2, ...
   std::vector<uint64_t> seqs;
   for (uint64_t seq : all) {

@@ -15,6 +15,11 @@
 // sync=false (lease hints, recovery clean-up: state that a restart
 // recomputes) are not recorded.
 //
+// The ckptd that writes the record also says where it serves in
+// PREFIX/writer (a line of text, e.g. "ckptd at host:50051"), so that read
+// replicas, which follow the record (core/repository_replica.cc), can name
+// where writes go.
+//
 // Only one ckptd writes a prefix's record. Records are written in order:
 // the next commit starts only once the previous record is in the bucket
 // (MetadataStore keeps a record it could not write and writes it first), so
@@ -55,6 +60,12 @@ class RecordLog {
   // The highest seq in the bucket; 0 when it holds no record.
   absl::StatusOr<uint64_t> LastSeq();
 
+  // PREFIX/writer: where the writing ckptd serves. GetWriter gives "" when
+  // there is none.
+  static constexpr uint64_t kMaxWriterBytes = 1024;
+  absl::Status PutWriter(absl::string_view text);
+  absl::StatusOr<std::string> GetWriter();
+
   // Reads records after `after`, in seq order, calling fn(seq, batch) for
   // each of the unbroken run after+1..N; a record after a missing seq is
   // not applied (and logged), as it cannot have been acknowledged.
@@ -68,11 +79,12 @@ class RecordLog {
  private:
   RecordLog(std::unique_ptr<S3Client> client, std::string prefix);
 
-  // Every seq in the bucket, ascending.
-  absl::StatusOr<std::vector<uint64_t>> ListSeqs();
+  // Every seq after `after` in the bucket, ascending.
+  absl::StatusOr<std::vector<uint64_t>> ListSeqs(uint64_t after);
 
   std::unique_ptr<S3Client> client_;
   const std::string records_prefix_;  // PREFIX/record/
+  const std::string writer_key_;      // PREFIX/writer
 };
 
 // The frame of one record; exposed for tests.

@@ -89,6 +89,7 @@ struct Shared {
   std::unique_ptr<Executor> uploads;
   std::atomic<bool> closed{false};
   std::atomic<size_t> buffered_writers{0};
+  bool read_only = false;
 };
 
 // One part being sent by an upload thread.
@@ -363,6 +364,7 @@ class S3BlobStore final : public BlobStore {
 
   absl::StatusOr<std::unique_ptr<BlobWriter>> NewWriter(
       const Digest& expected) override {
+    if (shared_->read_only) return ReadOnlyError("write", expected);
     return std::make_unique<S3BlobWriter>(shared_, expected);
   }
 
@@ -412,6 +414,7 @@ class S3BlobStore final : public BlobStore {
   }
 
   absl::Status Delete(const Digest& digest) override {
+    if (shared_->read_only) return ReadOnlyError("delete", digest);
     return shared_->client->Delete(S3BlobKey(shared_->prefix, digest));
   }
 
@@ -431,6 +434,8 @@ class S3BlobStore final : public BlobStore {
   }
 
   absl::Status RemoveTemporaries() override {
+    // A replica's uploads in progress are the writer's.
+    if (shared_->read_only) return absl::OkStatus();
     std::vector<S3Client::UploadEntry> uploads;
     CKPTD_RETURN_IF_ERROR(shared_->client->ListMultipartUploads(
         BlobsPrefix(shared_->prefix),
@@ -451,6 +456,12 @@ class S3BlobStore final : public BlobStore {
   size_t buffered_writers() const { return shared_->buffered_writers.load(); }
 
  private:
+  absl::Status ReadOnlyError(absl::string_view what, const Digest& digest) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the S3 blob store of a read replica does not ", what, " blobs (",
+        shared_->client->Describe(S3BlobKey(shared_->prefix, digest)),
+        "): the ckptd that writes the bucket prefix does"));
+  }
   absl::Status Damaged(const Digest& digest, const std::string& key,
                        uint64_t size, absl::string_view why) {
     return absl::DataLossError(absl::StrCat(
@@ -536,6 +547,7 @@ absl::StatusOr<std::unique_ptr<BlobStore>> OpenS3BlobStore(
   CKPTD_RETURN_IF_ERROR(shared->client->CheckBucket());
   shared->prefix = std::move(prefix);
   shared->part_size = options.part_size;
+  shared->read_only = options.read_only;
   shared->uploads = std::make_unique<Executor>(options.upload_threads,
                                                /*max_queue=*/0);
   return std::make_unique<S3BlobStore>(std::move(shared));

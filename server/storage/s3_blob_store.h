@@ -32,6 +32,10 @@ struct S3BlobStoreOptions {
   uint64_t part_size = 8 << 20;
   // Threads that send parts for every writer of the store.
   int upload_threads = 4;
+  // A read replica's view (ckptd --replica_of): NewWriter and Delete fail
+  // with FAILED_PRECONDITION, RemoveTemporaries leaves the uploads in
+  // progress (they are the writer's) alone.
+  bool read_only = false;
 };
 
 // Parses "s3://BUCKET[/PREFIX]" into bucket and prefix (a trailing '/' is

@@ -736,12 +736,17 @@ absl::Status S3Client::AbortMultipartUpload(absl::string_view key,
 }
 
 absl::Status S3Client::ListObjects(
-    absl::string_view prefix, absl::FunctionRef<void(const ObjectEntry&)> fn) {
+    absl::string_view prefix, absl::FunctionRef<void(const ObjectEntry&)> fn,
+    absl::string_view start_after) {
   std::string token;
   while (true) {
     std::vector<std::pair<std::string, std::string>> params = {
         {"list-type", "2"}, {"prefix", std::string(prefix)}};
-    if (!token.empty()) params.push_back({"continuation-token", token});
+    if (!token.empty()) {
+      params.push_back({"continuation-token", token});
+    } else if (!start_after.empty()) {
+      params.push_back({"start-after", std::string(start_after)});
+    }
     Request req{.call = "ListObjectsV2",
                 .method = "GET",
                 .query = Query(std::move(params))};

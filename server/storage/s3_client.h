@@ -132,9 +132,11 @@ class S3Client {
   absl::Status AbortMultipartUpload(absl::string_view key,
                                     absl::string_view upload_id);
 
-  // Every object whose key starts with `prefix`, in key order.
+  // Every object whose key starts with `prefix`, in key order; with
+  // `start_after`, only those whose key sorts after it.
   absl::Status ListObjects(absl::string_view prefix,
-                           absl::FunctionRef<void(const ObjectEntry&)> fn);
+                           absl::FunctionRef<void(const ObjectEntry&)> fn,
+                           absl::string_view start_after = "");
   // Every multipart upload in progress whose key starts with `prefix`.
   absl::Status ListMultipartUploads(
       absl::string_view prefix, absl::FunctionRef<void(const UploadEntry&)> fn);

@@ -327,3 +327,146 @@ def test_a_node_whose_data_dir_is_lost_is_rebuilt_from_the_bucket(env, tmp_path)
     assert r.returncode == 1 and "already holds an index" in r.stderr, r.stderr[-2000:]
     r = run_over(tmp_path / "data3", "--rebuild_index")
     assert r.returncode == 2 and "give --blob_store s3://" in r.stderr, r.stderr[-2000:]
+
+
+def replica_flags(env: Dict[str, str], prefix: str, *extra: str) -> List[str]:
+    return [
+        f"--replica_of=s3://{env['CKPTD_S3_BUCKET']}/{prefix}",
+        f"--s3_endpoint={env['CKPTD_S3_ENDPOINT']}",
+        f"--s3_region={env['CKPTD_S3_REGION']}",
+        "--follow_interval=200ms",
+        "--shutdown_grace=1s",
+        *extra,
+    ]
+
+
+def wait_for(what: str, fn, timeout: float = 20.0):
+    """fn() until it returns something truthy; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def test_read_replicas_follow_the_writer_and_refuse_changes(env, tmp_path):
+    import ckptd
+
+    prefix = f"py-{uuid.uuid4().hex[:12]}"
+    writer = ServerProcess(ckptd_binary(), tmp_path / "writer", s3_flags(env, prefix))
+    writer.start()
+    replicas = []
+    clients = []
+    try:
+        w = ckptd.Client(writer.address, timeout=60)
+        w.set_policy("rep", monitor="loss", mode="min", keep_last=2)
+        w.save("rep", state(1), step=1, metrics={"loss": 0.5})
+        # Two replicas at once, started after the first version.
+        # r2 keeps a local read cache of the blobs it serves.
+        for name, extra in (("r1", []), ("r2", [f"--cache_dir={tmp_path / 'cache2'}", "--cache_bytes=1073741824"])):
+            r = ServerProcess(ckptd_binary(), tmp_path / name, replica_flags(env, prefix, *extra))
+            r.start()
+            replicas.append(r)
+        clients = [ckptd.Client(r.address, timeout=60) for r in replicas]
+        for c in clients:
+            assert_same(c.load("rep", "last"), state(1))
+            assert c.get("rep", "best").step == 1
+        # A replica's watcher sees the writer's next moves of `best`.
+        watch = clients[0].watch("rep", "best", timeout=30)
+        assert next(watch).step == 1
+        w.save("rep", state(2), step=2, metrics={"loss": 0.2})
+        w.save("rep", state(3), step=3, metrics={"loss": 0.9})
+        moved = next(watch)
+        assert (moved.step, moved.version) == (2, 2)
+        watch.close()
+        for c in clients:
+            wait_for("a replica serves version 3", lambda c=c: [v.step for v in c.versions("rep")] == [2, 3])
+            assert_same(c.load("rep", "best"), state(2))
+            assert_same(c.load("rep", "last"), state(3))
+            assert c.get_policy("rep").keep_last == 2
+        cached = [p for p in (tmp_path / "cache2").rglob("*") if p.is_file() and "blobs" in p.parts]
+        assert cached, "r2 cached no blob"
+        assert_same(clients[1].load("rep", "best"), state(2))  # from its cache
+        # Retention on the writer dropped version 1 (keep_last=2, best=2);
+        # the replicas' history shows it as the writer's does.
+        assert [e.to_version for e in clients[1].alias_history("rep", "last")] == [
+            e.to_version for e in w.alias_history("rep", "last")
+        ]
+        # Export (ckpt pull) from a replica.
+        build = os.environ.get("CKPTD_BUILD_DIR", "")
+        ckpt = os.path.join(build, "client", "cli", "ckpt")
+        if build and os.access(ckpt, os.X_OK):
+            out = tmp_path / "best.safetensors"
+            r = subprocess.run(
+                [ckpt, "--server", replicas[1].address, "pull", "rep@best", "-o", str(out)],
+                capture_output=True, text=True, timeout=120,
+            )
+            assert r.returncode == 0, r.stderr
+            assert out.stat().st_size > state(2)["layer.weight"].numel() * 4
+
+        # Every change is refused, naming the writer.
+        c = clients[0]
+        for change in (
+            lambda: c.save("rep", state(4), step=4),
+            lambda: c.set_alias("rep", "prod", 2),
+            lambda: c.delete_version("rep", 2, force=True),
+            lambda: c.pin("rep", 2),
+            lambda: c.set_policy("rep", keep_last=5),
+        ):
+            with pytest.raises(ckptd.errors.FailedPreconditionError) as e:
+                change()
+            assert f"read replica of s3://{env['CKPTD_S3_BUCKET']}/{prefix}" in str(e.value)
+            assert f"at 127.0.0.1:{writer.port}" in str(e.value), str(e.value)
+        assert [v.step for v in c.versions("rep")] == [2, 3]
+        # Nothing a replica did wrote to the bucket: the writer's record
+        # is all there is, and a delete on the writer reaches the replicas.
+        w.set_alias("rep", "prod", 3)
+        w.delete_version("rep", 2, force=True)
+        for c in clients:
+            wait_for("a replica sees the delete", lambda c=c: [v.step for v in c.versions("rep")] == [3])
+            assert c.get("rep", "prod").version == 3
+            with pytest.raises(ckptd.errors.NotFoundError):
+                c.load("rep", 2)
+
+        # A restarted replica catches up from its own data dir.
+        assert replicas[0].stop() == 0
+        w.save("rep", state(5), step=5, metrics={"loss": 0.1})
+        replicas[0].start()
+        clients[0] = ckptd.Client(replicas[0].address, timeout=60)
+        assert clients[0].get("rep", "best").step == 5
+        assert_same(clients[0].load("rep", "best"), state(5))
+        for c in clients:
+            c.close()
+        w.close()
+    finally:
+        for r in replicas:
+            r.stop()
+        assert writer.stop() == 0
+
+    # Refusals at start, naming the fix.
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [ckptd_binary(), "--listen=127.0.0.1:0", *args], capture_output=True, text=True, timeout=60
+        )
+
+    r = run(f"--data_dir={tmp_path / 'writer'}", *replica_flags(env, prefix))
+    assert r.returncode != 0 and "holds the index of a writing ckptd" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r1'}", *replica_flags(env, prefix + "-other"))
+    assert r.returncode != 0 and f"is a replica of s3://{env['CKPTD_S3_BUCKET']}/{prefix}" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix), *s3_flags(env, prefix)[:1])
+    assert r.returncode != 0 and "exclude each other" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix, "--follow_interval=1ms"))
+    assert r.returncode != 0 and "--follow_interval=1ms is outside" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", "--follow_interval=1s")
+    assert r.returncode == 2 and "give --replica_of" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix, "--rebuild_index"))
+    assert r.returncode != 0 and "drop --rebuild_index" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", f"--cache_dir={tmp_path / 'c9'}")
+    assert r.returncode == 2 and "--cache_dir is for an S3 blob store" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix), "--cache_bytes=1000")
+    assert r.returncode == 2 and "give --cache_dir DIR too" in r.stderr, r.stderr[-2000:]
+    r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix), f"--cache_dir={tmp_path / 'c9'}")
+    assert r.returncode != 0 and "needs --cache_bytes" in r.stderr, r.stderr[-2000:]

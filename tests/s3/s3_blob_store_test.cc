@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,10 +25,12 @@
 #include "gtest/gtest.h"
 #include "proto/base/digest.h"
 #include "server/storage/blob_format.h"
+#include "server/storage/cached_blob_store.h"
 #include "server/storage/s3_client.h"
 #include "tests/support/blob_store_conformance.h"
 #include "tests/support/random_bytes.h"
 #include "tests/support/s3_env.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptd::storage {
 namespace {
@@ -72,12 +76,19 @@ size_t UploadsUnder(S3Client& client, const std::string& prefix) {
   return n;
 }
 
+// The S3 store, or (`cached`) the S3 store behind the read cache.
 class S3Harness : public StoreHarness {
  public:
-  S3Harness() : env_(LoadS3TestEnv()), prefix_(UniqueS3Prefix("conformance")) {}
+  explicit S3Harness(bool cached)
+      : env_(LoadS3TestEnv()),
+        prefix_(UniqueS3Prefix("conformance")),
+        cache_dir_(cached ? ckptd::testing::MakeTempDir("ckptd-s3-cache")
+                          : "") {}
   ~S3Harness() override {
     store_.reset();
     if (admin_ != nullptr) Wipe(*admin_, prefix_);
+    std::error_code ec;
+    if (!cache_dir_.empty()) std::filesystem::remove_all(cache_dir_, ec);
   }
   std::string SkipReason() override { return env_.missing; }
   bool ReadersKeepReplacedBytes() override { return false; }
@@ -98,9 +109,22 @@ class S3Harness : public StoreHarness {
     (*object)[offset] ^= 0x5a;
     const absl::string_view body[] = {*object};
     ASSERT_TRUE(admin_->Put(key, body).ok());
+    // The cached copy too (same format), if the blob was read before.
+    if (cache_dir_.empty()) return;
+    const std::string hex = digest.Hex();
+    const std::string local =
+        absl::StrCat(cache_dir_, "/blobs/", hex.substr(0, 2), "/", hex);
+    std::fstream f(local, std::ios::in | std::ios::out | std::ios::binary);
+    if (!f) return;
+    f.seekg(static_cast<std::streamoff>(offset));
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x5a;
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write(&c, 1);
   }
   size_t TemporaryCount() override {
-    return UploadsUnder(*admin_, prefix_) + S3BufferedWriterCount(*store_);
+    return UploadsUnder(*admin_, prefix_) + S3BufferedWriterCount(*remote_);
   }
   absl::Status Restart() override {
     store_.reset();
@@ -115,21 +139,34 @@ class S3Harness : public StoreHarness {
     absl::StatusOr<std::unique_ptr<BlobStore>> store =
         OpenS3BlobStore(std::move(options));
     if (!store.ok()) return store.status();
-    store_ = *std::move(store);
+    std::shared_ptr<BlobStore> remote = *std::move(store);
+    remote_ = remote.get();
+    if (cache_dir_.empty()) {
+      store_ = std::move(remote);
+      return absl::OkStatus();
+    }
+    absl::StatusOr<std::unique_ptr<BlobStore>> cached = OpenCachedBlobStore(
+        std::move(remote), {.dir = cache_dir_, .max_bytes = 64 << 20});
+    if (!cached.ok()) return cached.status();
+    store_ = *std::move(cached);
     return absl::OkStatus();
   }
 
   const S3TestEnv env_;
   const std::string prefix_;
+  const std::string cache_dir_;
   std::unique_ptr<S3Client> admin_;
-  std::unique_ptr<BlobStore> store_;
+  BlobStore* remote_ = nullptr;  // the S3 store (in store_)
+  std::shared_ptr<BlobStore> store_;
 };
 
-INSTANTIATE_TEST_SUITE_P(AllStores, BlobStoreConformanceTest,
-                         ::testing::Values(Implementation{
-                             "S3",
-                             [] { return std::make_unique<S3Harness>(); }}),
-                         ImplementationName);
+INSTANTIATE_TEST_SUITE_P(
+    AllStores, BlobStoreConformanceTest,
+    ::testing::Values(
+        Implementation{"S3", [] { return std::make_unique<S3Harness>(false); }},
+        Implementation{"S3Cached",
+                       [] { return std::make_unique<S3Harness>(true); }}),
+    ImplementationName);
 
 // ---------------------------------------------------------------------------
 // What only the S3 store has.
