@@ -33,6 +33,7 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("--curl-parallel", type=int, default=4)
     parser.add_argument("--versions", type=int, default=1000, help="versions in the rebuilt index")
     parser.add_argument("--pulls", type=int, default=3, help="pulls per replica client")
-    parser.add_argument("--follow-interval", default="2s")
+    parser.add_argument("--follow-interval", default="2s", help="the replicas' --follow_interval, in seconds (e.g. 2s)")
     parser.add_argument("--dir", help="work directory (default: a new one under $TMPDIR)")
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script in well under a minute")
     args = parser.parse_args()
@@ -218,8 +219,12 @@ def main() -> None:
         )  # fmt: skip
         rc = ckptd.Client(replica.address, timeout=60)
         small = {"w": state["layers.0.weight"][:4].clone()}
+        interval = float(args.follow_interval.rstrip("s"))
+        rng = random.Random(7)
         for step in range(2, 7):
             small["w"].add_(1.0)
+            # At a random point of the replica's follow cycle.
+            time.sleep(rng.uniform(0, interval))
             c.save("lag", small, step=step)
             start = time.perf_counter()
             while True:
