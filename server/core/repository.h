@@ -669,6 +669,9 @@ class Repository {
   std::string data_dir_;
   std::unique_ptr<storage::MetadataStore> meta_;
   std::shared_ptr<storage::BlobStore> blobs_;
+  // The store behind the read cache (blobs_ itself without one): what the
+  // scrub and Verify check.
+  std::shared_ptr<storage::BlobStore> remote_blobs_;
   UploadTracker uploads_;
   AliasWatchers watchers_;
   // Blob store calls that may run side by side (GC's deletes), at most
@@ -695,7 +698,9 @@ class Repository {
   // and its follower. follow_mu_ serialises FollowOnce; taken before mu_.
   std::unique_ptr<storage::RecordLog> follow_;
   std::string replica_of_;
+  static constexpr absl::Duration kWriterRereadEvery = absl::Seconds(30);
   absl::Mutex follow_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  absl::Time writer_read_at_ ABSL_GUARDED_BY(follow_mu_) = absl::InfinitePast();
   absl::Mutex follow_state_mu_;
   std::string writer_address_ ABSL_GUARDED_BY(follow_state_mu_);
   FollowState follow_state_ ABSL_GUARDED_BY(follow_state_mu_);

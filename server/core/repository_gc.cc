@@ -70,7 +70,8 @@ absl::Status Repository::PurgeBlobs(
     v1::CollectGarbageResponse* out) {
   if (garbage.empty()) return absl::OkStatus();
   if (is_replica()) {
-    // The writer deletes the bytes; a replica only forgets them.
+    // The writer deletes the bytes; a replica only forgets them. (Only
+    // Recover gets here on a replica, before the follower runs.)
     absl::MutexLock lock(&mu_);
     for (const BlobIndex::Garbage& g : garbage) {
       index_.FinishDelete(g.digest, /*deleted=*/true);
@@ -122,6 +123,15 @@ void Repository::CollectNewGarbage(absl::string_view why) {
     // A backup is choosing its blobs; ReleaseGc collects this garbage.
     if (gc_holds_ > 0) return;
     garbage = index_.TakeNewGarbage();
+    if (is_replica()) {
+      // Forgotten in this same hold of mu_: a record applied in between
+      // may reference the digest again (ApplyFollowed).
+      for (const BlobIndex::Garbage& g : garbage) {
+        index_.FinishDelete(g.digest, /*deleted=*/true);
+        if (g.quarantined) DeleteQuarantineRecordLocked(g.digest);
+      }
+      return;
+    }
   }
   if (garbage.empty()) return;
   v1::CollectGarbageResponse freed;

@@ -256,6 +256,17 @@ absl::Status Repository::DamageError(const std::string& run, uint64_t version,
 absl::Status Repository::ReadFailure(const std::string& run, uint64_t version,
                                      const Digest& digest, uint64_t generation,
                                      const absl::Status& st) {
+  if (is_replica() && absl::IsNotFound(st)) {
+    // Not damage: the writer collected it (the version was deleted, or
+    // retention dropped it) before this replica followed that record.
+    spdlog::info("replica: blob {} of {} is gone from the bucket: {}",
+                 digest.Hex(), VersionName(run, version), st.ToString());
+    return absl::NotFoundError(absl::StrCat(
+        "blob ", digest.Hex(), " of ", VersionName(run, version),
+        " is no longer in the bucket: the writer deleted the version (or "
+        "its retention dropped it); this replica shows that once it follows "
+        "the writer's record, within --follow_interval"));
+  }
   if (absl::IsDataLoss(st) || absl::IsNotFound(st)) {
     QuarantineBlob(digest, generation, "read", st);  // logs the cause
     return DamageError(run, version, digest);
@@ -321,8 +332,9 @@ Repository::BlobCheck Repository::CheckBlob(
     out.problem = "is missing from the blob store";
     return out;
   }
+  // The bucket's copy, not the read cache's: that is what a check is for.
   absl::StatusOr<std::unique_ptr<storage::BlobReader>> reader =
-      blobs_->Open(digest);
+      remote_blobs_->Open(digest);
   absl::Status st = reader.status();
   if (st.ok()) {
     DigestBuilder builder;

@@ -18,6 +18,7 @@ Repository::Repository(RepositoryOptions options,
     : options_(std::move(options)),
       meta_(std::move(meta)),
       blobs_(std::move(blobs)),
+      remote_blobs_(blobs_),
       uploads_(options_.max_suspended_uploads),
       store_calls_(std::make_unique<Executor>(kStoreCallThreads,
                                               /*max_queue=*/0)) {}
@@ -77,8 +78,10 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
                      ", or give a writer a data dir of its own"));
   }
   std::shared_ptr<storage::BlobStore> blobs;
+  std::shared_ptr<storage::BlobStore> remote;  // behind the cache
   if (options.s3.has_value()) {
     CKPTD_ASSIGN_OR_RETURN(blobs, storage::OpenS3BlobStore(*options.s3));
+    remote = blobs;
     CKPTD_ASSIGN_OR_RETURN(blobs, WithCache(std::move(blobs), options.cache));
     spdlog::info("blobs in s3://{}/{} at {}", options.s3->s3.bucket,
                  options.s3->prefix, options.s3->s3.endpoint);
@@ -100,6 +103,7 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
   }
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
+  if (remote != nullptr) repo->remote_blobs_ = std::move(remote);
   repo->data_dir_ = data_dir;
   CKPTD_RETURN_IF_ERROR(repo->Recover());
   repo->StartScrubber();

@@ -96,7 +96,16 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenReplica(
       storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
   CKPTD_ASSIGN_OR_RETURN(std::optional<std::string> of,
                          meta->Get(storage::keys::kReplicaOf));
+  // An index without the mark is a writer's, unless it holds nothing (a
+  // first start of this replica that failed before it wrote the mark).
+  bool writers = false;
   if (had_index && !of.has_value()) {
+    CKPTD_RETURN_IF_ERROR(meta->Scan("", "", [&](absl::string_view key, auto) {
+      writers = !absl::StartsWith(key, "meta/schema");
+      return !writers;
+    }));
+  }
+  if (writers) {
     return absl::FailedPreconditionError(absl::StrCat(
         "--replica_of ", location, ": the data dir ", data_dir,
         " holds the index of a writing ckptd; a replica keeps its own copy "
@@ -109,17 +118,18 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenReplica(
         ", not of this prefix; give another data dir (or remove this one: a "
         "replica's index is a copy of the bucket's)"));
   }
-  s3.read_only = true;
-  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
-                         storage::OpenS3BlobStore(s3));
-  CKPTD_ASSIGN_OR_RETURN(blobs, WithCache(std::move(blobs), options.cache));
-  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<storage::RecordLog> record,
-                         storage::RecordLog::Open(s3.s3, s3.prefix));
   if (!of.has_value()) {
     storage::MetadataBatch mark;
     mark.Put(storage::keys::kReplicaOf, location);
     CKPTD_RETURN_IF_ERROR(meta->Commit(mark));
   }
+  s3.read_only = true;
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<storage::BlobStore> blobs,
+                         storage::OpenS3BlobStore(s3));
+  std::shared_ptr<storage::BlobStore> remote = blobs;
+  CKPTD_ASSIGN_OR_RETURN(blobs, WithCache(std::move(blobs), options.cache));
+  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<storage::RecordLog> record,
+                         storage::RecordLog::Open(s3.s3, s3.prefix));
   CKPTD_ASSIGN_OR_RETURN(uint64_t applied, meta->AppliedSeq());
   CKPTD_ASSIGN_OR_RETURN(bool interrupted, meta->RebuildInterrupted());
   if (applied == 0 || interrupted) {
@@ -135,6 +145,7 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenReplica(
   std::unique_ptr<Repository> repo(
       new Repository(options, std::move(meta), std::move(blobs)));
   repo->data_dir_ = data_dir;
+  repo->remote_blobs_ = std::move(remote);
   repo->follow_ = std::move(record);
   repo->replica_of_ = location;
   CKPTD_RETURN_IF_ERROR(repo->Recover());
@@ -181,23 +192,27 @@ absl::StatusOr<uint64_t> Repository::FollowOnce() {
         "FollowOnce: this ckptd is not a read replica");
   }
   absl::MutexLock follow(&follow_mu_);
-  absl::StatusOr<std::string> writer = follow_->GetWriter();
-  if (writer.ok()) {
-    absl::MutexLock lock(&follow_state_mu_);
-    writer_address_ = std::string(absl::StripAsciiWhitespace(*writer));
+  // The writer's address, for CheckWritable's message: read again every
+  // kWriterRereadEvery (a restarted writer may serve elsewhere).
+  if (absl::Now() - writer_read_at_ >= kWriterRereadEvery) {
+    absl::StatusOr<std::string> writer = follow_->GetWriter();
+    if (writer.ok()) {
+      writer_read_at_ = absl::Now();
+      absl::MutexLock lock(&follow_state_mu_);
+      writer_address_ = std::string(absl::StripAsciiWhitespace(*writer));
+    }
   }
   CKPTD_ASSIGN_OR_RETURN(uint64_t from, meta_->AppliedSeq());
   uint64_t applied = 0;
-  CKPTD_ASSIGN_OR_RETURN(
-      uint64_t last,
-      follow_->Replay(from, /*fetch_threads=*/4,
-                      [&](uint64_t seq, absl::string_view batch) {
-                        CKPTD_RETURN_IF_ERROR(ApplyFollowed(seq, batch));
-                        ++applied;
-                        return absl::OkStatus();
-                      }));
+  absl::StatusOr<uint64_t> last = follow_->Replay(
+      from, /*fetch_threads=*/4, [&](uint64_t seq, absl::string_view batch) {
+        CKPTD_RETURN_IF_ERROR(ApplyFollowed(seq, batch));
+        ++applied;
+        return absl::OkStatus();
+      });
   absl::MutexLock lock(&follow_state_mu_);
-  follow_state_.applied_seq = last;
+  follow_state_.applied_seq = from + applied;
+  if (!last.ok()) return last.status();
   follow_state_.last_success = absl::Now();
   return applied;
 }
@@ -275,7 +290,11 @@ absl::Status Repository::ApplyFollowed(uint64_t seq, absl::string_view batch) {
     if (!target.ok() || *target == 0) continue;
     absl::StatusOr<v1::VersionInfo> info = LoadVersion(run, *target);
     if (!info.ok()) continue;
-    CKPTD_RETURN_IF_ERROR(FillAliases(&*info));
+    // The record is applied: a failure here costs a watcher's event only.
+    if (absl::Status st = FillAliases(&*info); !st.ok()) {
+      spdlog::warn("replica: aliases of {}@{}: {}", run, *target,
+                   st.ToString());
+    }
     watchers_.Notify(run, {{alias, *std::move(info)}});
   }
   return absl::OkStatus();

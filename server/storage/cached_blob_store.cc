@@ -4,14 +4,15 @@
 // Open(d) on a miss reads the blob from the remote store (its checksums
 // checked as it is read), writes it into the local store and commits it
 // there, which checks the bytes against `d` once more; then it serves the
-// local copy. A blob that cannot be read whole (damaged in the bucket) is
-// not cached: the remote reader is returned, whose reads fail only for the
-// damaged chunks. One fill per digest at a time: a second reader of the same
-// blob waits for the first. A cached copy found damaged while read (the
-// local reader's checksums) is dropped and the read goes on from the remote
-// store: a bad local disk never quarantines a good remote blob. Writes,
-// deletes, listings and Stat go to the remote store (Delete also drops the
-// local copy).
+// local copy (so the first read of a blob waits for all of it). While one
+// reader fills a blob, other readers of it read the bucket directly. A blob
+// that cannot be read whole (damaged in the bucket) is not cached: the remote
+// reader is returned, whose reads fail only for the damaged chunks. One fill
+// per digest at a time: a second reader of the same blob waits for the first. A
+// cached copy found damaged while read (the local reader's checksums) is
+// dropped and the read goes on from the remote store: a bad local disk never
+// quarantines a good remote blob. Writes, deletes, listings and Stat go to the
+// remote store (Delete also drops the local copy).
 //
 // Eviction: least recently opened first, once the cached bytes pass
 // max_bytes. An evicted file that a reader still has open stays readable
@@ -22,9 +23,13 @@
 // Thread safety: all methods may be called concurrently.
 #include "server/storage/cached_blob_store.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <list>
 #include <utility>
 #include <vector>
@@ -69,8 +74,22 @@ class CachedBlobStore : public BlobStore {
         local_(std::move(local)),
         options_(std::move(options)) {}
 
-  // Takes back what the dir holds (oldest first), then trims to max_bytes.
+  ~CachedBlobStore() override {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+  }
+
+  // Locks the dir (one process per cache dir), takes back what it holds
+  // (oldest first), then trims to max_bytes.
   absl::Status Load() {
+    const std::string lock = absl::StrCat(options_.dir, "/LOCK");
+    lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd_ < 0) return ErrnoToStatus(errno, absl::StrCat("open ", lock));
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--cache_dir ", options_.dir,
+          " is in use by another process (its LOCK is held); give each "
+          "ckptd a cache dir of its own"));
+    }
     CKPTD_RETURN_IF_ERROR(local_->RemoveTemporaries());
     std::vector<std::pair<Digest, uint64_t>> found;
     CKPTD_RETURN_IF_ERROR(local_->ForEach(
@@ -123,19 +142,24 @@ class CachedBlobStore : public BlobStore {
       const Digest& digest) override {
     for (;;) {
       bool cached = false;
+      bool pass = false;
       {
         absl::MutexLock lock(&mu_);
-        // Another reader is fetching it: wait for that fill.
-        while (filling_.contains(digest)) fill_done_.Wait(&mu_);
         auto it = entries_.find(digest);
         if (it != entries_.end()) {
           lru_.splice(lru_.end(), lru_, it->second.position);
           ++stats_.hits;
           cached = true;
+        } else if (filling_.contains(digest)) {
+          // Another reader is fetching it: this one reads the bucket
+          // rather than wait for the whole blob.
+          ++stats_.passthrough;
+          pass = true;
         } else {
           filling_.insert(digest);
         }
       }
+      if (pass) return remote_->Open(digest);
       if (cached) {
         absl::StatusOr<std::unique_ptr<BlobReader>> local =
             local_->Open(digest);
@@ -150,11 +174,8 @@ class CachedBlobStore : public BlobStore {
         continue;
       }
       absl::StatusOr<std::unique_ptr<BlobReader>> out = Fill(digest);
-      {
-        absl::MutexLock lock(&mu_);
-        filling_.erase(digest);
-      }
-      fill_done_.SignalAll();
+      absl::MutexLock lock(&mu_);
+      filling_.erase(digest);
       return out;
     }
   }
@@ -286,12 +307,12 @@ class CachedBlobStore : public BlobStore {
   const std::unique_ptr<BlobStore> local_;
   const BlobCacheOptions options_;
   absl::Mutex mu_;
-  absl::CondVar fill_done_;
   std::list<Digest> lru_ ABSL_GUARDED_BY(mu_);  // least recent first
   absl::flat_hash_map<Digest, Entry> entries_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<Digest> filling_ ABSL_GUARDED_BY(mu_);
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   BlobCacheStats stats_ ABSL_GUARDED_BY(mu_);
+  int lock_fd_ = -1;
 };
 
 absl::Status CachedReader::ReadAt(uint64_t offset, uint64_t length, char* out) {

@@ -25,14 +25,16 @@ struct BlobCacheStats {
   uint64_t hits = 0;
   uint64_t misses = 0;  // blobs fetched whole into the cache
   uint64_t evictions = 0;
-  uint64_t fallbacks = 0;  // cached copies found damaged, read remotely
+  uint64_t fallbacks = 0;    // cached copies found damaged, read remotely
+  uint64_t passthrough = 0;  // opened while another reader filled the blob
   uint64_t blobs = 0;
   uint64_t bytes = 0;
 };
 
 // Wraps `remote`: every call goes to it, except Open, which serves the blob
 // from a whole verified copy under options.dir, fetched on the first read.
-// INVALID_ARGUMENT naming the option when dir is empty or max_bytes is 0.
+// INVALID_ARGUMENT naming the option when dir is empty or max_bytes is 0;
+// FAILED_PRECONDITION when another process uses the dir.
 absl::StatusOr<std::unique_ptr<BlobStore>> OpenCachedBlobStore(
     std::shared_ptr<BlobStore> remote, BlobCacheOptions options);
 

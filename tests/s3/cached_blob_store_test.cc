@@ -180,6 +180,12 @@ TEST_F(CachedBlobStoreTest, BadOptionsAreRefusedNamingTheFlag) {
       OpenCachedBlobStore(remote_, {.dir = dir_ + "/c", .max_bytes = 0});
   EXPECT_EQ(no_bytes.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(no_bytes.status().message(), HasSubstr("--cache_bytes"));
+  // One process per cache dir.
+  OpenCache(1 << 20);
+  auto second =
+      OpenCachedBlobStore(remote_, {.dir = dir_ + "/cache", .max_bytes = 1});
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("in use by another"));
   const std::string file = dir_ + "/a-file";
   std::ofstream(file) << "x";
   auto not_dir = OpenCachedBlobStore(remote_, {.dir = file, .max_bytes = 1});

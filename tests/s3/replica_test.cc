@@ -203,10 +203,29 @@ TEST_F(ReplicaTest, FollowsCommitsDeletesAndAliasMovesInRecordOrder) {
   // The writer deletes version 3 and collects its blob: the replica drops
   // it from its index and stats, and deletes nothing itself.
   const uint64_t before = a.Stats().stored_blobs;
+  // A read of version 3 on the replica, begun before the writer deletes
+  // it: the blob is gone from the bucket, which is NOT_FOUND (not damage:
+  // nothing is quarantined).
+  v1::GetVersionRequest three;
+  three.set_run("r");
+  three.set_ref("3");
+  three.set_include_manifest(true);
+  auto manifest = a.GetVersion(three);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  auto d3 =
+      DigestFromBytes(manifest->shards(0).entries(1).tensor().blob_digest());
+  ASSERT_TRUE(d3.ok());
+  auto lease = a.LeaseForRead("r", 3);
+  ASSERT_TRUE(lease.ok()) << lease.status();
   v1::DeleteVersionRequest del;
   del.set_run("r");
   del.set_ref("3");
   ASSERT_TRUE(writer_->DeleteVersion(del, Actor{}).ok());
+  auto gone = (*lease)->Open(*d3);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(gone.status().message(), HasSubstr("the writer deleted"));
+  EXPECT_EQ(a.Stats().quarantined_blobs, 0u);
+  lease->reset();
   ASSERT_TRUE(a.FollowOnce().ok());
   EXPECT_THAT(Versions(a, "r"), ElementsAre(1u, 2u, 4u));
   EXPECT_EQ(a.Stats().stored_blobs, before - 1);
@@ -327,6 +346,7 @@ TEST_F(ReplicaTest, ItsStoreNeverWritesToTheBucket) {
 }
 
 TEST_F(ReplicaTest, BadDataDirsAndOptionsAreRefusedNamingTheFix) {
+  ASSERT_EQ(Push("r", 1, 0.5, 'a'), 1u);
   RepositoryOptions options;
   options.replica_of = store_;
   auto over_writer = Repository::OpenDataDir(tmp_ + "/writer", options);
