@@ -29,6 +29,20 @@ RepositoryStats Repository::Stats() {
                                 ? 0
                                 : absl::ToUnixSeconds(scrub.last_pass_end);
   }
+  if (is_replica()) {
+    const FollowState follow = GetFollowState();
+    stats.record = RecordCounters{
+        .replica = true,
+        .seq = follow.applied_seq,
+        .last_follow = follow.last_success == absl::InfinitePast()
+                           ? 0
+                           : absl::ToUnixSeconds(follow.last_success)};
+  } else if (meta_->record_log() != nullptr) {
+    stats.record = RecordCounters{.seq = meta_->recorded_seq()};
+  }
+  if (options_.cache.has_value()) {
+    stats.cache = storage::CachedBlobStoreStats(*blobs_);
+  }
   return stats;
 }
 

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "server/storage/cached_blob_store.h"
+
 namespace ckptd::core {
 
 // Results of the background scrub (re-reading stored blobs against their
@@ -22,6 +24,17 @@ struct ScrubCounters {
   uint64_t blobs_missing = 0;  // referenced but not in the store
   // Unix seconds when the last pass completed; 0: none yet.
   int64_t last_pass_completed = 0;
+};
+
+// The bucket's record (storage/record_log.h): on a writer with an S3 store,
+// the last seq it wrote; on a read replica, the last it applied and when it
+// last reached the bucket.
+struct RecordCounters {
+  bool replica = false;
+  uint64_t seq = 0;
+  // Replicas: unix seconds of the last follow that reached the bucket; 0:
+  // none yet.
+  int64_t last_follow = 0;
 };
 
 struct RepositoryStats {
@@ -40,6 +53,10 @@ struct RepositoryStats {
   uint64_t quarantined_blobs = 0;
   // Empty when the scrub is off (scrub_interval 0).
   std::optional<ScrubCounters> scrub;
+  // Empty without a record (the file store).
+  std::optional<RecordCounters> record;
+  // Empty without a read cache (--cache_dir).
+  std::optional<storage::BlobCacheStats> cache;
 };
 
 }  // namespace ckptd::core

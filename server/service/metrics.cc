@@ -149,6 +149,42 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
                           "Unix time the last scrub pass completed (0: none)",
                           kGauge, static_cast<double>(c.last_pass_completed)));
       }
+      if (s.record.has_value()) {
+        const core::RecordCounters& r = *s.record;
+        out.push_back(
+            One("ckptd_record_seq",
+                r.replica ? "Seq of the last record of the bucket this read "
+                            "replica applied (the writer's ckptd_record_seq "
+                            "minus this is its lag, in commits)"
+                          : "Seq of the last record this ckptd wrote to the "
+                            "bucket",
+                kGauge, static_cast<double>(r.seq)));
+        if (r.replica) {
+          out.push_back(One("ckptd_replica_last_follow_timestamp_seconds",
+                            "Unix time this read replica last read the "
+                            "bucket's record (0: not yet)",
+                            kGauge, static_cast<double>(r.last_follow)));
+        }
+      }
+      if (s.cache.has_value()) {
+        const storage::BlobCacheStats& c = *s.cache;
+        out.push_back(One("ckptd_read_cache_hits_total",
+                          "Blob opens served from the read cache", kCounter,
+                          static_cast<double>(c.hits)));
+        out.push_back(One("ckptd_read_cache_misses_total",
+                          "Blobs fetched whole into the read cache", kCounter,
+                          static_cast<double>(c.misses)));
+        out.push_back(One("ckptd_read_cache_evictions_total",
+                          "Blobs evicted from the read cache", kCounter,
+                          static_cast<double>(c.evictions)));
+        out.push_back(One("ckptd_read_cache_fallbacks_total",
+                          "Cached copies found damaged and read from the "
+                          "bucket instead",
+                          kCounter, static_cast<double>(c.fallbacks)));
+        out.push_back(One("ckptd_read_cache_bytes",
+                          "Bytes of the blobs in the read cache", kGauge,
+                          static_cast<double>(c.bytes)));
+      }
     }
 
     if (!sources.data_dir.empty()) {

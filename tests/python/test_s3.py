@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Dict, List
@@ -366,7 +367,13 @@ def test_read_replicas_follow_the_writer_and_refuse_changes(env, tmp_path):
         w.save("rep", state(1), step=1, metrics={"loss": 0.5})
         # Two replicas at once, started after the first version.
         # r2 keeps a local read cache of the blobs it serves.
-        for name, extra in (("r1", []), ("r2", [f"--cache_dir={tmp_path / 'cache2'}", "--cache_bytes=1073741824"])):
+        r2_flags = [
+            f"--cache_dir={tmp_path / 'cache2'}",
+            "--cache_bytes=1073741824",
+            "--metrics_listen=127.0.0.1:0",
+            f"--metrics_port_file={tmp_path / 'r2.metrics'}",
+        ]
+        for name, extra in (("r1", []), ("r2", r2_flags)):
             r = ServerProcess(ckptd_binary(), tmp_path / name, replica_flags(env, prefix, *extra))
             r.start()
             replicas.append(r)
@@ -390,6 +397,13 @@ def test_read_replicas_follow_the_writer_and_refuse_changes(env, tmp_path):
         cached = [p for p in (tmp_path / "cache2").rglob("*") if p.is_file() and "blobs" in p.parts]
         assert cached, "r2 cached no blob"
         assert_same(clients[1].load("rep", "best"), state(2))  # from its cache
+        port = int((tmp_path / "r2.metrics").read_text().split()[0])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        metric = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(ckptd_\w+) (\S+)$", text, re.M)}
+        assert metric["ckptd_read_cache_hits_total"] >= 1, text
+        assert metric["ckptd_read_cache_bytes"] > 0
+        assert metric["ckptd_record_seq"] > 0
+        assert metric["ckptd_replica_last_follow_timestamp_seconds"] > time.time() - 60
         # Retention on the writer dropped version 1 (keep_last=2, best=2);
         # the replicas' history shows it as the writer's does.
         assert [e.to_version for e in clients[1].alias_history("rep", "last")] == [

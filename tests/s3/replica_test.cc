@@ -199,6 +199,14 @@ TEST_F(ReplicaTest, FollowsCommitsDeletesAndAliasMovesInRecordOrder) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, 0u);
   EXPECT_EQ(a.GetFollowState().applied_seq, b.GetFollowState().applied_seq);
+  // What the metrics show: the same record seq on writer and replicas.
+  const RepositoryStats ws = writer_->Stats();
+  const RepositoryStats as = a.Stats();
+  ASSERT_TRUE(ws.record.has_value() && as.record.has_value());
+  EXPECT_FALSE(ws.record->replica);
+  EXPECT_TRUE(as.record->replica);
+  EXPECT_EQ(ws.record->seq, as.record->seq);
+  EXPECT_GT(as.record->last_follow, 0);
 
   // The writer deletes version 3 and collects its blob: the replica drops
   // it from its index and stats, and deletes nothing itself.
