@@ -219,13 +219,13 @@ def ckpt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def make_credentials(tmp: Path) -> tuple[Path, Path, Path, str]:
-    """A self-signed certificate for localhost, its key, an auth file with
+    """A self-signed certificate for localhost and 127.0.0.1, its key, an auth file with
     one admin token; returns (cert, key, auth_file, token)."""
     cert, key = tmp / "tls.crt", tmp / "tls.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
         check=True, capture_output=True,
     )
     made = json.loads(ckpt("--json", "token", "new", "ops", "admin", "*").stdout)
@@ -264,7 +264,8 @@ def test_each_flag_file_configures_a_working_ckptd(tmp_path, source):
         cert, key, auth, token = make_credentials(tmp_path)
         overrides += [f"--tls_cert={cert}", f"--tls_key={key}", f"--auth_file={auth}"]
     with running_ckptd(tmp_path, [f"--flagfile={flagfile}", *overrides]) as (port, log):
-        address = f"localhost:{port}"
+        # An address, not a name: a fresh root may have no /etc/hosts.
+        address = f"127.0.0.1:{port}"
         tls_args = ["--tls_ca", str(tmp_path / "tls.crt")] if tls else []
         r = ckpt("--server", address, *tls_args, "health")
         assert r.returncode == 0, r
