@@ -2,6 +2,9 @@
 
 #include <sys/statvfs.h>
 
+#include <cstdarg>
+#include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -182,6 +185,35 @@ MetadataStore::~MetadataStore() {
   if (!s.ok()) spdlog::warn("rocksdb close: {}", s.ToString());
 }
 
+namespace {
+
+// RocksDB's own log, into ckptd's (warnings and errors only) instead of a
+// LOG file in the database dir. A LOG file shares the data disk: once one
+// of its writes failed (a full disk), RocksDB's next log line aborted the
+// process in WritableFileWriter (assertion sync_without_flush_called_),
+// e.g. the line CancelAllBackgroundWork writes at close.
+class RocksLogToSpdlog final : public rocksdb::Logger {
+ public:
+  RocksLogToSpdlog() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format,
+            va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    if (level >= rocksdb::InfoLogLevel::ERROR_LEVEL) {
+      spdlog::error("rocksdb: {}", line);
+    } else {
+      spdlog::warn("rocksdb: {}", line);
+    }
+  }
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Open(
     const std::string& dir, rocksdb::Env* env) {
   rocksdb::Options options;
@@ -189,7 +221,7 @@ absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Open(
   options.create_if_missing = true;
   options.paranoid_checks = true;
   options.max_open_files = 256;
-  options.keep_log_file_num = 4;
+  options.info_log = std::make_shared<RocksLogToSpdlog>();
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, dir, &raw);
   if (!s.ok()) {
