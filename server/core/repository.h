@@ -575,6 +575,10 @@ class Repository {
   absl::Status PurgeBlobs(const std::vector<BlobIndex::Garbage>& garbage,
                           v1::CollectGarbageResponse* out)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends the deletion of `g` (deleted: the store no longer has it, or on a
+  // replica, the writer deleted it), with its quarantine record.
+  void FinishDeleteLocked(const BlobIndex::Garbage& g, bool deleted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes the garbage the last changes made and purges it.
   void CollectNewGarbage(absl::string_view why) ABSL_LOCKS_EXCLUDED(mu_);
   void ReleaseRead(const absl::flat_hash_set<Digest>& digests)
@@ -654,9 +658,10 @@ class Repository {
   int64_t ReadScrubTime(absl::string_view key);
 
   // ---- Replica helpers (repository_replica.cc) ----
-  // OpenDataDir of a replica.
+  // OpenDataDir of a replica (options.metadata_dir set; `had_index`: it
+  // held a database before).
   static absl::StatusOr<std::unique_ptr<Repository>> OpenReplica(
-      const std::string& data_dir, RepositoryOptions options);
+      const std::string& data_dir, bool had_index, RepositoryOptions options);
   // Applies record `seq` (its batch) and brings the BlobIndex and the
   // watchers along.
   absl::Status ApplyFollowed(uint64_t seq, absl::string_view batch)

@@ -73,10 +73,7 @@ absl::Status Repository::PurgeBlobs(
     // The writer deletes the bytes; a replica only forgets them. (Only
     // Recover gets here on a replica, before the follower runs.)
     absl::MutexLock lock(&mu_);
-    for (const BlobIndex::Garbage& g : garbage) {
-      index_.FinishDelete(g.digest, /*deleted=*/true);
-      if (g.quarantined) DeleteQuarantineRecordLocked(g.digest);
-    }
+    for (const BlobIndex::Garbage& g : garbage) FinishDeleteLocked(g, true);
     return absl::OkStatus();
   }
   // The deletes run on the store-call threads, a few at once (an object
@@ -92,10 +89,8 @@ absl::Status Repository::PurgeBlobs(
   }
   pending.Wait();
   absl::Status first_error;
-  std::vector<bool> deleted(garbage.size());
   for (size_t i = 0; i < garbage.size(); ++i) {
     const absl::Status& st = results[i];
-    deleted[i] = st.ok();
     if (!st.ok()) {
       spdlog::warn("GC: delete blob {}: {}", garbage[i].digest.Hex(),
                    st.ToString());
@@ -107,13 +102,15 @@ absl::Status Repository::PurgeBlobs(
   }
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < garbage.size(); ++i) {
-    index_.FinishDelete(garbage[i].digest, deleted[i]);
-    // A damaged blob nothing references any more is simply gone.
-    if (deleted[i] && garbage[i].quarantined) {
-      DeleteQuarantineRecordLocked(garbage[i].digest);
-    }
+    FinishDeleteLocked(garbage[i], results[i].ok());
   }
   return first_error;
+}
+
+void Repository::FinishDeleteLocked(const BlobIndex::Garbage& g, bool deleted) {
+  index_.FinishDelete(g.digest, deleted);
+  // A damaged blob nothing references any more is simply gone.
+  if (deleted && g.quarantined) DeleteQuarantineRecordLocked(g.digest);
 }
 
 void Repository::CollectNewGarbage(absl::string_view why) {
@@ -126,10 +123,7 @@ void Repository::CollectNewGarbage(absl::string_view why) {
     if (is_replica()) {
       // Forgotten in this same hold of mu_: a record applied in between
       // may reference the digest again (ApplyFollowed).
-      for (const BlobIndex::Garbage& g : garbage) {
-        index_.FinishDelete(g.digest, /*deleted=*/true);
-        if (g.quarantined) DeleteQuarantineRecordLocked(g.digest);
-      }
+      for (const BlobIndex::Garbage& g : garbage) FinishDeleteLocked(g, true);
       return;
     }
   }

@@ -54,12 +54,12 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenDataDir(
     return ErrnoToStatus(ec.value(),
                          absl::StrCat("create data dir ", data_dir));
   }
-  if (options.replica_of.has_value()) {
-    return OpenReplica(data_dir, std::move(options));
-  }
   options.metadata_dir = absl::StrCat(data_dir, "/meta");
   const bool had_index =
       std::filesystem::exists(absl::StrCat(options.metadata_dir, "/CURRENT"));
+  if (options.replica_of.has_value()) {
+    return OpenReplica(data_dir, had_index, std::move(options));
+  }
   if (options.rebuild_index && !options.s3.has_value()) {
     return absl::InvalidArgumentError(
         "--rebuild_index rebuilds from an S3 bucket's record: give "

@@ -21,8 +21,6 @@
 // writer's address, which the writer puts in PREFIX/writer
 // (AnnounceWriter). Nothing of a replica writes to the bucket: its store is
 // read-only. Several replicas may follow one prefix: they only read it.
-#include <filesystem>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -67,7 +65,7 @@ absl::flat_hash_map<Digest, uint64_t> ReachedBytes(const v1::ShardManifest& m) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenReplica(
-    const std::string& data_dir, RepositoryOptions options) {
+    const std::string& data_dir, bool had_index, RepositoryOptions options) {
   storage::S3BlobStoreOptions s3 = *options.replica_of;
   const std::string location = LocationOf(s3);
   if (options.s3.has_value()) {
@@ -88,9 +86,6 @@ absl::StatusOr<std::unique_ptr<Repository>> Repository::OpenReplica(
         "--follow_interval=", absl::FormatDuration(options.follow_interval),
         " is outside [10ms, 1h]"));
   }
-  options.metadata_dir = absl::StrCat(data_dir, "/meta");
-  const bool had_index =
-      std::filesystem::exists(absl::StrCat(options.metadata_dir, "/CURRENT"));
   CKPTD_ASSIGN_OR_RETURN(
       auto meta,
       storage::MetadataStore::Open(options.metadata_dir, options.metadata_env));
@@ -272,8 +267,7 @@ absl::Status Repository::ApplyFollowed(uint64_t seq, absl::string_view batch) {
   }
   for (const auto& [d, run] : dropped) index_.DropRef(d, run);
   for (const BlobIndex::Garbage& g : index_.TakeNewGarbage()) {
-    index_.FinishDelete(g.digest, /*deleted=*/true);
-    if (g.quarantined) DeleteQuarantineRecordLocked(g.digest);
+    FinishDeleteLocked(g, /*deleted=*/true);
   }
   for (const auto& [d, set] : quarantine) {
     const std::optional<uint64_t> generation = index_.Generation(d);

@@ -117,6 +117,8 @@ class BlobStore {
 // described in file_blob_store.cc.
 absl::StatusOr<std::unique_ptr<BlobStore>> OpenFileBlobStore(
     const std::string& dir);
+// Where the store of files under `dir` keeps committed blob `digest`.
+std::string FileBlobPath(const std::string& dir, const Digest& digest);
 
 }  // namespace ckptd::storage
 

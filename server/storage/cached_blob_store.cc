@@ -97,7 +97,7 @@ class CachedBlobStore : public BlobStore {
     std::vector<std::pair<int64_t, size_t>> by_age;
     for (size_t i = 0; i < found.size(); ++i) {
       struct stat st {};
-      const std::string path = FileOf(found[i].first);
+      const std::string path = FileBlobPath(options_.dir, found[i].first);
       by_age.emplace_back(::stat(path.c_str(), &st) == 0 ? st.st_mtime : 0, i);
     }
     std::sort(by_age.begin(), by_age.end());
@@ -203,12 +203,6 @@ class CachedBlobStore : public BlobStore {
     uint64_t size = 0;
     std::list<Digest>::iterator position;
   };
-
-  std::string FileOf(const Digest& d) const {
-    // file_blob_store.cc's layout: blobs/<first two hex>/<hex>.
-    const std::string hex = d.Hex();
-    return absl::StrCat(options_.dir, "/blobs/", hex.substr(0, 2), "/", hex);
-  }
 
   // A miss: the remote blob, copied whole into the local store, then the
   // local copy. Falls back to the remote reader when the copy cannot be

@@ -722,6 +722,10 @@ absl::Status FileBlobStore::SyncLinks() {
 
 }  // namespace
 
+std::string FileBlobPath(const std::string& dir, const Digest& digest) {
+  return BlobPath(absl::StrCat(dir, "/blobs"), digest);
+}
+
 absl::StatusOr<std::unique_ptr<BlobStore>> OpenFileBlobStore(
     const std::string& dir) {
   auto store = std::make_unique<FileBlobStore>(dir);

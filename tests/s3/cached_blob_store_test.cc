@@ -79,8 +79,7 @@ class CachedBlobStoreTest : public ::testing::Test {
   }
 
   std::string LocalFile(const Digest& d) const {
-    const std::string hex = d.Hex();
-    return absl::StrCat(dir_, "/cache/blobs/", hex.substr(0, 2), "/", hex);
+    return FileBlobPath(dir_ + "/cache", d);
   }
 
   S3TestEnv env_ = LoadS3TestEnv();

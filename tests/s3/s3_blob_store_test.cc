@@ -111,10 +111,8 @@ class S3Harness : public StoreHarness {
     ASSERT_TRUE(admin_->Put(key, body).ok());
     // The cached copy too (same format), if the blob was read before.
     if (cache_dir_.empty()) return;
-    const std::string hex = digest.Hex();
-    const std::string local =
-        absl::StrCat(cache_dir_, "/blobs/", hex.substr(0, 2), "/", hex);
-    std::fstream f(local, std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(FileBlobPath(cache_dir_, digest),
+                   std::ios::in | std::ios::out | std::ios::binary);
     if (!f) return;
     f.seekg(static_cast<std::streamoff>(offset));
     char c = 0;
