@@ -191,10 +191,15 @@ absl::StatusOr<uint64_t> Repository::FollowOnce() {
   // kWriterRereadEvery (a restarted writer may serve elsewhere).
   if (absl::Now() - writer_read_at_ >= kWriterRereadEvery) {
     absl::StatusOr<std::string> writer = follow_->GetWriter();
+    if (absl::IsDataLoss(writer.status())) {
+      spdlog::warn("replica of {}: ignoring the writer's address: {}",
+                   replica_of_, writer.status().ToString());
+      writer = std::string();
+    }
     if (writer.ok()) {
       writer_read_at_ = absl::Now();
       absl::MutexLock lock(&follow_state_mu_);
-      writer_address_ = std::string(absl::StripAsciiWhitespace(*writer));
+      writer_address_ = *std::move(writer);
     }
   }
   CKPTD_ASSIGN_OR_RETURN(uint64_t from, meta_->AppliedSeq());

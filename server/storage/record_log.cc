@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -154,7 +155,17 @@ absl::StatusOr<std::string> RecordLog::GetWriter() {
         client_->Describe(writer_key_), " is ", info->size,
         " bytes, more than a writer's address (", kMaxWriterBytes, ")"));
   }
-  return client_->Get(writer_key_);
+  CKPTD_ASSIGN_OR_RETURN(std::string text, client_->Get(writer_key_));
+  // It goes into messages to clients: one line of printable ASCII.
+  const absl::string_view line = absl::StripAsciiWhitespace(text);
+  if (!std::all_of(line.begin(), line.end(),
+                   [](char c) { return c >= 0x20 && c < 0x7f; })) {
+    return absl::DataLossError(
+        absl::StrCat(client_->Describe(writer_key_),
+                     " is not one line of printable text (a writer's "
+                     "address, e.g. host:50051)"));
+  }
+  return std::string(line);
 }
 
 absl::StatusOr<uint64_t> RecordLog::Replay(

@@ -61,7 +61,8 @@ class RecordLog {
   absl::StatusOr<uint64_t> LastSeq();
 
   // PREFIX/writer: where the writing ckptd serves. GetWriter gives "" when
-  // there is none.
+  // there is none, and DATA_LOSS when it is not one line of printable text
+  // of at most kMaxWriterBytes.
   static constexpr uint64_t kMaxWriterBytes = 1024;
   absl::Status PutWriter(absl::string_view text);
   absl::StatusOr<std::string> GetWriter();

@@ -253,6 +253,32 @@ TEST_F(ReplicaTest, FollowsCommitsDeletesAndAliasMovesInRecordOrder) {
   EXPECT_EQ(got->info().version(), 5u);
 }
 
+TEST_F(ReplicaTest, AWriterAddressThatIsNotOneLineOfTextIsNotShown) {
+  ASSERT_EQ(Push("r", 1, 0.5, 'a'), 1u);
+  for (const std::string& bad :
+       {std::string(2000, 'h'), std::string("host:1\n\x1b[31mred"),
+        std::string("a\0b", 3)}) {
+    ASSERT_TRUE(writer_->AnnounceWriter(bad).ok());
+    replicas_.clear();
+    Repository& r = OpenReplica("a");
+    v1::BeginVersionRequest begin;
+    begin.set_run("r");
+    const absl::Status st = r.BeginVersion(begin).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(st.message(), HasSubstr("it has not said where it serves"));
+    EXPECT_THAT(st.message(), ::testing::Not(HasSubstr("hhhh")));
+    EXPECT_THAT(st.message(), ::testing::Not(HasSubstr("red")));
+  }
+  // A good one, with surrounding whitespace, is shown.
+  ASSERT_TRUE(writer_->AnnounceWriter("  host:50051\n").ok());
+  replicas_.clear();
+  Repository& r = OpenReplica("a");
+  v1::BeginVersionRequest begin;
+  begin.set_run("r");
+  EXPECT_THAT(r.BeginVersion(begin).status().message(),
+              HasSubstr(", at host:50051"));
+}
+
 TEST_F(ReplicaTest, RefusesEveryChangeNamingTheWriter) {
   ASSERT_EQ(Push("r", 1, 0.5, 'a'), 1u);
   ASSERT_TRUE(writer_->AnnounceWriter("writer.example:50051").ok());
