@@ -57,7 +57,10 @@ ABSL_FLAG(std::string, local_socket, "<data_dir>/ckptd.sock",
           "ckptd is replaced; a path that is not a socket is refused, never "
           "deleted. At most 107 bytes (sun_path): an explicit longer path is "
           "refused, the default one (under a deep --data_dir) is skipped "
-          "with a warning. Empty (--local_socket=): no socket.");
+          "with a warning. Empty (--local_socket=): no socket. Beside it, "
+          "PATH.data serves the zero-copy data plane of co-located clients "
+          "(pulls map blob files, saves hand over a memfd; README, "
+          "Co-located clients), with the same tokens and roles.");
 ABSL_FLAG(std::string, blob_store, "file",
           "Where blob bytes live: `file` (files under --data_dir) or "
           "s3://BUCKET[/PREFIX] (an S3 bucket: Ceph radosgw, MinIO, AWS; "
@@ -137,6 +140,11 @@ ABSL_FLAG(uint64_t, max_inflight_bytes, 256 << 20,
           "chunk holds 8.1 MiB of it (a 4 MiB chunk held twice), and "
           "streams beyond it wait their turn. Default 256 MiB; at least "
           "17039360 (two streams).");
+ABSL_FLAG(uint64_t, max_staged_bytes, uint64_t{4} << 30,
+          "Bytes of co-located saves (save_async over unix:PATH) staged in "
+          "the daemon's memory at once, waiting to be stored: a further "
+          "save waits until one is committed; a single save larger than "
+          "this is refused. Default 4 GiB.");
 ABSL_FLAG(std::string, min_free_disk, "256M",
           "Free space of --data_dir under which pushes (BeginVersion, blob "
           "uploads) are refused with RESOURCE_EXHAUSTED before anything is "
@@ -291,6 +299,11 @@ bool WantsHelp(int argc, char** argv) {
 // Copies the resource flags into `options`; "" or what is wrong with one.
 std::string ReadResourceFlags(ckptd::service::ServerOptions* options) {
   options->max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  options->max_staged_bytes = absl::GetFlag(FLAGS_max_staged_bytes);
+  if (options->max_staged_bytes == 0) {
+    return "--max_staged_bytes=0: must be positive (bytes of co-located "
+           "saves staged at once)";
+  }
   if (options->max_inflight_bytes < ckptd::service::kMinInflightBytes) {
     return absl::StrCat("--max_inflight_bytes=", options->max_inflight_bytes,
                         " is below the minimum ",

@@ -26,6 +26,7 @@
 #include "client/src/blob_upload.h"
 #include "client/src/connection.h"
 #include "client/src/cuda_staging.h"
+#include "client/src/local_plane.h"
 #include "client/src/progress.h"
 #include "client/src/push_plan.h"
 #include "client/src/ref_watch.h"
@@ -64,10 +65,55 @@ bool IsMissingBlob(const absl::Status& st) {
   return ReasonOf(st) == v1::BLOB_MISSING;
 }
 
+v1::BeginVersionRequest BeginRequestOf(const PushRequest& request) {
+  v1::BeginVersionRequest begin;
+  begin.set_run(request.run);
+  begin.set_step(request.step);
+  begin.set_epoch(request.epoch);
+  begin.set_world_size(request.world_size);
+  *begin.mutable_env() = request.env;
+  if (begin.env().client_version().empty()) {
+    begin.mutable_env()->set_client_version(kClientVersion);
+  }
+  if (begin.env().hostname().empty()) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) == 0) {
+      begin.mutable_env()->set_hostname(host);
+    }
+  }
+  return begin;
+}
+
+absl::Status NotColocated(absl::string_view what) {
+  return absl::UnimplementedError(
+      absl::StrCat(what,
+                   " needs a co-located daemon: connect to unix:PATH (its "
+                   "--local_socket)"));
+}
+
 class ClientImpl final : public Client {
  public:
-  explicit ClientImpl(std::unique_ptr<Connection> connection)
-      : connection_(std::move(connection)) {}
+  ClientImpl(std::unique_ptr<Connection> connection, std::string data_socket,
+             std::string token)
+      : connection_(std::move(connection)),
+        data_socket_(std::move(data_socket)),
+        token_(std::move(token)) {}
+
+  // ---- Co-located ----
+
+  absl::StatusOr<std::unique_ptr<StagedPush>> StagePush(
+      const PushRequest& request) override {
+    if (data_socket_.empty()) return NotColocated("StagePush");
+    return internal::StageLocalPush(data_socket_, token_,
+                                    BeginRequestOf(request), request);
+  }
+
+  absl::StatusOr<std::vector<std::shared_ptr<MappedBlob>>> MapBlobs(
+      const std::string& run, uint64_t version,
+      const std::vector<std::string>& digests) override {
+    if (data_socket_.empty()) return NotColocated("MapBlobs");
+    return internal::MapLocalBlobs(data_socket_, token_, run, version, digests);
+  }
 
   // ---- Push ----
 
@@ -79,21 +125,7 @@ class ClientImpl final : public Client {
     if (!plan_or.ok()) return plan_or.status();
     const internal::PushPlan& plan = **plan_or;
 
-    v1::BeginVersionRequest begin;
-    begin.set_run(request.run);
-    begin.set_step(request.step);
-    begin.set_epoch(request.epoch);
-    begin.set_world_size(request.world_size);
-    *begin.mutable_env() = request.env;
-    if (begin.env().client_version().empty()) {
-      begin.mutable_env()->set_client_version(kClientVersion);
-    }
-    if (begin.env().hostname().empty()) {
-      char host[256] = {};
-      if (::gethostname(host, sizeof(host) - 1) == 0) {
-        begin.mutable_env()->set_hostname(host);
-      }
-    }
+    const v1::BeginVersionRequest begin = BeginRequestOf(request);
     auto begun =
         Unary(&v1::Checkpoint::Stub::BeginVersion, begin, options.max_attempts);
     if (!begun.ok()) return begun.status();
@@ -506,6 +538,8 @@ class ClientImpl final : public Client {
   }
 
   std::unique_ptr<Connection> connection_;
+  const std::string data_socket_;  // "" unless the address is unix:
+  const std::string token_;
 };
 
 }  // namespace
@@ -526,7 +560,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   absl::StatusOr<std::unique_ptr<Connection>> connection =
       Connection::Open(options);
   if (!connection.ok()) return connection.status();
-  return std::unique_ptr<Client>(new ClientImpl(*std::move(connection)));
+  const std::string address =
+      options.address.empty() ? DefaultServerAddress() : options.address;
+  return std::unique_ptr<Client>(
+      new ClientImpl(*std::move(connection),
+                     internal::LocalDataSocketOf(address), options.token));
 }
 
 }  // namespace ckptd

@@ -147,6 +147,10 @@ std::string KeyPathString(const v1::ManifestEntry& entry) {
   return DottedKeyPath(entry.path());
 }
 
+absl::Status ValidatePushTensor(const PushEntry& entry) {
+  return ValidateTensor(entry, KeyPathString(entry.entry));
+}
+
 absl::StatusOr<std::unique_ptr<PushPlan>> BuildPushPlan(
     const PushRequest& request, const PushOptions& options) {
   if (options.pack_size == 0) {

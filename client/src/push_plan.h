@@ -55,6 +55,11 @@ struct PushPlan {
 // The dotted key path of an entry, for messages ("model.layers.0.weight").
 std::string KeyPathString(const v1::ManifestEntry& entry);
 
+// INVALID_ARGUMENT naming the key path for a malformed tensor entry (dtype,
+// shape, byte_length, data); FAILED_PRECONDITION for a CUDA tensor this
+// process cannot read. BuildPushPlan checks every tensor entry with it.
+absl::Status ValidatePushTensor(const PushEntry& entry);
+
 // INVALID_ARGUMENT naming the key path for malformed entries;
 // FAILED_PRECONDITION for CUDA tensors this process cannot read.
 absl::StatusOr<std::unique_ptr<PushPlan>> BuildPushPlan(

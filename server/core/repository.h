@@ -237,6 +237,11 @@ class ReadLease {
   // (quarantined or missing), without reading anything: lets a read fail
   // before it sends any bytes.
   absl::Status CheckIntact(const std::vector<Digest>& digests);
+  // For the co-located pull: a read-only descriptor of blob `d`'s stored
+  // form (REQUIRES: Contains(d)), unverified (the client that maps it
+  // checks the digest), or nullopt when the store keeps no file of it
+  // (S3, the read cache). A blob quarantined or gone fails as Open does.
+  absl::StatusOr<std::optional<UniqueFd>> OpenStoredFile(const Digest& d);
 
  private:
   friend class Repository;
@@ -628,6 +633,9 @@ class Repository {
                            const Digest& digest, uint64_t generation,
                            const absl::Status& st) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::unique_ptr<storage::BlobReader>> OpenForRead(
+      const std::string& run, uint64_t version, const Digest& digest)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::optional<UniqueFd>> OpenStoredFileForRead(
       const std::string& run, uint64_t version, const Digest& digest)
       ABSL_LOCKS_EXCLUDED(mu_);
   // The first of `digests` that is quarantined or not stored.

@@ -307,6 +307,30 @@ absl::StatusOr<std::unique_ptr<storage::BlobReader>> ReadLease::Open(
   return repo_->OpenForRead(run_, version_, d);
 }
 
+absl::StatusOr<std::optional<UniqueFd>> Repository::OpenStoredFileForRead(
+    const std::string& run, uint64_t version, const Digest& digest) {
+  std::optional<uint64_t> generation;
+  bool quarantined = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    generation = index_.Generation(digest);
+    quarantined = index_.Quarantined(digest);
+  }
+  if (!generation.has_value() || quarantined) {
+    return DamageError(run, version, digest);
+  }
+  absl::StatusOr<std::optional<UniqueFd>> fd = blobs_->OpenStoredFile(digest);
+  if (!fd.ok()) {
+    return ReadFailure(run, version, digest, *generation, fd.status());
+  }
+  return fd;
+}
+
+absl::StatusOr<std::optional<UniqueFd>> ReadLease::OpenStoredFile(
+    const Digest& d) {
+  return repo_->OpenStoredFileForRead(run_, version_, d);
+}
+
 absl::Status ReadLease::CheckIntact(const std::vector<Digest>& digests) {
   std::optional<Digest> bad = repo_->FirstDamaged(digests);
   if (!bad.has_value()) return absl::OkStatus();

@@ -28,6 +28,7 @@
 #include "server/service/checkpoint_service.h"
 #include "server/service/disk_watermark.h"
 #include "server/service/inflight_budget.h"
+#include "server/service/local_data_plane.h"
 #include "server/service/local_socket.h"
 #include "server/service/metrics.h"
 #include "server/service/parse_error_interceptor.h"
@@ -113,6 +114,8 @@ struct Server::Impl {
   ReflectionV1Service reflection_v1{ReflectionV1Service::CkptdServices()};
   std::unique_ptr<grpc::Server> grpc_server;
   LocalSocketFile local_socket;  // path() empty without one
+  // Beside local_socket; null without one.
+  std::unique_ptr<LocalDataPlane> data_plane;
   std::unique_ptr<WebView> web;  // null without http_listen
   int port = 0;
   absl::Notification shutdown_started;
@@ -158,6 +161,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
           std::string(st.message()));
       options.local_socket.clear();
     }
+  }
+  if (!options.local_socket.empty()) {
+    // The data plane's socket sits beside it and must fit sun_path too.
+    const std::string data = LocalDataSocketPath(options.local_socket);
+    if (!CheckLocalSocketPath(data).ok()) {
+      if (!options.local_socket_is_default) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--local_socket ", options.local_socket, " leaves no room for its ",
+            "data socket ", data, " (", data.size(), " bytes; at most ",
+            kMaxLocalSocketPathBytes, "): choose a path at least 5 bytes ",
+            "shorter"));
+      }
+      spdlog::warn(
+          "serving TCP only: the default --local_socket {} leaves no room "
+          "for its data socket (at most {} bytes); set a shorter "
+          "--local_socket PATH",
+          options.local_socket, kMaxLocalSocketPathBytes);
+      options.local_socket.clear();
+    }
+  }
+  if (options.max_staged_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "--max_staged_bytes must be positive (bytes of co-located saves "
+        "staged at once)");
   }
   if (options.max_inflight_bytes < kMinInflightBytes) {
     return absl::InvalidArgumentError(
@@ -356,10 +383,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       return local.status();
     }
     impl->local_socket = *std::move(local);
+    LocalDataPlaneOptions plane;
+    plane.path = LocalDataSocketPath(options.local_socket);
+    plane.max_staged_bytes = options.max_staged_bytes;
+    auto data_plane = LocalDataPlane::Start(plane, impl->service.get(),
+                                            impl->watermark.get());
+    if (!data_plane.ok()) {
+      impl->grpc_server->Shutdown();
+      impl->executor->Shutdown();
+      impl->local_socket.Remove();
+      return data_plane.status();
+    }
+    impl->data_plane = *std::move(data_plane);
     spdlog::info(
         "also serving on the Unix socket {} (mode {:o}; clients: "
-        "unix:{})",
-        options.local_socket, kLocalSocketMode, options.local_socket);
+        "unix:{}), zero-copy data plane on {} (--max_staged_bytes={})",
+        options.local_socket, kLocalSocketMode, options.local_socket,
+        plane.path, options.max_staged_bytes);
   }
   grpc::HealthCheckServiceInterface* health =
       impl->grpc_server->GetHealthCheckService();
@@ -440,6 +480,8 @@ void Server::Shutdown(absl::Duration grace) {
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
   impl_->web.reset();  // waits for the requests it is answering
   impl_->service->SetDraining(true);
+  // Co-located saves already acknowledged are committed first.
+  if (impl_->data_plane != nullptr) impl_->data_plane->Stop();
   impl_->grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   impl_->local_socket.Remove();
   impl_->executor->Shutdown();

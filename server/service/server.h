@@ -63,6 +63,8 @@ struct ServerOptions {
   // before the socket existed; a path someone typed is one they asked for.
   std::string local_socket;
   bool local_socket_is_default = false;
+  // Bytes of co-located saves staged at once (local_data_plane.h).
+  uint64_t max_staged_bytes = uint64_t{4} << 30;
   core::RepositoryOptions repository;
 };
 

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "proto/base/digest.h"
+#include "proto/base/local_frame.h"
 
 namespace ckptd::storage {
 
@@ -90,6 +91,15 @@ class BlobStore {
   // NOT_FOUND when the blob is not stored.
   virtual absl::StatusOr<std::unique_ptr<BlobReader>> Open(
       const Digest& digest) = 0;
+  // For the co-located pull (server/service/local_data_plane.h): a
+  // read-only descriptor of the blob's stored form (blob_format.h: the data
+  // first), or nullopt when this store keeps no file of it (S3): the caller
+  // then reads through Open. NOT_FOUND when the blob is not stored. Nothing
+  // is verified here: whoever maps the bytes checks them against the digest.
+  virtual absl::StatusOr<std::optional<UniqueFd>> OpenStoredFile(
+      const Digest& digest) {
+    return std::optional<UniqueFd>();
+  }
   // Removes a blob durably; OK when it is not stored.
   virtual absl::Status Delete(const Digest& digest) = 0;
   // Calls `fn` for every committed blob (order unspecified).

@@ -115,6 +115,7 @@ class Fd {
   ~Fd() { Reset(); }
   int get() const { return fd_; }
   bool valid() const { return fd_ >= 0; }
+  int Release() { return std::exchange(fd_, -1); }
   void Reset() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -328,6 +329,8 @@ class FileBlobStore final : public BlobStore {
       const Digest& expected) override;
   absl::StatusOr<std::optional<uint64_t>> Stat(const Digest& digest) override;
   absl::StatusOr<std::unique_ptr<BlobReader>> Open(
+      const Digest& digest) override;
+  absl::StatusOr<std::optional<UniqueFd>> OpenStoredFile(
       const Digest& digest) override;
   absl::Status Delete(const Digest& digest) override;
   absl::Status ForEach(
@@ -588,6 +591,20 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
   ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   return std::make_unique<FileBlobReader>(
       std::move(path), digest, *std::move(fd), footer, std::move(checksums));
+}
+
+absl::StatusOr<std::optional<UniqueFd>> FileBlobStore::OpenStoredFile(
+    const Digest& digest) {
+  std::string path = BlobPath(blobs_dir_, digest);
+  absl::StatusOr<Fd> fd = OpenFile(path, O_RDONLY, "open blob");
+  if (!fd.ok()) {
+    if (absl::IsNotFound(fd.status())) {
+      return absl::NotFoundError(
+          absl::StrCat("blob ", digest.Hex(), " is not stored"));
+    }
+    return fd.status();
+  }
+  return std::optional<UniqueFd>(UniqueFd(fd->Release()));
 }
 
 absl::Status FileBlobStore::Delete(const Digest& digest) {

@@ -175,6 +175,36 @@ class RefWatch {
   virtual void Cancel() = 0;
 };
 
+// A save staged in the daemon's memory over the co-located data plane
+// (Client::StagePush). The daemon commits it whether or not this process
+// lives on.
+class StagedPush {
+ public:
+  virtual ~StagedPush() = default;
+  // The pending version the shard goes into.
+  virtual uint64_t version() const = 0;
+  // Waits until the daemon has stored the bytes and committed the shard;
+  // returns the version as CommitShard reports it. Call once.
+  virtual absl::StatusOr<VersionInfo> Wait() = 0;
+};
+
+// Blob bytes mapped from the daemon's blob file: private (copy-on-write:
+// writes stay in this process), verified against the digest when mapped.
+// Unmapped when the last reference goes.
+class MappedBlob {
+ public:
+  MappedBlob(char* data, uint64_t size) : data_(data), size_(size) {}
+  ~MappedBlob();
+  MappedBlob(const MappedBlob&) = delete;
+  MappedBlob& operator=(const MappedBlob&) = delete;
+  char* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  char* data_;
+  uint64_t size_;
+};
+
 struct ClientOptions {
   std::string address;  // empty: DefaultServerAddress()
   std::string token;    // bearer token, sent as "authorization: Bearer ..."
@@ -205,6 +235,25 @@ class Client {
                                            const PushOptions& options) = 0;
   virtual absl::Status AbortVersion(const std::string& run, uint64_t version,
                                     const std::string& reason) = 0;
+
+  // ---- Co-located (address unix:PATH; README, Co-located clients) ----
+  // Copies the request's tensors into memory the daemon owns and hands it
+  // over; returns once the daemon holds that snapshot, so the caller may
+  // change its tensors. StagedPush::Wait() then waits for the commit.
+  // UNIMPLEMENTED when the address is not unix: or the daemon serves no
+  // data plane (use Push); FAILED_PRECONDITION for CUDA tensors;
+  // RESOURCE_EXHAUSTED for a state larger than the daemon's
+  // --max_staged_bytes (it waits while others' saves fill it).
+  virtual absl::StatusOr<std::unique_ptr<StagedPush>> StagePush(
+      const PushRequest& request) = 0;
+  // The blobs `digests` (16-byte wire form) of a committed version, mapped
+  // from the daemon's files and verified. UNIMPLEMENTED when the address is
+  // not unix:, the daemon serves no data plane or keeps no blob files (S3):
+  // use ReadTensors. DATA_LOSS when a blob fails verification (ReadTensors
+  // then tells the daemon, which quarantines it).
+  virtual absl::StatusOr<std::vector<std::shared_ptr<MappedBlob>>> MapBlobs(
+      const std::string& run, uint64_t version,
+      const std::vector<std::string>& digests) = 0;
 
   // ---- Pull ----
   virtual absl::StatusOr<VersionManifest> GetVersion(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import os
 import numbers
 import operator
@@ -31,6 +32,7 @@ from .errors import (
     DataLossError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     StateDictMismatchError,
     UnimplementedError,
 )
@@ -50,6 +52,8 @@ DEFAULT_MAX_PENDING_SAVES = 2
 # How long one native wait of AliasWatch.__next__ lasts: between waits the
 # interpreter runs, so Ctrl-C stops a blocked watch within this time.
 _WATCH_POLL_SECONDS = 0.2
+
+_log = logging.getLogger("ckptd")
 
 _cuda_lock = threading.Lock()
 _cuda_native: Optional[bool] = None
@@ -188,14 +192,15 @@ class _Placement:
 
 
 class _Reader:
-    """Allocates destination tensors for manifest entries and fills them in one
-    ``read_tensors`` call (all shards' streams in parallel)."""
+    """Destination tensors for manifest entries, filled in one ``read_tensors``
+    call (all shards' streams in parallel), or mapped from a co-located
+    daemon's blob files (``map``)."""
 
     def __init__(self, manifest: Any) -> None:
         self._manifest = manifest
-        self._dests: List[Tuple[int, int, int, int]] = []
-        self._devices: List[int] = []
-        # (shard, entry) -> (tensor being filled, final device or None)
+        # (shard, entry) -> (dtype, shape, nbytes, device)
+        self._wanted: Dict[Tuple[int, int], Tuple[torch.dtype, Tuple[int, ...], int, torch.device]] = {}
+        # (shard, entry) -> (tensor, final device or None)
         self._tensors: Dict[Tuple[int, int], Tuple[torch.Tensor, Optional[torch.device]]] = {}
 
     def add(self, shard: int, index: int, entry: Tuple[Any, ...], device: torch.device) -> None:
@@ -206,32 +211,58 @@ class _Reader:
                 f"tensor '{_tree.path_string(path)}' has dtype {_tree.dtype_name(code)}, "
                 f"which torch {torch.__version__} does not have"
             )
-        move_to: Optional[torch.device] = None
-        native_device = _tree.HOST_DEVICE
-        if device.type == "cuda" and _native_cuda():
-            tensor = torch.empty(shape, dtype=dtype, device=device)
-            native_device = tensor.device.index
-        else:
-            tensor = torch.empty(shape, dtype=dtype)
-            if device.type != "cpu":
-                move_to = device
-        if tensor.numel() * tensor.element_size() != nbytes:
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * _native.dtype_size(code) != nbytes:
             raise DataLossError(
                 f"tensor '{_tree.path_string(path)}': manifest says {nbytes} bytes for shape "
                 f"{list(shape)} of {dtype}"
             )
-        self._tensors[(shard, index)] = (tensor, move_to)
-        if nbytes:
-            self._dests.append((shard, index, tensor.data_ptr(), native_device))
-            self._devices.append(native_device)
+        self._wanted[(shard, index)] = (dtype, tuple(shape), nbytes, device)
+
+    def mappable(self) -> bool:
+        """Whether every tensor goes to host memory (what a mapping gives)."""
+        return all(device.type == "cpu" for _, _, _, device in self._wanted.values())
+
+    def map(self, client: Any) -> None:
+        """Maps every tensor from the daemon's blob files, copy-on-write, after
+        the native side has checked each blob against its digest."""
+        keys = [k for k, (_, _, nbytes, _) in self._wanted.items() if nbytes]
+        mapped = client.map_tensors(self._manifest, keys) if keys else []
+        tensors = {}
+        for key, (blob, offset) in zip(keys, mapped):
+            dtype, shape, nbytes, _ = self._wanted[key]
+            flat = torch.frombuffer(blob, dtype=torch.uint8, count=nbytes, offset=offset)
+            tensors[key] = (flat.view(dtype).view(shape), None)
+        for key, (dtype, shape, nbytes, _) in self._wanted.items():
+            if not nbytes:
+                tensors[key] = (torch.empty(shape, dtype=dtype), None)
+        self._tensors = tensors
 
     def read(self, client: Any, progress: Optional[Callable[[int, int], Any]] = None) -> None:
-        if self._dests:
-            _sync_cuda(self._devices)
-            if progress is None:
-                client.read_tensors(self._manifest, self._dests)
+        dests = []
+        devices = []
+        for (shard, index), (dtype, shape, nbytes, device) in self._wanted.items():
+            move_to: Optional[torch.device] = None
+            native_device = _tree.HOST_DEVICE
+            if device.type == "cuda" and _native_cuda():
+                tensor = torch.empty(shape, dtype=dtype, device=device)
+                native_device = tensor.device.index
             else:
-                client.read_tensors(self._manifest, self._dests, progress=progress)
+                tensor = torch.empty(shape, dtype=dtype)
+                if device.type != "cpu":
+                    move_to = device
+            self._tensors[(shard, index)] = (tensor, move_to)
+            if nbytes:
+                dests.append((shard, index, tensor.data_ptr(), native_device))
+                devices.append(native_device)
+        if dests:
+            _sync_cuda(devices)
+            if progress is None:
+                client.read_tensors(self._manifest, dests)
+            else:
+                client.read_tensors(self._manifest, dests, progress=progress)
 
     def get(self, shard: int, index: int) -> torch.Tensor:
         tensor, move_to = self._tensors[(shard, index)]
@@ -336,6 +367,9 @@ class Client:
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
         self.max_pending_saves: int = _int(max_pending_saves, "max_pending_saves", 1)
+        # unix:PATH: saves and loads go through the daemon's zero-copy data
+        # plane (PATH.data) until it answers that it has none.
+        self._local_plane: bool = self.address.startswith("unix:")
         # One slot per save_async snapshot alive; taken before the snapshot is
         # copied, given back once its upload has dropped the copy.
         self._save_slots = threading.BoundedSemaphore(self.max_pending_saves)
@@ -441,6 +475,13 @@ class Client:
         args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
         stored = sum(e[5] for e in flat.entries if e[1] == _tree.ENTRY_TENSOR)
         report = _progress.reporter(progress, f"save {run}", stored_bytes=stored)
+        if self._host_only(flat):
+            staged = self._stage(args, flat)
+            if staged is not None:
+                info = VersionInfo._from_native(staged.wait())
+                if report is not None:
+                    report(stored, stored)
+                return info
         _sync_cuda(leaf.device for leaf in flat.tensors)
         return self._push(args, flat, report)
 
@@ -487,22 +528,56 @@ class Client:
         """
         flat = _tree.flatten(state, native_cuda=False)
         args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
+        staged = self._stage(args, flat)
+        if staged is not None:
+            # The daemon holds the snapshot; only the wait for its commit
+            # is left, in call order with this client's other saves.
+            future = self._background().submit(lambda: VersionInfo._from_native(staged.wait()))
+            return SaveHandle(future, run, args["step"])
         # Wait for a slot before copying, so that no more than
         # max_pending_saves snapshots ever exist (GIL released while waiting).
         self._save_slots.acquire()
         try:
             _tree.snapshot(flat)
-            with self._executor_lock:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=1, thread_name_prefix="ckptd-save"
-                    )
-                future = self._executor.submit(self._push_async, args, flat)
+            future = self._background().submit(self._push_async, args, flat)
         except BaseException:
             flat.release()
             self._save_slots.release()
             raise
         return SaveHandle(future, run, args["step"])
+
+    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptd-save")
+            return self._executor
+
+    @staticmethod
+    def _host_only(flat: _tree.Flattened) -> bool:
+        return all(leaf.device == _tree.HOST_DEVICE for leaf in flat.tensors)
+
+    def _stage(self, args: Dict[str, Any], flat: _tree.Flattened) -> Any:
+        """Hands ``flat``'s tensors to a co-located daemon (one copy into its
+        memory, GIL released) and returns the native StagedPush, or None when
+        this client is not co-located, the daemon has no data plane, or the
+        state is larger than the daemon's ``--max_staged_bytes`` (then the
+        caller pushes over the socket's gRPC instead). Releases ``flat`` once
+        the daemon holds the copy."""
+        if not self._local_plane:
+            return None
+        try:
+            staged = self._native.stage_push(entries=flat.entries, **args)
+        except UnimplementedError as e:
+            _log.info("ckptd: %s; saving and loading over gRPC instead", e)
+            self._local_plane = False
+            return None
+        except ResourceExhaustedError as e:
+            if "--max_staged_bytes" not in str(e):
+                raise
+            _log.warning("ckptd: %s; this save goes over gRPC instead", e)
+            return None
+        flat.release()
+        return staged
 
     def _push_async(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
         try:
@@ -665,7 +740,8 @@ class Client:
                 if entries[i][1] == _tree.ENTRY_TENSOR:
                     reader.add(shard, i, entries[i], placement.device)
             plans.append((shard, entries, indices))
-        reader.read(self._native, report)
+        if not (self._local_plane and reader.mappable() and self._map(reader)):
+            reader.read(self._native, report)
         states = {}
         for shard, entries, indices in plans:
             states[manifest.shard_rank(shard)] = _tree.unflatten(
@@ -809,6 +885,22 @@ class Client:
         with torch.no_grad():
             model.load_state_dict(new_state, strict=False)
         return LoadResult(missing, unexpected, mismatched, info)
+
+    def _map(self, reader: _Reader) -> bool:
+        """Maps ``reader``'s tensors from a co-located daemon's blob files;
+        False when that is not possible here (the caller reads over gRPC)."""
+        try:
+            reader.map(self._native)
+        except UnimplementedError as e:
+            _log.info("ckptd: %s; loading over gRPC instead", e)
+            self._local_plane = False
+            return False
+        except DataLossError as e:
+            # The gRPC read checks the daemon's copy too and has it
+            # quarantine a damaged blob: its error is the one to raise.
+            _log.warning("ckptd: %s; reading over gRPC instead", e)
+            return False
+        return True
 
     def _get_manifest(self, run: str, ref: Ref, rank: Optional[int], world_size: Optional[int] = None) -> Any:
         ranks = [] if rank is None else [_int(rank, "rank", 0)]

@@ -151,6 +151,60 @@ class NativeWatch {
   std::shared_ptr<RefWatch> watch_;
 };
 
+PushRequest RequestFromPython(const std::string& run, int64_t step,
+                              int64_t epoch, uint32_t rank, uint32_t world_size,
+                              const std::map<std::string, double>& metrics,
+                              const std::map<std::string, std::string>& env,
+                              const std::map<std::string, std::string>& labels,
+                              const py::list& entries) {
+  PushRequest request;
+  request.run = run;
+  request.step = step;
+  request.epoch = epoch;
+  request.rank = rank;
+  request.world_size = world_size;
+  request.metrics = metrics;
+  for (const auto& [k, v] : env) {
+    if (k == "torch_version") {
+      request.env.set_torch_version(v);
+    } else if (k == "cuda_version") {
+      request.env.set_cuda_version(v);
+    } else if (k == "python_version") {
+      request.env.set_python_version(v);
+    } else if (k == "hostname") {
+      request.env.set_hostname(v);
+    } else if (k == "client_version") {
+      request.env.set_client_version(v);
+    } else {
+      throw StatusError(absl::InvalidArgumentError(
+          absl::StrCat("unknown environment field '", k, "'")));
+    }
+  }
+  request.env.mutable_labels()->insert(labels.begin(), labels.end());
+  request.entries = EntriesFromPython(entries);
+  return request;
+}
+
+// A co-located save the daemon holds (Client.stage_push): wait() releases
+// the GIL until the daemon reports the commit.
+class NativeStagedPush {
+ public:
+  explicit NativeStagedPush(std::unique_ptr<StagedPush> staged)
+      : staged_(std::move(staged)) {}
+  uint64_t version() const { return staged_->version(); }
+  py::dict Wait() {
+    absl::StatusOr<VersionInfo> info;
+    {
+      py::gil_scoped_release release;
+      info = staged_->Wait();
+    }
+    return VersionInfoToPython(ValueOrThrow(std::move(info)));
+  }
+
+ private:
+  std::unique_ptr<StagedPush> staged_;
+};
+
 // The Python-facing client: a ckptd::Client plus the push/pull options every
 // call uses.
 class NativeClient {
@@ -185,31 +239,8 @@ class NativeClient {
                 const std::map<std::string, std::string>& env,
                 const std::map<std::string, std::string>& labels,
                 const py::list& entries, py::object progress) {
-    PushRequest request;
-    request.run = run;
-    request.step = step;
-    request.epoch = epoch;
-    request.rank = rank;
-    request.world_size = world_size;
-    request.metrics = metrics;
-    for (const auto& [k, v] : env) {
-      if (k == "torch_version") {
-        request.env.set_torch_version(v);
-      } else if (k == "cuda_version") {
-        request.env.set_cuda_version(v);
-      } else if (k == "python_version") {
-        request.env.set_python_version(v);
-      } else if (k == "hostname") {
-        request.env.set_hostname(v);
-      } else if (k == "client_version") {
-        request.env.set_client_version(v);
-      } else {
-        throw StatusError(absl::InvalidArgumentError(
-            absl::StrCat("unknown environment field '", k, "'")));
-      }
-    }
-    request.env.mutable_labels()->insert(labels.begin(), labels.end());
-    request.entries = EntriesFromPython(entries);
+    PushRequest request = RequestFromPython(run, step, epoch, rank, world_size,
+                                            metrics, env, labels, entries);
     PythonProgress reporter(std::move(progress));
     PushOptions options = push_options_;
     options.progress = reporter.Function();
@@ -220,6 +251,67 @@ class NativeClient {
     }
     py::dict out = VersionInfoToPython(ValueOrThrow(std::move(info)));
     reporter.Rethrow();
+    return out;
+  }
+
+  // The co-located save: returns once the daemon holds the snapshot.
+  std::unique_ptr<NativeStagedPush> StagePush(
+      const std::string& run, int64_t step, int64_t epoch, uint32_t rank,
+      uint32_t world_size, const std::map<std::string, double>& metrics,
+      const std::map<std::string, std::string>& env,
+      const std::map<std::string, std::string>& labels,
+      const py::list& entries) {
+    PushRequest request = RequestFromPython(run, step, epoch, rank, world_size,
+                                            metrics, env, labels, entries);
+    absl::StatusOr<std::unique_ptr<StagedPush>> staged;
+    {
+      py::gil_scoped_release release;
+      staged = client_->StagePush(request);
+    }
+    return std::make_unique<NativeStagedPush>(ValueOrThrow(std::move(staged)));
+  }
+
+  // The co-located pull: for each (shard, entry) of `dests`, the mapped,
+  // verified blob holding it and the tensor's offset in it.
+  py::list MapTensors(const VersionManifest& version, const py::list& dests) {
+    std::vector<std::pair<size_t, size_t>> wanted;
+    std::vector<std::string> digests;
+    std::map<std::string, size_t> index;  // digest -> position in digests
+    for (const py::handle item : dests) {
+      auto [shard, entry] = item.cast<std::pair<size_t, size_t>>();
+      if (shard >= version.shards.size() ||
+          entry >= static_cast<size_t>(version.shards[shard].entries_size()) ||
+          !version.shards[shard].entries(entry).has_tensor()) {
+        throw StatusError(absl::InvalidArgumentError(
+            absl::StrCat("(shard ", shard, ", entry ", entry,
+                         ") is not a tensor entry of the manifest")));
+      }
+      const std::string& d =
+          version.shards[shard].entries(entry).tensor().blob_digest();
+      if (index.emplace(d, digests.size()).second) digests.push_back(d);
+      wanted.emplace_back(shard, entry);
+    }
+    absl::StatusOr<std::vector<std::shared_ptr<MappedBlob>>> blobs;
+    {
+      py::gil_scoped_release release;
+      blobs = client_->MapBlobs(version.info.run(), version.info.version(),
+                                digests);
+    }
+    std::vector<std::shared_ptr<MappedBlob>> mapped =
+        ValueOrThrow(std::move(blobs));
+    py::list out;
+    for (const auto& [shard, entry] : wanted) {
+      const v1::TensorInfo& t = version.shards[shard].entries(entry).tensor();
+      const std::shared_ptr<MappedBlob>& blob = mapped[index[t.blob_digest()]];
+      if (t.blob_offset() > blob->size() ||
+          t.byte_length() > blob->size() - t.blob_offset()) {
+        throw StatusError(absl::DataLossError(absl::StrCat(
+            "tensor '",
+            DottedKeyPath(version.shards[shard].entries(entry).path()),
+            "' lies outside its mapped blob")));
+      }
+      out.append(py::make_tuple(blob, t.blob_offset()));
+    }
     return out;
   }
 
@@ -542,6 +634,21 @@ PYBIND11_MODULE(_native, m) {
       .def("cancel", &NativeWatch::Cancel)
       .def("close", &NativeWatch::Close);
 
+  py::class_<MappedBlob, std::shared_ptr<MappedBlob>>(m, "MappedBlob",
+                                                      py::buffer_protocol())
+      .def_buffer([](MappedBlob& b) {
+        return py::buffer_info(b.data(), 1,
+                               py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.size())}, {1},
+                               /*readonly=*/false);
+      })
+      .def("__len__", [](const MappedBlob& b) { return b.size(); });
+
+  py::class_<NativeStagedPush>(m, "StagedPush")
+      .def_property_readonly("version", &NativeStagedPush::version)
+      .def("wait", &NativeStagedPush::Wait,
+           "Waits (GIL released) for the daemon's commit; the version info.");
+
   py::class_<NativeClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, const std::string&,
                     int, double, int, int, const std::string&,
@@ -554,6 +661,12 @@ PYBIND11_MODULE(_native, m) {
            py::arg("epoch"), py::arg("rank"), py::arg("world_size"),
            py::arg("metrics"), py::arg("env"), py::arg("labels"),
            py::arg("entries"), py::arg("progress") = py::none())
+      .def("stage_push", &NativeClient::StagePush, py::arg("run"),
+           py::arg("step"), py::arg("epoch"), py::arg("rank"),
+           py::arg("world_size"), py::arg("metrics"), py::arg("env"),
+           py::arg("labels"), py::arg("entries"))
+      .def("map_tensors", &NativeClient::MapTensors, py::arg("manifest"),
+           py::arg("dests"))
       .def("abort_version", &NativeClient::AbortVersion, py::arg("run"),
            py::arg("version"), py::arg("reason"))
       .def("get_version", &NativeClient::GetVersion, py::arg("run"),

@@ -1,0 +1,565 @@
+#include "server/service/local_data_plane.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "proto/base/error_reason.h"
+#include "proto/base/local_frame.h"
+#include "proto/base/status.h"
+#include "server/core/staged_commit.h"
+#include "server/service/local_socket.h"
+#include "server/storage/blob_format.h"
+#include "spdlog/spdlog.h"
+
+namespace ckptd::service {
+namespace {
+
+// Digests one map request may name: their descriptors travel in one frame.
+constexpr int kMaxMapDigests = static_cast<int>(kMaxLocalFrameFds);
+
+std::string HumanSize(uint64_t bytes) {
+  if (bytes >= (uint64_t{1} << 30)) {
+    return absl::StrCat(absl::SixDigits(static_cast<double>(bytes) /
+                                        static_cast<double>(1 << 30)),
+                        " GiB");
+  }
+  return absl::StrCat(absl::SixDigits(static_cast<double>(bytes) / (1 << 20)),
+                      " MiB");
+}
+
+v1::LocalReply ErrorReply(const absl::Status& st) {
+  v1::LocalReply reply;
+  *reply.mutable_status() = ToRpcStatus(st);
+  return reply;
+}
+
+absl::Status DrainingError() {
+  return WithReason(absl::UnavailableError("ckptd is shutting down; retry "
+                                           "against the restarted server"),
+                    v1::SERVER_DRAINING);
+}
+
+std::optional<absl::string_view> Authorization(const std::string& bearer,
+                                               const std::string& token) {
+  if (token.empty()) return std::nullopt;
+  return absl::string_view(bearer);
+}
+
+}  // namespace
+
+std::string LocalDataSocketPath(absl::string_view local_socket) {
+  return absl::StrCat(local_socket, ".data");
+}
+
+class LocalDataPlane::Impl {
+ public:
+  Impl(LocalDataPlaneOptions options, CheckpointService* service,
+       DiskWatermark* watermark)
+      : options_(std::move(options)),
+        service_(service),
+        watermark_(watermark) {}
+
+  ~Impl() { Stop(); }
+
+  absl::Status Bind();
+  void Run() {
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+    worker_ = std::thread([this] { WorkLoop(); });
+  }
+  void Stop();
+  const std::string& path() const { return file_.path(); }
+  uint64_t staged_bytes() const {
+    absl::MutexLock lock(&mu_);
+    return staged_;
+  }
+
+ private:
+  // A memfd staged for one connection, with its share of the budget.
+  struct Stage {
+    UniqueFd memfd;
+    uint64_t bytes = 0;
+  };
+
+  void AcceptLoop();
+  void Serve(int fd);
+  // One request; false ends the connection.
+  bool Handle(int fd, const v1::LocalRequest& req, std::optional<Stage>* stage);
+  v1::LocalReply Map(const v1::LocalRequest& req, std::vector<UniqueFd>* fds);
+  absl::StatusOr<Stage> TakeStage(const v1::LocalRequest& req);
+  void ReleaseStage(Stage& stage);
+  // Seals and commits `stage`; sends `staged` then the final reply on fd.
+  void Commit(int fd, const v1::LocalRequest& req, Stage stage);
+  void WorkLoop();
+
+  const LocalDataPlaneOptions options_;
+  CheckpointService* const service_;
+  DiskWatermark* const watermark_;
+  UniqueFd listener_;
+  UniqueFd wake_read_, wake_write_;  // a pipe that ends poll() at Stop
+  LocalSocketFile file_;
+  std::thread acceptor_;
+  std::thread worker_;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t staged_ ABSL_GUARDED_BY(mu_) = 0;
+  struct Connection {
+    int fd;
+    std::thread thread;
+    bool done = false;
+  };
+  std::list<Connection> connections_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  bool worker_exit_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+absl::Status LocalDataPlane::Impl::Bind() {
+  CKPTD_RETURN_IF_ERROR(CheckLocalSocketPath(options_.path));
+  CKPTD_RETURN_IF_ERROR(ClearLocalSocketPath(options_.path));
+  listener_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener_.valid()) {
+    return ErrnoToStatus(errno, "socket for the co-located data plane");
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, options_.path.data(), options_.path.size());
+  {
+    const LocalSocketUmask umask;  // 0600 until published
+    if (::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr),
+               sizeof(addr)) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("bind ", options_.path));
+    }
+  }
+  if (::listen(listener_.get(), 64) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("listen on ", options_.path));
+  }
+  CKPTD_ASSIGN_OR_RETURN(file_, LocalSocketFile::Publish(options_.path));
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    return ErrnoToStatus(errno, "pipe for the co-located data plane");
+  }
+  wake_read_.reset(pipe_fds[0]);
+  wake_write_.reset(pipe_fds[1]);
+  return absl::OkStatus();
+}
+
+void LocalDataPlane::Impl::AcceptLoop() {
+  for (;;) {
+    pollfd fds[2] = {{listener_.get(), POLLIN, 0},
+                     {wake_read_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("co-located data plane: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
+      spdlog::warn("co-located data plane: accept: {}", std::strerror(errno));
+      absl::SleepFor(absl::Milliseconds(50));  // EMFILE and the like
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    // Join the connections that ended.
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      if (it->done) {
+        it->thread.join();
+        it = connections_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (stopping_ ||
+        connections_.size() >= static_cast<size_t>(options_.max_connections)) {
+      spdlog::warn(
+          "co-located data plane: refusing a connection ({} open, the "
+          "limit)",
+          connections_.size());
+      ::close(fd);
+      continue;
+    }
+    connections_.push_back(Connection{fd, {}, false});
+    Connection* c = &connections_.back();
+    c->thread = std::thread([this, c] {
+      Serve(c->fd);
+      absl::MutexLock lock(&mu_);
+      ::close(c->fd);
+      c->fd = -1;
+      c->done = true;
+    });
+  }
+}
+
+void LocalDataPlane::Impl::Serve(int fd) {
+  ucred peer{};
+  socklen_t len = sizeof(peer);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0) {
+    spdlog::debug("co-located data plane: connection from pid {} uid {}",
+                  peer.pid, peer.uid);
+  }
+  std::optional<Stage> stage;
+  for (;;) {
+    v1::LocalRequest req;
+    std::vector<UniqueFd> fds;
+    absl::Status st = RecvLocalFrame(fd, &req, &fds);
+    if (!st.ok()) {
+      if (!absl::IsUnavailable(st)) {
+        (void)SendLocalFrame(fd, ErrorReply(st));
+      }
+      break;
+    }
+    if (!fds.empty()) {
+      (void)SendLocalFrame(
+          fd, ErrorReply(absl::InvalidArgumentError(
+                  "a co-located request carries no file descriptors")));
+      break;
+    }
+    if (!Handle(fd, req, &stage)) break;
+  }
+  if (stage.has_value()) ReleaseStage(*stage);
+}
+
+bool LocalDataPlane::Impl::Handle(int fd, const v1::LocalRequest& req,
+                                  std::optional<Stage>* stage) {
+  switch (req.op_case()) {
+    case v1::LocalRequest::kMap: {
+      std::vector<UniqueFd> fds;
+      v1::LocalReply reply = Map(req, &fds);
+      std::vector<int> raw;
+      for (const UniqueFd& f : fds) raw.push_back(f.get());
+      return SendLocalFrame(fd, reply, raw).ok();
+    }
+    case v1::LocalRequest::kStage: {
+      if (stage->has_value()) {
+        return SendLocalFrame(
+                   fd, ErrorReply(absl::FailedPreconditionError(
+                           "this connection already holds staged memory; "
+                           "commit it (or close the connection) first")))
+            .ok();
+      }
+      absl::StatusOr<Stage> s = TakeStage(req);
+      if (!s.ok()) return SendLocalFrame(fd, ErrorReply(s.status())).ok();
+      v1::LocalReply reply;
+      reply.mutable_stage()->set_bytes(s->bytes);
+      const int memfd = s->memfd.get();
+      *stage = *std::move(s);
+      return SendLocalFrame(fd, reply, {&memfd, 1}).ok();
+    }
+    case v1::LocalRequest::kCommit: {
+      if (!stage->has_value()) {
+        return SendLocalFrame(
+                   fd, ErrorReply(absl::FailedPreconditionError(
+                           "nothing is staged on this connection: send a "
+                           "stage request (and fill its memory) first")))
+            .ok();
+      }
+      Stage s = std::move(**stage);
+      stage->reset();
+      Commit(fd, req, std::move(s));
+      return true;
+    }
+    default:
+      (void)SendLocalFrame(fd, ErrorReply(absl::InvalidArgumentError(
+                                   "a co-located request names no operation "
+                                   "(map, stage or commit)")));
+      return false;
+  }
+}
+
+v1::LocalReply LocalDataPlane::Impl::Map(const v1::LocalRequest& req,
+                                         std::vector<UniqueFd>* fds) {
+  const v1::LocalMapRequest& m = req.map();
+  const std::string bearer = absl::StrCat("Bearer ", req.token());
+  absl::StatusOr<Principal> caller = service_->access().Authorize(
+      Authorization(bearer, req.token()), nullptr, Method::kReadBlobs, m.run());
+  if (!caller.ok()) return ErrorReply(caller.status());
+  if (m.digests_size() > kMaxMapDigests) {
+    return ErrorReply(absl::InvalidArgumentError(absl::StrCat(
+        "a map request names ", m.digests_size(), " blobs; the limit is ",
+        kMaxMapDigests, " (send several requests)")));
+  }
+  absl::StatusOr<std::unique_ptr<core::ReadLease>> lease =
+      service_->repo()->LeaseForRead(m.run(), m.version());
+  if (!lease.ok()) return ErrorReply(lease.status());
+  v1::LocalReply reply;
+  v1::LocalMapReply* out = reply.mutable_map();
+  for (const std::string& raw : m.digests()) {
+    absl::StatusOr<Digest> d = DigestFromBytes(raw);
+    if (!d.ok()) return ErrorReply(d.status());
+    if (!(*lease)->Contains(*d)) {
+      return ErrorReply(absl::NotFoundError(absl::StrCat(
+          "blob ", d->Hex(), " is not part of ", m.run(), "@", m.version())));
+    }
+    absl::StatusOr<std::optional<UniqueFd>> f = (*lease)->OpenStoredFile(*d);
+    if (!f.ok()) return ErrorReply(f.status());
+    if (!f->has_value()) {
+      return ErrorReply(absl::UnimplementedError(
+          "this ckptd keeps no blob files on this host (S3 store or read "
+          "cache): read over gRPC instead"));
+    }
+    struct stat st;
+    if (::fstat((*f)->get(), &st) != 0) {
+      return ErrorReply(ErrnoToStatus(errno, "fstat of a blob"));
+    }
+    std::optional<uint64_t> data_size =
+        storage::DataSizeOfStoredBlob(static_cast<uint64_t>(st.st_size));
+    if (!data_size.has_value()) {
+      // Cut short or grown: the checked read path quarantines and explains.
+      return ErrorReply(absl::UnimplementedError(
+          absl::StrCat("blob ", d->Hex(), " of ", m.run(), "@", m.version(),
+                       " does not have the size of a stored blob; read it "
+                       "over gRPC, which checks it")));
+    }
+    out->add_data_sizes(*data_size);
+    fds->push_back(std::move(**f));
+  }
+  return reply;
+}
+
+absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
+    const v1::LocalRequest& req) {
+  const v1::LocalStageRequest& s = req.stage();
+  const std::string bearer = absl::StrCat("Bearer ", req.token());
+  CKPTD_RETURN_IF_ERROR(service_->access()
+                            .Authorize(Authorization(bearer, req.token()),
+                                       nullptr, Method::kUploadBlobs, s.run())
+                            .status());
+  if (service_->draining()) return DrainingError();
+  if (s.bytes() > options_.max_staged_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a co-located save of ", s.bytes(), " bytes (", HumanSize(s.bytes()),
+        ") is larger than --max_staged_bytes=", options_.max_staged_bytes, " (",
+        HumanSize(options_.max_staged_bytes), "); raise it, or save over TCP"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    const uint64_t want = s.bytes();
+    const uint64_t max = options_.max_staged_bytes;
+    auto fits = [this, want, max]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return stopping_ || staged_ + want <= max;
+    };
+    mu_.Await(absl::Condition(&fits));
+    if (stopping_) return DrainingError();
+    staged_ += want;
+  }
+  Stage stage;
+  stage.bytes = s.bytes();
+  stage.memfd.reset(
+      ::memfd_create("ckptd-staged-save", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  absl::Status st;
+  if (!stage.memfd.valid()) {
+    st = ErrnoToStatus(errno, "memfd_create for a co-located save");
+  } else if (::ftruncate(stage.memfd.get(), static_cast<off_t>(stage.bytes)) !=
+             0) {
+    st = ErrnoToStatus(errno, "sizing the staged memory");
+  }
+  if (!st.ok()) {
+    ReleaseStage(stage);
+    return st;
+  }
+  return stage;
+}
+
+void LocalDataPlane::Impl::ReleaseStage(Stage& stage) {
+  stage.memfd.reset();
+  absl::MutexLock lock(&mu_);
+  staged_ -= stage.bytes;
+  stage.bytes = 0;
+}
+
+void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
+                                  Stage stage) {
+  const v1::LocalCommitRequest& c = req.commit();
+  const std::string& run = c.begin().run();
+  auto fail = [&](const absl::Status& st) {
+    ReleaseStage(stage);
+    (void)SendLocalFrame(fd, ErrorReply(st));
+  };
+  const std::string bearer = absl::StrCat("Bearer ", req.token());
+  absl::StatusOr<Principal> caller = service_->access().Authorize(
+      Authorization(bearer, req.token()), nullptr, Method::kCommitShard, run);
+  if (!caller.ok()) return fail(caller.status());
+  if (service_->draining()) return fail(DrainingError());
+  // From here on nobody can change the bytes: the client unmapped them (a
+  // writable mapping left anywhere makes F_SEAL_WRITE fail with EBUSY).
+  if (::fcntl(stage.memfd.get(), F_ADD_SEALS,
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+    if (errno == EBUSY) {
+      return fail(absl::FailedPreconditionError(
+          "the staged memory is still mapped writable; unmap it before "
+          "committing"));
+    }
+    return fail(ErrnoToStatus(errno, "sealing the staged memory"));
+  }
+  const char* data = nullptr;
+  if (stage.bytes > 0) {
+    void* p = ::mmap(nullptr, stage.bytes, PROT_READ, MAP_SHARED,
+                     stage.memfd.get(), 0);
+    if (p == MAP_FAILED) {
+      return fail(ErrnoToStatus(errno, "mapping the staged memory"));
+    }
+    data = static_cast<const char*>(p);
+  }
+  auto unmap = [data, bytes = stage.bytes] {
+    if (data != nullptr) ::munmap(const_cast<char*>(data), bytes);
+  };
+  const std::string what =
+      absl::StrCat("co-located save of ", run, " step ", c.begin().step());
+  std::optional<DiskWatermark::Reservation> reservation;
+  if (watermark_ != nullptr) {
+    absl::Status st = watermark_->CheckBegin(what);
+    absl::StatusOr<DiskWatermark::Reservation> r =
+        st.ok() ? watermark_->Reserve(stage.bytes, what)
+                : absl::StatusOr<DiskWatermark::Reservation>(st);
+    if (!r.ok()) {
+      unmap();
+      return fail(r.status());
+    }
+    reservation = *std::move(r);
+  }
+  const core::Actor actor = service_->ActorOf(*caller);
+  absl::StatusOr<v1::BeginVersionResponse> begun =
+      service_->repo()->BeginVersion(c.begin(), actor);
+  if (!begun.ok()) {
+    unmap();
+    return fail(begun.status());
+  }
+  v1::CommitShardRequest shard = c.shard();
+  shard.set_run(run);
+  shard.set_version(begun->version());
+  {
+    v1::LocalReply staged;
+    staged.mutable_staged()->set_version(begun->version());
+    // The client may be gone already: the commit goes on regardless.
+    (void)SendLocalFrame(fd, staged);
+  }
+  absl::Notification done;
+  absl::StatusOr<v1::VersionInfo> result;
+  const absl::Time start = absl::Now();
+  auto job = [&] {
+    result = core::CommitStagedShard(
+        *service_->repo(), absl::string_view(data, stage.bytes),
+        std::move(shard), actor, [patterns = *caller](absl::string_view r) {
+          return patterns.MayTouchRun(r);
+        });
+    done.Notify();
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(job);
+  }
+  done.WaitForNotification();
+  unmap();
+  reservation.reset();
+  const uint64_t staged_bytes = stage.bytes;
+  ReleaseStage(stage);
+  if (!result.ok()) {
+    spdlog::warn("{}@{}: {} failed: {}", run, begun->version(), what,
+                 result.status().ToString());
+    (void)SendLocalFrame(fd, ErrorReply(result.status()));
+    return;
+  }
+  spdlog::info("{}@{}: {} ({} staged) stored in {}", run, begun->version(),
+               what, HumanSize(staged_bytes),
+               absl::FormatDuration(absl::Now() - start));
+  v1::LocalReply reply;
+  *reply.mutable_committed() = *std::move(result);
+  (void)SendLocalFrame(fd, reply);
+}
+
+void LocalDataPlane::Impl::WorkLoop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return worker_exit_ || !jobs_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (jobs_.empty()) return;  // worker_exit_, and nothing left
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+void LocalDataPlane::Impl::Stop() {
+  std::list<Connection> connections;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    // Ends the reads of idle connections; replies still go out, so a save
+    // being committed gets its answer.
+    for (Connection& c : connections_) {
+      if (c.fd >= 0) ::shutdown(c.fd, SHUT_RD);
+    }
+  }
+  if (wake_write_.valid()) {
+    const char byte = 0;
+    (void)!::write(wake_write_.get(), &byte, 1);
+  }
+  if (acceptor_.joinable()) acceptor_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    connections.splice(connections.end(), connections_);
+  }
+  for (Connection& c : connections) {
+    if (c.thread.joinable()) c.thread.join();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    worker_exit_ = true;
+  }
+  if (worker_.joinable()) worker_.join();
+  listener_.reset();
+  file_.Remove();
+}
+
+LocalDataPlane::LocalDataPlane(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+LocalDataPlane::~LocalDataPlane() { impl_->Stop(); }
+
+absl::StatusOr<std::unique_ptr<LocalDataPlane>> LocalDataPlane::Start(
+    LocalDataPlaneOptions options, CheckpointService* service,
+    DiskWatermark* watermark) {
+  if (options.max_staged_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "--max_staged_bytes must be positive (bytes of co-located saves "
+        "staged at once)");
+  }
+  auto impl = std::make_unique<Impl>(std::move(options), service, watermark);
+  CKPTD_RETURN_IF_ERROR(impl->Bind());
+  impl->Run();
+  return std::unique_ptr<LocalDataPlane>(new LocalDataPlane(std::move(impl)));
+}
+
+const std::string& LocalDataPlane::path() const { return impl_->path(); }
+
+uint64_t LocalDataPlane::staged_bytes() const { return impl_->staged_bytes(); }
+
+void LocalDataPlane::Stop() { impl_->Stop(); }
+
+}  // namespace ckptd::service
