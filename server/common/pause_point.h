@@ -6,7 +6,9 @@
 //   CKPTD_PAUSE_AT=backup.before_copy=/tmp/t/pause
 //
 // Points: backup.before_snapshot (GC held, no snapshot yet), backup.
-// before_copy (snapshot taken, its blobs pinned, none linked yet).
+// before_copy (snapshot taken, its blobs pinned, none linked yet),
+// staged.before_store (a co-located save acknowledged to its client as
+// staged, nothing of it stored yet).
 //
 // At the first hit of the named point the server creates /tmp/t/pause.reached
 // and waits until /tmp/t/pause.resume exists, then goes on; later hits pass.

@@ -24,7 +24,9 @@
 #include "absl/time/clock.h"
 #include "proto/base/error_reason.h"
 #include "proto/base/local_frame.h"
+#include "proto/base/names.h"
 #include "proto/base/status.h"
+#include "server/common/pause_point.h"
 #include "server/core/staged_commit.h"
 #include "server/service/local_socket.h"
 #include "server/storage/blob_format.h"
@@ -345,6 +347,7 @@ absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
                                        nullptr, Method::kUploadBlobs, s.run())
                             .status());
   if (service_->draining()) return DrainingError();
+  CKPTD_RETURN_IF_ERROR(ValidateRunName(s.run()));
   if (s.bytes() > options_.max_staged_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "a co-located save of ", s.bytes(), " bytes (", HumanSize(s.bytes()),
@@ -457,6 +460,7 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
   absl::StatusOr<v1::VersionInfo> result;
   const absl::Time start = absl::Now();
   auto job = [&] {
+    CKPTD_PAUSE_POINT("staged.before_store");
     result = core::CommitStagedShard(
         *service_->repo(), absl::string_view(data, stage.bytes),
         std::move(shard), actor, [patterns = *caller](absl::string_view r) {
