@@ -365,6 +365,9 @@ absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
     if (stopping_) return DrainingError();
     staged_ += want;
   }
+  if (service_->metrics() != nullptr) {
+    service_->metrics()->AddStagedBytes(static_cast<int64_t>(s.bytes()));
+  }
   Stage stage;
   stage.bytes = s.bytes();
   stage.memfd.reset(
@@ -385,6 +388,9 @@ absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
 
 void LocalDataPlane::Impl::ReleaseStage(Stage& stage) {
   stage.memfd.reset();
+  if (service_->metrics() != nullptr && stage.bytes > 0) {
+    service_->metrics()->AddStagedBytes(-static_cast<int64_t>(stage.bytes));
+  }
   absl::MutexLock lock(&mu_);
   staged_ -= stage.bytes;
   stage.bytes = 0;
@@ -413,6 +419,20 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
           "committing"));
     }
     return fail(ErrnoToStatus(errno, "sealing the staged memory"));
+  }
+  // The size cannot change any more; it must still be what was staged (a
+  // client could have shrunk the memfd before the seal, and reading a
+  // mapping past the end of the file would fault).
+  struct stat st;
+  if (::fstat(stage.memfd.get(), &st) != 0) {
+    return fail(ErrnoToStatus(errno, "fstat of the staged memory"));
+  }
+  if (static_cast<uint64_t>(st.st_size) != stage.bytes) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("the staged memory was resized to ", st.st_size,
+                     " bytes; it must "
+                     "stay the ",
+                     stage.bytes, " bytes staged")));
   }
   const char* data = nullptr;
   if (stage.bytes > 0) {
@@ -486,6 +506,7 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
   spdlog::info("{}@{}: {} ({} staged) stored in {}", run, begun->version(),
                what, HumanSize(staged_bytes),
                absl::FormatDuration(absl::Now() - start));
+  if (service_->metrics() != nullptr) service_->metrics()->RecordStagedSave();
   v1::LocalReply reply;
   *reply.mutable_committed() = *std::move(result);
   (void)SendLocalFrame(fd, reply);

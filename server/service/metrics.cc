@@ -14,6 +14,7 @@
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
 #include "prometheus/family.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
@@ -277,6 +278,17 @@ Metrics::Metrics()
   offered_ = counter("ckptd_dedup_offered_bytes_total",
                      "Tensor bytes of the versions published (what clients "
                      "offered, before dedup)");
+  staged_bytes_ = &prometheus::BuildGauge()
+                       .Name("ckptd_staged_bytes")
+                       .Help(
+                           "Bytes of co-located saves staged in the "
+                           "daemon's memory now, waiting to be stored "
+                           "(bounded by --max_staged_bytes)")
+                       .Register(*registry_)
+                       .Add({});
+  staged_saves_ = counter("ckptd_staged_saves_total",
+                          "Co-located saves (staged in daemon memory) "
+                          "stored and committed");
   uploaded_ = counter("ckptd_dedup_uploaded_bytes_total",
                       "Bytes uploaded for the versions published (after "
                       "dedup; re-sent bytes of interrupted streams included)");
@@ -306,6 +318,12 @@ void Metrics::RecordRpc(Method method, grpc::StatusCode code,
 void Metrics::AddReceivedBytes(uint64_t bytes) {
   received_->Increment(static_cast<double>(bytes));
 }
+
+void Metrics::AddStagedBytes(int64_t delta) {
+  staged_bytes_->Increment(static_cast<double>(delta));
+}
+
+void Metrics::RecordStagedSave() { staged_saves_->Increment(); }
 
 void Metrics::AddSentBytes(uint64_t bytes) {
   sent_->Increment(static_cast<double>(bytes));

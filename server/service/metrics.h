@@ -51,12 +51,14 @@ class Family;
 namespace ckptd::service {
 
 // Every metric family ckptd exports (the scrub's only once it reports).
-inline constexpr std::array<absl::string_view, 23> kMetricNames = {
+inline constexpr std::array<absl::string_view, 25> kMetricNames = {
     "ckptd_rpcs_total",
     "ckptd_rpc_duration_seconds",
     "ckptd_received_bytes_total",
     "ckptd_sent_bytes_total",
     "ckptd_versions_committed_total",
+    "ckptd_staged_bytes",
+    "ckptd_staged_saves_total",
     "ckptd_push_duration_seconds",
     "ckptd_pull_duration_seconds",
     "ckptd_dedup_offered_bytes_total",
@@ -97,6 +99,10 @@ class Metrics {
   void AddSentBytes(uint64_t bytes);
   // A version was published (its record after the publish).
   void RecordPublish(const v1::VersionInfo& info);
+  // Co-located saves (local_data_plane.h): staged memory taken (positive)
+  // or given back (negative), and a staged save stored and committed.
+  void AddStagedBytes(int64_t delta);
+  void RecordStagedSave();
 
   // The Prometheus text exposition of every metric (what /metrics serves).
   std::string TextExposition() const;
@@ -116,6 +122,8 @@ class Metrics {
   prometheus::Histogram* pull_duration_;
   prometheus::Counter* offered_;
   prometheus::Counter* uploaded_;
+  prometheus::Gauge* staged_bytes_;
+  prometheus::Counter* staged_saves_;
 };
 
 // --metrics_listen checked and put the way the HTTP server takes it:

@@ -551,6 +551,9 @@ TEST_F(CkptCliTest, ServerAddressMayBeTheLocalSocket) {
       {"--server", "unix:" + socket, "push", run, file, "--step", "1"},
       *scratch_);
   ASSERT_EQ(pushed.exit_code, 0) << pushed;
+  // The daemon took the tensors through its data plane (socket.data).
+  EXPECT_THAT(server_->LogTail(100000),
+              HasSubstr("co-located save of " + run + " step 1"));
   // Over TCP the same server has it; over the socket it pulls back intact.
   EXPECT_EQ(Ckpt({"show", run + "@1"}).exit_code, 0);
   const std::string out = Path("local-out.safetensors");

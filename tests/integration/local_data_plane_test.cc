@@ -538,6 +538,17 @@ TEST(LocalDataPlaneTest, BadRequestsAreRefusedAndChangeNothing) {
     ::munmap(p, 4096);
   }
   {
+    // Shrunk before the commit: refused, before the daemon maps it.
+    RawConnection conn(data_path);
+    auto r = conn.Call(StageRequest("bad", 1 << 20), &fds);
+    ASSERT_EQ(CodeOf(r), absl::StatusCode::kOk);
+    ASSERT_EQ(::ftruncate(fds[0].get(), 4096), 0);
+    std::vector<UniqueFd> none;
+    r = conn.Call(CommitRequest("bad", 4, 0, 1 << 20), &none);
+    EXPECT_EQ(CodeOf(r), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(MessageOf(r), HasSubstr("was resized to 4096 bytes"));
+  }
+  {
     // A frame over the limit, and one that does not parse.
     RawConnection conn(data_path);
     const char header[4] = {'\xff', '\xff', '\xff', '\x7f'};
