@@ -793,21 +793,8 @@ absl::Status CmdPush(Session& s) {
     anything_to_send.store(true, std::memory_order_relaxed);
     bar.Update(done, total);
   };
-  // On unix:PATH the daemon takes the tensors through its data plane (one
-  // copy into memory it owns); elsewhere, or when it cannot, over gRPC.
-  absl::StatusOr<VersionInfo> pushed;
-  absl::StatusOr<std::unique_ptr<StagedPush>> staged =
-      client->StagePush(request);
-  if (staged.ok()) {
-    pushed = (*staged)->Wait();
-  } else if (absl::IsUnimplemented(staged.status()) ||
-             absl::StrContains(staged.status().message(),
-                               "--max_staged_bytes")) {
-    pushed = client->Push(request, options);
-  } else {
-    pushed = staged.status();
-  }
-  CKPTD_ASSIGN_OR_RETURN(VersionInfo v, std::move(pushed));
+  // On unix:PATH, Push sends what the daemon lacks through its data plane.
+  CKPTD_ASSIGN_OR_RETURN(VersionInfo v, client->Push(request, options));
   bar.Finish();
   if (s.progress() && !anything_to_send.load(std::memory_order_relaxed)) {
     s.err() << label << ": 0 B to send, " << HumanBytes(file_bytes)

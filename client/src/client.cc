@@ -15,11 +15,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -131,6 +133,15 @@ class ClientImpl final : public Client {
     if (!begun.ok()) return begun.status();
     const uint64_t version = begun->version();
 
+    if (!data_socket_.empty()) {
+      // Co-located: what the daemon is missing goes through its data
+      // plane when there is enough of it; an unchanged state only commits.
+      absl::StatusOr<std::optional<VersionInfo>> staged =
+          PushStaged(request, begin, version, plan, options);
+      if (!staged.ok())
+        return AbortIfDiskFull(request, version, staged.status());
+      if (staged->has_value()) return **staged;
+    }
     if (absl::Status st = UploadMissing(request.run, version, plan, options);
         !st.ok()) {
       return AbortIfDiskFull(request, version, st);
@@ -515,6 +526,44 @@ class ClientImpl final : public Client {
   }
 
   // FindMissingBlobs for every blob of the plan, then uploads those.
+  // Push over the data plane once the daemon is missing at least
+  // kStageFromBytes of host tensors: the version committed, or nullopt when
+  // the caller is to upload over gRPC (too little to stage, CUDA tensors,
+  // no data plane, or a state over the daemon's --max_staged_bytes).
+  static constexpr uint64_t kStageFromBytes = 4 << 20;
+  absl::StatusOr<std::optional<VersionInfo>> PushStaged(
+      const PushRequest& request, const v1::BeginVersionRequest& begin,
+      uint64_t version, const internal::PushPlan& plan,
+      const PushOptions& options) {
+    for (const PushEntry& e : request.entries) {
+      if (e.entry.has_tensor() && e.tensor.memory.kind != MemoryKind::kHost) {
+        return std::nullopt;
+      }
+    }
+    absl::StatusOr<absl::flat_hash_set<std::string>> missing =
+        FindMissing(request.run, version, plan, options);
+    if (!missing.ok()) return missing.status();
+    uint64_t missing_bytes = 0;
+    for (const internal::PlannedBlob& b : plan.blobs) {
+      if (missing->contains(b.digest)) missing_bytes += b.size;
+    }
+    if (missing_bytes < kStageFromBytes) return std::nullopt;
+    internal::ProgressReporter progress(options.progress, missing_bytes);
+    absl::StatusOr<std::unique_ptr<StagedPush>> staged =
+        internal::StageLocalPush(data_socket_, token_, begin, request);
+    if (!staged.ok()) {
+      if (absl::IsUnimplemented(staged.status()) ||
+          absl::StrContains(staged.status().message(), "--max_staged_bytes")) {
+        return std::nullopt;
+      }
+      return staged.status();
+    }
+    absl::StatusOr<VersionInfo> info = (*staged)->Wait();
+    if (!info.ok()) return info.status();
+    progress.Finish();
+    return std::optional<VersionInfo>(*std::move(info));
+  }
+
   absl::Status UploadMissing(const std::string& run, uint64_t version,
                              const internal::PushPlan& plan,
                              const PushOptions& options) {

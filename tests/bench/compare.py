@@ -88,8 +88,9 @@ def _kill9_row(daemon: "Daemon", count: int, nbytes: int) -> str:
 
     import ckptd
 
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     trainer = subprocess.run([sys.executable, "-c", _TRAINER, daemon.unix_address, str(count), str(nbytes)],
-                             capture_output=True, text=True, timeout=1200)
+                             capture_output=True, text=True, timeout=1200, env=env)
     killed = time.perf_counter()
     if trainer.returncode != -9 or trainer.stdout.strip() != "returned":
         return f"trainer did not get that far: {trainer.returncode} {trainer.stderr[-300:]!r}"

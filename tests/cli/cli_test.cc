@@ -545,7 +545,10 @@ TEST_F(CkptCliTest, ServerAddressMayBeTheLocalSocket) {
   if (socket.size() > 107) GTEST_SKIP() << "temp dir too deep: " << socket;
   const std::string run = Run();
   const std::string file = Path("local.safetensors");
-  WriteFile(file, EncodeSafetensors(SampleTensors(5), {{"format", "pt"}}));
+  // Over 4 MiB to send: Push takes the data plane.
+  std::vector<TestTensor> tensors = SampleTensors(5);
+  tensors.push_back({"model.huge", "U8", {6 << 20}, PatternBytes(6 << 20, 9)});
+  WriteFile(file, EncodeSafetensors(tensors, {{"format", "pt"}}));
   const CkptResult pushed = RunProcess(
       CKPT_BINARY,
       {"--server", "unix:" + socket, "push", run, file, "--step", "1"},

@@ -268,6 +268,30 @@ TEST(LocalDataPlaneTest, StagedSavesDeduplicateWithTcpPushes) {
   EXPECT_EQ(a->shards[0].SerializeAsString(), b->shards[0].SerializeAsString());
 }
 
+TEST(LocalDataPlaneTest, PushOnTheSocketStagesWhatIsMissingOnly) {
+  SocketDir dir;
+  const std::string path = dir.Path("p.sock");
+  ServerProcess server({"--local_socket=" + path});
+  ASSERT_OK(server.Start());
+  auto local = ConnectTo("unix:" + path, "");
+  ASSERT_TRUE(local.ok());
+  const State state = MakeState(61);
+  auto first = (*local)->Push(state.Request("push", 1), PushOptions());
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->state(), v1::COMMITTED);
+  EXPECT_THAT(server.LogTail(100000),
+              HasSubstr("co-located save of push step 1"));
+  // Unchanged: nothing is missing, so nothing is staged or sent.
+  auto again = (*local)->Push(state.Request("push", 2), PushOptions());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->uploaded_bytes(), 0u);
+  EXPECT_THAT(server.LogTail(100000),
+              ::testing::Not(HasSubstr("co-located save of push step 2")));
+  auto mapped = MapBytes(**local, "push", "2");
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(*mapped, state.bytes);
+}
+
 TEST(LocalDataPlaneTest, MappedBlobsAreCopyOnWriteAndVerified) {
   SocketDir dir;
   const std::string path = dir.Path("m.sock");

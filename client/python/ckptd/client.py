@@ -475,13 +475,9 @@ class Client:
         args = self._push_args(run, step, epoch, metrics, labels, rank, world_size)
         stored = sum(e[5] for e in flat.entries if e[1] == _tree.ENTRY_TENSOR)
         report = _progress.reporter(progress, f"save {run}", stored_bytes=stored)
-        if self._host_only(flat):
-            staged = self._stage(args, flat)
-            if staged is not None:
-                info = VersionInfo._from_native(staged.wait())
-                if report is not None:
-                    report(stored, stored)
-                return info
+        # On unix:PATH the native push sends what the daemon lacks through
+        # its data plane (one copy into daemon memory) and only commits an
+        # unchanged state.
         _sync_cuda(leaf.device for leaf in flat.tensors)
         return self._push(args, flat, report)
 
@@ -551,10 +547,6 @@ class Client:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptd-save")
             return self._executor
-
-    @staticmethod
-    def _host_only(flat: _tree.Flattened) -> bool:
-        return all(leaf.device == _tree.HOST_DEVICE for leaf in flat.tensors)
 
     def _stage(self, args: Dict[str, Any], flat: _tree.Flattened) -> Any:
         """Hands ``flat``'s tensors to a co-located daemon (one copy into its
