@@ -38,6 +38,13 @@ constexpr size_t kMapBatch = kMaxLocalFrameFds;
 // Threads that copy into, or verify, mapped memory.
 constexpr int kCopyThreads = 2;
 
+// Linux 5.14's MADV_POPULATE_READ, which older headers lack.
+#ifdef MADV_POPULATE_READ
+constexpr int kMadvPopulateRead = MADV_POPULATE_READ;
+#else
+constexpr int kMadvPopulateRead = 22;
+#endif
+
 uint64_t AlignUp(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 absl::StatusOr<UniqueFd> ConnectData(const std::string& path) {
@@ -208,16 +215,12 @@ absl::StatusOr<std::unique_ptr<StagedPush>> StageLocalPush(
         static_cast<uint64_t>(st.st_size) < layout.bytes) {
       return absl::InternalError("the staged memory is smaller than asked");
     }
-    void* p = ::mmap(nullptr, layout.bytes, PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_POPULATE, fds[0].get(), 0);
-    if (p == MAP_FAILED) {
-      return ErrnoToStatus(errno, "mapping the staged memory");
-    }
-    char* base = static_cast<char*>(p);
-    // Large tensors split in pieces so that both threads share the work.
+    // pwrite, not a mapping: the kernel copies straight into the memfd's
+    // pages as it allocates them (a mapping would fault and zero each page
+    // before the copy), and no writable mapping is left to stop the seal.
     struct Piece {
       const char* from;
-      char* to;
+      uint64_t to;
       uint64_t n;
     };
     std::vector<Piece> pieces;
@@ -226,18 +229,30 @@ absl::StatusOr<std::unique_ptr<StagedPush>> StageLocalPush(
       const PushEntry& e = request.entries[i];
       if (layout.offsets[i] < 0 || e.tensor.byte_length == 0) continue;
       const char* from = static_cast<const char*>(e.tensor.data);
-      char* to = base + layout.offsets[i];
+      const uint64_t to = static_cast<uint64_t>(layout.offsets[i]);
       for (uint64_t at = 0; at < e.tensor.byte_length; at += kPiece) {
         pieces.push_back(Piece{from + at, to + at,
                                std::min(kPiece, e.tensor.byte_length - at)});
       }
     }
+    std::vector<absl::Status> errors(pieces.size());
+    const int memfd = fds[0].get();
     Parallel(pieces.size(), [&](size_t i) {
-      std::memcpy(pieces[i].to, pieces[i].from, pieces[i].n);
+      const Piece& p = pieces[i];
+      uint64_t done = 0;
+      while (done < p.n) {
+        const ssize_t w = ::pwrite(memfd, p.from + done, p.n - done,
+                                   static_cast<off_t>(p.to + done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+          errors[i] = ErrnoToStatus(w < 0 ? errno : EIO,
+                                    "writing into the staged memory");
+          return;
+        }
+        done += static_cast<uint64_t>(w);
+      }
     });
-    // Unmapped before the commit: the daemon's seal needs no writable
-    // mapping left.
-    ::munmap(p, layout.bytes);
+    for (const absl::Status& st : errors) CKPTD_RETURN_IF_ERROR(st);
   }
   fds.clear();
 
@@ -312,12 +327,17 @@ absl::StatusOr<std::vector<std::shared_ptr<MappedBlob>>> MapLocalBlobs(
               run, "@", version, " is shorter than its data"));
           return;
         }
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_POPULATE, fds[i].get(), 0);
+        // Private and writable, so that tensors over it may be changed
+        // (copy-on-write, per page). Not MAP_POPULATE: on a private
+        // writable mapping that prefaults for writing, i.e. copies every
+        // page. MADV_POPULATE_READ maps the page cache's pages as they are.
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+                         fds[i].get(), 0);
         if (p == MAP_FAILED) {
           errors[i] = ErrnoToStatus(errno, "mapping a blob");
           return;
         }
+        (void)::madvise(p, size, kMadvPopulateRead);  // older kernels: faults
         data = static_cast<char*>(p);
       }
       auto blob = std::make_shared<MappedBlob>(data, size);
