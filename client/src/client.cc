@@ -553,7 +553,7 @@ class ClientImpl final : public Client {
         internal::StageLocalPush(data_socket_, token_, begin, request);
     if (!staged.ok()) {
       if (absl::IsUnimplemented(staged.status()) ||
-          absl::StrContains(staged.status().message(), "--max_staged_bytes")) {
+          ReasonOf(staged.status()) == v1::STAGED_MEMORY_LIMIT) {
         return std::nullopt;
       }
       return staged.status();

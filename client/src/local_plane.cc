@@ -337,8 +337,15 @@ absl::StatusOr<std::vector<std::shared_ptr<MappedBlob>>> MapLocalBlobs(
           errors[i] = ErrnoToStatus(errno, "mapping a blob");
           return;
         }
-        (void)::madvise(p, size, kMadvPopulateRead);  // older kernels: faults
         data = static_cast<char*>(p);
+        // EINVAL: a kernel before 5.14 (pages then fault in as read). Any
+        // other error (EIO, ENOMEM) would come back as SIGBUS on first
+        // touch: report it instead.
+        if (::madvise(p, size, kMadvPopulateRead) != 0 && errno != EINVAL) {
+          errors[i] = ErrnoToStatus(errno, "reading a mapped blob");
+          ::munmap(p, size);
+          return;
+        }
       }
       auto blob = std::make_shared<MappedBlob>(data, size);
       const Digest found = DigestOf(data, size);

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -43,7 +44,9 @@ absl::Status SendAll(int sock, const char* p, size_t n) {
   return absl::OkStatus();
 }
 
-// Reads exactly n bytes (n > 0), collecting any descriptors that arrive.
+// Reads exactly n bytes (n > 0), collecting any descriptors that arrive;
+// with `fds` null none are accepted (the kernel discards them) and one
+// sent is an error.
 absl::Status RecvAll(int sock, char* p, size_t n, bool frame_start,
                      std::vector<UniqueFd>* fds) {
   size_t got = 0;
@@ -53,8 +56,10 @@ absl::Status RecvAll(int sock, char* p, size_t n, bool frame_start,
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
+    if (fds != nullptr) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+    }
     ssize_t r = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -70,12 +75,14 @@ absl::Status RecvAll(int sock, char* p, size_t n, bool frame_start,
       for (size_t i = 0; i < count; ++i) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        fds->emplace_back(fd);
+        if (fds != nullptr) fds->emplace_back(fd);
       }
     }
     if (msg.msg_flags & MSG_CTRUNC) {
       return absl::InvalidArgumentError(
-          "a co-located frame carried more descriptors than allowed");
+          fds == nullptr
+              ? "a co-located request carries no file descriptors"
+              : "a co-located frame carried more descriptors than allowed");
     }
     if (r == 0) {
       return absl::UnavailableError(
@@ -150,7 +157,7 @@ absl::Status SendLocalFrame(int sock,
 
 absl::Status RecvLocalFrame(int sock, google::protobuf::MessageLite* message,
                             std::vector<UniqueFd>* fds) {
-  fds->clear();
+  if (fds != nullptr) fds->clear();
   char header[4];
   if (absl::Status st = RecvAll(sock, header, 4, true, fds); !st.ok()) {
     return st;
@@ -161,9 +168,14 @@ absl::Status RecvLocalFrame(int sock, google::protobuf::MessageLite* message,
         absl::StrCat("a co-located frame of ", size,
                      " bytes is over the limit of ", kMaxLocalFrameBytes));
   }
-  std::string body(size, '\0');
-  if (size > 0) {
-    if (absl::Status st = RecvAll(sock, body.data(), size, false, fds);
+  // Grown as bytes arrive: a length alone reserves nothing.
+  std::string body;
+  constexpr size_t kStep = 1 << 20;
+  while (body.size() < size) {
+    const size_t at = body.size();
+    body.resize(std::min<size_t>(size, at + kStep));
+    if (absl::Status st =
+            RecvAll(sock, body.data() + at, body.size() - at, false, fds);
         !st.ok()) {
       return st;
     }

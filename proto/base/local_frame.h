@@ -54,9 +54,12 @@ absl::Status SendLocalFrame(int sock,
                             absl::Span<const int> fds = {});
 
 // Reads one frame into `message`, and its descriptors into `fds` (replacing
-// what was there). UNAVAILABLE when the peer closed the connection (at a
-// frame boundary: "closed"; inside one: "truncated"); INVALID_ARGUMENT for
-// a frame over kMaxLocalFrameBytes or one that does not parse.
+// what was there); with `fds` null descriptors are refused without ever
+// being installed (INVALID_ARGUMENT). UNAVAILABLE when the peer closed the
+// connection (at a frame boundary: "closed"; inside one: "truncated");
+// INVALID_ARGUMENT for a frame over kMaxLocalFrameBytes or one that does
+// not parse; DEADLINE_EXCEEDED when the socket's SO_RCVTIMEO passed. The
+// buffer grows as bytes arrive, so a declared length reserves nothing.
 absl::Status RecvLocalFrame(int sock, google::protobuf::MessageLite* message,
                             std::vector<UniqueFd>* fds);
 

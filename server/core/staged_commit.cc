@@ -41,6 +41,28 @@ constexpr uint64_t kAppendBytes = 8 << 20;
 
 }  // namespace
 
+absl::Status CheckStagedLayout(const v1::ShardManifest& manifest,
+                               uint64_t staged_bytes) {
+  for (const v1::ManifestEntry& e : manifest.entries()) {
+    if (!e.has_tensor()) continue;
+    const v1::TensorInfo& t = e.tensor();
+    if (!t.blob_digest().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", KeyOf(e),
+                       " names a blob digest; a co-located commit gives each "
+                       "tensor's offset in the staged memory instead"));
+    }
+    const uint64_t begin = t.blob_offset();
+    const uint64_t len = t.byte_length();
+    if (begin > staged_bytes || len > staged_bytes - begin) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", KeyOf(e), " at offset ", begin, " of ", len,
+          " bytes lies outside the ", staged_bytes, " staged bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::VersionInfo> CommitStagedShard(
     Repository& repo, absl::string_view staged, v1::CommitShardRequest req,
     const Actor& actor, const Repository::RunFilter& may_use) {
@@ -54,23 +76,13 @@ absl::StatusOr<v1::VersionInfo> CommitStagedShard(
   std::vector<Use> uses;
   bool pack_open = false;
   size_t pack = 0;
+  CKPTD_RETURN_IF_ERROR(CheckStagedLayout(req.manifest(), staged.size()));
   auto& entries = *req.mutable_manifest()->mutable_entries();
   for (v1::ManifestEntry& e : entries) {
     if (!e.has_tensor()) continue;
     v1::TensorInfo* t = e.mutable_tensor();
-    if (!t->blob_digest().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", KeyOf(e),
-                       " names a blob digest; a co-located commit gives each "
-                       "tensor's offset in the staged memory instead"));
-    }
     const uint64_t begin = t->blob_offset();
     const uint64_t len = t->byte_length();
-    if (begin > staged.size() || len > staged.size() - begin) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", KeyOf(e), " at offset ", begin, " of ", len,
-          " bytes lies outside the ", staged.size(), " staged bytes"));
-    }
     if (len >= kStagedPackThreshold) {
       pack_open = false;
       blobs.push_back(StagedBlob{begin, begin + len, {}});

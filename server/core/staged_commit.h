@@ -32,6 +32,12 @@ inline constexpr uint64_t kStagedPackThreshold = 1 << 20;
 inline constexpr uint64_t kStagedPackSize = 16 << 20;
 inline constexpr uint64_t kStagedPackAlignment = 64;
 
+// OK when every tensor entry of `manifest` lies inside `staged_bytes` and
+// names no digest; else INVALID_ARGUMENT naming the key path. Cheap: check
+// it before acknowledging a staged save.
+absl::Status CheckStagedLayout(const v1::ShardManifest& manifest,
+                               uint64_t staged_bytes);
+
 // Stores the tensors of `req` (blob_offset: offset in `staged`; blob_digest
 // must be empty) as blobs of pending version req.version() of req.run(),
 // then commits the shard. INVALID_ARGUMENT naming the key path for a tensor

@@ -37,6 +37,22 @@ namespace {
 
 // Digests one map request may name: their descriptors travel in one frame.
 constexpr int kMaxMapDigests = static_cast<int>(kMaxLocalFrameFds);
+// A reply the client does not read within this ends its connection, so no
+// client holds a connection thread (or Stop()) longer.
+constexpr absl::Duration kSendTimeout = absl::Seconds(10);
+// From the staged memory's hand-over to the commit request: a client that
+// does not commit within this loses the stage (and its share of
+// --max_staged_bytes goes back).
+constexpr absl::Duration kStageDeadline = absl::Minutes(2);
+
+// SO_SNDTIMEO / SO_RCVTIMEO; zero: none.
+void SetTimeout(int fd, int which, absl::Duration d) {
+  const int64_t total = absl::ToInt64Microseconds(d);
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(total / 1000000);
+  tv.tv_usec = static_cast<suseconds_t>(total % 1000000);
+  (void)::setsockopt(fd, SOL_SOCKET, which, &tv, sizeof(tv));
+}
 
 std::string HumanSize(uint64_t bytes) {
   if (bytes >= (uint64_t{1} << 30)) {
@@ -197,6 +213,13 @@ void LocalDataPlane::Impl::AcceptLoop() {
           "co-located data plane: refusing a connection ({} open, the "
           "limit)",
           connections_.size());
+      SetTimeout(fd, SO_SNDTIMEO, absl::Seconds(1));
+      (void)SendLocalFrame(
+          fd, ErrorReply(WithReason(
+                  absl::ResourceExhaustedError(
+                      "ckptd has too many co-located connections open; "
+                      "retry with backoff"),
+                  v1::SERVER_BUSY)));
       ::close(fd);
       continue;
     }
@@ -219,21 +242,26 @@ void LocalDataPlane::Impl::Serve(int fd) {
     spdlog::debug("co-located data plane: connection from pid {} uid {}",
                   peer.pid, peer.uid);
   }
+  SetTimeout(fd, SO_SNDTIMEO, kSendTimeout);
   std::optional<Stage> stage;
   for (;;) {
+    // Requests carry no descriptors: none are accepted (installed), so a
+    // client cannot fill the daemon's descriptor table.
+    SetTimeout(fd, SO_RCVTIMEO,
+               stage.has_value() ? kStageDeadline : absl::ZeroDuration());
     v1::LocalRequest req;
-    std::vector<UniqueFd> fds;
-    absl::Status st = RecvLocalFrame(fd, &req, &fds);
+    absl::Status st = RecvLocalFrame(fd, &req, nullptr);
+    if (absl::IsDeadlineExceeded(st)) {
+      spdlog::warn(
+          "co-located data plane: staged memory handed out {} ago was not "
+          "committed; dropping it",
+          absl::FormatDuration(kStageDeadline));
+      break;
+    }
     if (!st.ok()) {
       if (!absl::IsUnavailable(st)) {
         (void)SendLocalFrame(fd, ErrorReply(st));
       }
-      break;
-    }
-    if (!fds.empty()) {
-      (void)SendLocalFrame(
-          fd, ErrorReply(absl::InvalidArgumentError(
-                  "a co-located request carries no file descriptors")));
       break;
     }
     if (!Handle(fd, req, &stage)) break;
@@ -349,10 +377,14 @@ absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
   if (service_->draining()) return DrainingError();
   CKPTD_RETURN_IF_ERROR(ValidateRunName(s.run()));
   if (s.bytes() > options_.max_staged_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "a co-located save of ", s.bytes(), " bytes (", HumanSize(s.bytes()),
-        ") is larger than --max_staged_bytes=", options_.max_staged_bytes, " (",
-        HumanSize(options_.max_staged_bytes), "); raise it, or save over TCP"));
+    return WithReason(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "a co-located save of ", s.bytes(), " bytes (",
+            HumanSize(s.bytes()),
+            ") is larger than --max_staged_bytes=", options_.max_staged_bytes,
+            " (", HumanSize(options_.max_staged_bytes),
+            "); raise it, or save over gRPC")),
+        v1::STAGED_MEMORY_LIMIT);
   }
   {
     absl::MutexLock lock(&mu_);
@@ -409,6 +441,11 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
       Authorization(bearer, req.token()), nullptr, Method::kCommitShard, run);
   if (!caller.ok()) return fail(caller.status());
   if (service_->draining()) return fail(DrainingError());
+  if (absl::Status st =
+          core::CheckStagedLayout(c.shard().manifest(), stage.bytes);
+      !st.ok()) {
+    return fail(st);
+  }
   // From here on nobody can change the bytes: the client unmapped them (a
   // writable mapping left anywhere makes F_SEAL_WRITE fail with EBUSY).
   if (::fcntl(stage.memfd.get(), F_ADD_SEALS,
@@ -500,6 +537,16 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
   if (!result.ok()) {
     spdlog::warn("{}@{}: {} failed: {}", run, begun->version(), what,
                  result.status().ToString());
+    if (begun->created() && begun->world_size() <= 1) {
+      // Nobody else waits on this version: free what it holds now rather
+      // than after --pending_timeout.
+      v1::AbortVersionRequest abort;
+      abort.set_run(run);
+      abort.set_version(begun->version());
+      abort.set_reason(
+          absl::StrCat(what, " failed: ", result.status().message()));
+      (void)service_->repo()->AbortVersion(abort, actor);
+    }
     (void)SendLocalFrame(fd, ErrorReply(result.status()));
     return;
   }

@@ -25,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/base/digest.h"
+#include "proto/base/error_reason.h"
 #include "proto/base/local_frame.h"
 #include "proto/base/secret.h"
 #include "proto/base/status.h"
@@ -417,6 +418,22 @@ TEST(LocalDataPlaneTest, TokensAndRolesApply) {
   ASSERT_TRUE(none.ok());
   EXPECT_EQ((*none)->MapBlobs("team-a", 1, {digest}).status().code(),
             absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*r)->MapBlobs("other", 1, {digest}).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Every request is authorized on its own: a writer's stage does not let
+  // a reader's token commit it.
+  RawConnection conn(path + ".data");
+  std::vector<UniqueFd> fds;
+  v1::LocalRequest stage = StageRequest("team-b", 64);
+  stage.set_token(writer);
+  auto staged = conn.Call(stage, &fds);
+  ASSERT_EQ(CodeOf(staged), absl::StatusCode::kOk) << MessageOf(staged);
+  v1::LocalRequest commit = CommitRequest("team-b", 1, 0, 64);
+  commit.set_token(reader);
+  auto refused = conn.Call(commit, &fds);
+  EXPECT_EQ(CodeOf(refused), absl::StatusCode::kPermissionDenied)
+      << MessageOf(refused);
+  EXPECT_FALSE((*w)->GetVersion("team-b", "last", GetVersionOptions()).ok());
 }
 
 TEST(LocalDataPlaneTest, StagedMemoryIsBounded) {
@@ -434,6 +451,11 @@ TEST(LocalDataPlaneTest, StagedMemoryIsBounded) {
       << refused.status();
   EXPECT_THAT(std::string(refused.status().message()),
               HasSubstr("--max_staged_bytes=8388608"));
+  EXPECT_EQ(ReasonOf(refused.status()), v1::STAGED_MEMORY_LIMIT);
+  // Push takes gRPC for it instead.
+  auto pushed = (*local)->Push(big.Request("bound", 9), PushOptions());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(pushed->state(), v1::COMMITTED);
 
   // Two of 5 MiB: the second waits while the first holds its memory.
   RawConnection first(path + ".data");
@@ -471,7 +493,10 @@ TEST(LocalDataPlaneTest, StagedMemoryIsBounded) {
 TEST(LocalDataPlaneTest, ACommitGoesOnAfterTheClientIsGone) {
   SocketDir dir;
   const std::string path = dir.Path("g.sock");
+  const std::string pause = dir.Path("pause");
   ServerProcess server({"--local_socket=" + path});
+  // The daemon stores nothing until the client has gone.
+  server.set_extra_env({"CKPTD_PAUSE_AT=staged.before_store=" + pause});
   ASSERT_OK(server.Start());
   const std::string data = RandomBytes(24 << 20, 77);
   {
@@ -484,9 +509,16 @@ TEST(LocalDataPlaneTest, ACommitGoesOnAfterTheClientIsGone) {
     ASSERT_EQ(CodeOf(sealed), absl::StatusCode::kOk) << MessageOf(sealed);
     ASSERT_TRUE(sealed->has_staged());
     EXPECT_EQ(sealed->staged().version(), 1u);
-  }  // closed before the commit is reported
+    for (int i = 0; i < 400 && !std::filesystem::exists(pause + ".reached");
+         ++i) {
+      absl::SleepFor(absl::Milliseconds(25));
+    }
+    ASSERT_TRUE(std::filesystem::exists(pause + ".reached"));
+  }  // closed before anything is stored
   auto local = ConnectTo("unix:" + path, "");
   ASSERT_TRUE(local.ok());
+  EXPECT_FALSE((*local)->GetVersion("gone", "last", GetVersionOptions()).ok());
+  std::ofstream(pause + ".resume").put('\n');
   absl::StatusOr<VersionManifest> version;
   for (int i = 0; i < 300; ++i) {
     version = (*local)->GetVersion("gone", "1", GetVersionOptions());
@@ -523,10 +555,9 @@ TEST(LocalDataPlaneTest, BadRequestsAreRefusedAndChangeNothing) {
     // A second stage before the commit.
     auto r = conn.Call(StageRequest("bad", 10), &fds);
     EXPECT_EQ(CodeOf(r), absl::StatusCode::kFailedPrecondition);
-    // A tensor that lies outside the staged bytes.
+    // A tensor that lies outside the staged bytes: refused before anything
+    // is acknowledged or begun.
     r = conn.Call(CommitRequest("bad", 1, 4000, 200), &fds);
-    ASSERT_EQ(CodeOf(r), absl::StatusCode::kOk);  // sealed and begun
-    r = conn.Receive(&fds);
     EXPECT_EQ(CodeOf(r), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(MessageOf(r), HasSubstr("lies outside the 4096 staged bytes"));
   }
@@ -542,10 +573,35 @@ TEST(LocalDataPlaneTest, BadRequestsAreRefusedAndChangeNothing) {
         ->mutable_tensor()
         ->set_blob_digest(std::string(16, 'd'));
     r = conn.Call(commit, &fds);
-    ASSERT_EQ(CodeOf(r), absl::StatusCode::kOk);
-    r = conn.Receive(&fds);
     EXPECT_EQ(CodeOf(r), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(MessageOf(r), HasSubstr("names a blob digest"));
+  }
+  {
+    // A manifest CommitShard refuses (no dtype): acknowledged as staged,
+    // then the commit fails and the version it began is aborted at once.
+    RawConnection conn(data_path);
+    ASSERT_EQ(CodeOf(StageBytes(conn, "bad-dtype", std::string(64, 'z'))),
+              absl::StatusCode::kOk);
+    v1::LocalRequest commit = CommitRequest("bad-dtype", 1, 0, 64);
+    commit.mutable_commit()
+        ->mutable_shard()
+        ->mutable_manifest()
+        ->mutable_entries(1)
+        ->mutable_tensor()
+        ->set_dtype(v1::DTYPE_UNSPECIFIED);
+    auto r = conn.Call(commit, &fds);
+    ASSERT_EQ(CodeOf(r), absl::StatusCode::kOk) << MessageOf(r);
+    r = conn.Receive(&fds);
+    EXPECT_EQ(CodeOf(r), absl::StatusCode::kInvalidArgument) << MessageOf(r);
+    auto client = ConnectTo(server.address(), "");
+    ASSERT_TRUE(client.ok());
+    ListVersionsRequest list;
+    list.set_run("bad-dtype");
+    list.set_include_aborted(true);
+    auto versions = (*client)->ListVersions(list);
+    ASSERT_TRUE(versions.ok()) << versions.status();
+    ASSERT_EQ(versions->size(), 1u);
+    EXPECT_EQ((*versions)[0].state(), v1::ABORTED);
   }
   {
     // Still mapped writable at the commit: the seal is refused.
@@ -614,15 +670,17 @@ TEST(LocalDataPlaneTest, BadRequestsAreRefusedAndChangeNothing) {
   // Nothing of that was committed; the server still serves.
   auto local = ConnectTo("unix:" + path, "");
   ASSERT_TRUE(local.ok());
-  auto versions = (*local)->ListVersions([] {
-    ListVersionsRequest req;
-    req.set_run("bad");
-    return req;
-  }());
+  ListVersionsRequest list;
+  list.set_run("bad");
+  list.set_include_aborted(true);
+  auto versions = (*local)->ListVersions(list);
   if (versions.ok()) {
     for (const VersionInfo& v : *versions) {
       EXPECT_NE(v.state(), v1::COMMITTED) << v.version();
     }
+  } else {
+    EXPECT_EQ(versions.status().code(), absl::StatusCode::kNotFound)
+        << versions.status();
   }
   EXPECT_TRUE((*local)->ListRuns().ok());
 }

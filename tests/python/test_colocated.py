@@ -104,7 +104,13 @@ def test_colocated_load_maps_verified_copy_on_write_tensors(tmp_path, socket_dir
         state = _state(1)
         with ckptd.Client(f"unix:{sock}", timeout=30) as local, ckptd.Client(proc.address, timeout=30) as tcp:
             local.save("map", state, step=1)
-            loaded = local.load("map")
+            # Mapped: the gRPC read is not used at all.
+            real_read = ckptd.client._Reader.read
+            ckptd.client._Reader.read = lambda *a, **k: pytest.fail("loaded over gRPC")
+            try:
+                loaded = local.load("map")
+            finally:
+                ckptd.client._Reader.read = real_read
             assert_same(loaded, state)
             assert_same(tcp.load("map"), state)
             # Private mappings: changing a loaded tensor changes nothing stored.

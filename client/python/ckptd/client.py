@@ -29,6 +29,7 @@ from . import _native, _progress, _tree
 from ._progress import Progress
 from ._version import __version__
 from .errors import (
+    CheckpointError,
     DataLossError,
     InvalidArgumentError,
     NotFoundError,
@@ -370,6 +371,9 @@ class Client:
         # unix:PATH: saves and loads go through the daemon's zero-copy data
         # plane (PATH.data) until it answers that it has none.
         self._local_plane: bool = self.address.startswith("unix:")
+        self._fallback_noted = False
+        # save_async saves that went the gRPC way and may still be queued.
+        self._tcp_saves: List[concurrent.futures.Future] = []
         # One slot per save_async snapshot alive; taken before the snapshot is
         # copied, given back once its upload has dropped the copy.
         self._save_slots = threading.BoundedSemaphore(self.max_pending_saves)
@@ -510,6 +514,15 @@ class Client:
         called. :meth:`close` waits for all of them (so does interpreter
         exit).
 
+        Co-located (``unix:PATH``): the snapshot is written straight into
+        memory the daemon owns (README, The co-located socket) instead of a
+        host copy here, and ``save_async`` returns once the daemon has sealed
+        it. The daemon then commits the version even if this process dies.
+        Its ``--max_staged_bytes`` bounds those snapshots instead of
+        ``max_pending_saves``: while it is full, ``save_async`` waits. A
+        state larger than that bound is saved over gRPC (with a warning on
+        the ``"ckptd"`` logger).
+
         Args:
             run, state, step, epoch, metrics, labels, rank, world_size: as for :meth:`save`.
 
@@ -536,6 +549,9 @@ class Client:
         try:
             _tree.snapshot(flat)
             future = self._background().submit(self._push_async, args, flat)
+            if self._local_plane:
+                with self._executor_lock:
+                    self._tcp_saves = [f for f in self._tcp_saves if not f.done()] + [future]
         except BaseException:
             flat.release()
             self._save_slots.release()
@@ -551,25 +567,37 @@ class Client:
     def _stage(self, args: Dict[str, Any], flat: _tree.Flattened) -> Any:
         """Hands ``flat``'s tensors to a co-located daemon (one copy into its
         memory, GIL released) and returns the native StagedPush, or None when
-        this client is not co-located, the daemon has no data plane, or the
-        state is larger than the daemon's ``--max_staged_bytes`` (then the
-        caller pushes over the socket's gRPC instead). Releases ``flat`` once
-        the daemon holds the copy."""
+        this client is not co-located, the daemon has no data plane now, or
+        the state is larger than the daemon's ``--max_staged_bytes`` (then
+        the caller saves over gRPC). Releases ``flat`` once the daemon holds
+        the copy."""
         if not self._local_plane:
             return None
+        # Saves queued on the gRPC path go first, so that versions follow
+        # call order.
+        with self._executor_lock:
+            queued = list(self._tcp_saves)
+        if queued:
+            concurrent.futures.wait(queued)
         try:
             staged = self._native.stage_push(entries=flat.entries, **args)
         except UnimplementedError as e:
-            _log.info("ckptd: %s; saving and loading over gRPC instead", e)
-            self._local_plane = False
+            self._note_fallback(f"ckptd: {e}; saving over gRPC instead")
             return None
         except ResourceExhaustedError as e:
             if "--max_staged_bytes" not in str(e):
                 raise
-            _log.warning("ckptd: %s; this save goes over gRPC instead", e)
+            _log.warning("%s; this save goes over gRPC instead", e)
             return None
         flat.release()
         return staged
+
+    def _note_fallback(self, message: str) -> None:
+        # Once per client: a daemon without a data plane stays without one,
+        # but one that restarts gets it back, so every call tries again.
+        if not self._fallback_noted:
+            self._fallback_noted = True
+            _log.info("%s", message)
 
     def _push_async(self, args: Dict[str, Any], flat: _tree.Flattened) -> VersionInfo:
         try:
@@ -884,12 +912,13 @@ class Client:
         try:
             reader.map(self._native)
         except UnimplementedError as e:
-            _log.info("ckptd: %s; loading over gRPC instead", e)
-            self._local_plane = False
+            self._note_fallback(f"ckptd: {e}; loading over gRPC instead")
             return False
-        except DataLossError as e:
-            # The gRPC read checks the daemon's copy too and has it
-            # quarantine a damaged blob: its error is the one to raise.
+        except (CheckpointError, RuntimeError) as e:
+            # DATA_LOSS: the gRPC read checks the daemon's copy too and has
+            # it quarantine a damaged blob, so its error is the one to
+            # raise. Anything else (a mapping refused, an offset torch cannot
+            # view): the gRPC read is the way that works.
             _log.warning("ckptd: %s; reading over gRPC instead", e)
             return False
         return True
