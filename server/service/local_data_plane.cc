@@ -44,6 +44,11 @@ constexpr absl::Duration kSendTimeout = absl::Seconds(10);
 // does not commit within this loses the stage (and its share of
 // --max_staged_bytes goes back).
 constexpr absl::Duration kStageDeadline = absl::Minutes(2);
+// After a co-located save commits, the daemon prepares memory of its size
+// for the next one (a memfd with its pages allocated): the next save then
+// only copies, instead of also allocating every page while the trainer
+// waits. Unused for this long, it is freed.
+constexpr absl::Duration kSpareIdle = absl::Minutes(10);
 
 // SO_SNDTIMEO / SO_RCVTIMEO; zero: none.
 void SetTimeout(int fd, int which, absl::Duration d) {
@@ -115,6 +120,13 @@ class LocalDataPlane::Impl {
   struct Stage {
     UniqueFd memfd;
     uint64_t bytes = 0;
+    bool from_spare = false;
+  };
+  // A memfd with its pages allocated, for the next stage of its size.
+  struct Spare {
+    UniqueFd memfd;
+    uint64_t bytes = 0;
+    absl::Time made;
   };
 
   void AcceptLoop();
@@ -127,6 +139,13 @@ class LocalDataPlane::Impl {
   // Seals and commits `stage`; sends `staged` then the final reply on fd.
   void Commit(int fd, const v1::LocalRequest& req, Stage stage);
   void WorkLoop();
+  // Queues the preparation of a spare of `bytes` (after a commit).
+  void PrepareSpare(uint64_t bytes);
+  // Takes the spare out of the accounting; the caller closes it outside
+  // the lock.
+  std::optional<Spare> TakeSpareLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a spare unused for kSpareIdle.
+  void ExpireSpare();
 
   const LocalDataPlaneOptions options_;
   CheckpointService* const service_;
@@ -147,6 +166,9 @@ class LocalDataPlane::Impl {
   };
   std::list<Connection> connections_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  // Memory prepared for the next save of the size last committed
+  // (kSpareIdle): counted in staged_ and the metric like a stage.
+  std::optional<Spare> spare_ ABSL_GUARDED_BY(mu_);
   bool worker_exit_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -184,7 +206,10 @@ void LocalDataPlane::Impl::AcceptLoop() {
   for (;;) {
     pollfd fds[2] = {{listener_.get(), POLLIN, 0},
                      {wake_read_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    ExpireSpare();
+    const int ready = ::poll(fds, 2, 60 * 1000);
+    if (ready == 0) continue;
+    if (ready < 0) {
       if (errno == EINTR) continue;
       spdlog::error("co-located data plane: poll: {}", std::strerror(errno));
       return;
@@ -386,17 +411,31 @@ absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
             "); raise it, or save over gRPC")),
         v1::STAGED_MEMORY_LIMIT);
   }
+  std::optional<Spare> dropped;
   {
     absl::MutexLock lock(&mu_);
     const uint64_t want = s.bytes();
+    if (spare_.has_value() && spare_->bytes == want && want > 0) {
+      // Already counted in staged_ and the metric.
+      Stage stage;
+      stage.bytes = want;
+      stage.memfd = std::move(spare_->memfd);
+      stage.from_spare = true;
+      spare_.reset();
+      return stage;
+    }
     const uint64_t max = options_.max_staged_bytes;
+    // A spare gives way to a save that needs its memory.
     auto fits = [this, want, max]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return stopping_ || staged_ + want <= max;
+      const uint64_t spare = spare_.has_value() ? spare_->bytes : 0;
+      return stopping_ || staged_ - spare + want <= max;
     };
     mu_.Await(absl::Condition(&fits));
     if (stopping_) return DrainingError();
+    if (staged_ + want > max) dropped = TakeSpareLocked();
     staged_ += want;
   }
+  dropped.reset();
   if (service_->metrics() != nullptr) {
     service_->metrics()->AddStagedBytes(static_cast<int64_t>(s.bytes()));
   }
@@ -550,13 +589,78 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
     (void)SendLocalFrame(fd, ErrorReply(result.status()));
     return;
   }
-  spdlog::info("{}@{}: {} ({} staged) stored in {}", run, begun->version(),
+  spdlog::info("{}@{}: {} ({} staged{}) stored in {}", run, begun->version(),
                what, HumanSize(staged_bytes),
+               stage.from_spare ? " into prepared memory" : "",
                absl::FormatDuration(absl::Now() - start));
   if (service_->metrics() != nullptr) service_->metrics()->RecordStagedSave();
+  PrepareSpare(staged_bytes);
   v1::LocalReply reply;
   *reply.mutable_committed() = *std::move(result);
   (void)SendLocalFrame(fd, reply);
+}
+
+std::optional<LocalDataPlane::Impl::Spare>
+LocalDataPlane::Impl::TakeSpareLocked() {
+  std::optional<Spare> out = std::move(spare_);
+  spare_.reset();
+  if (out.has_value()) {
+    staged_ -= out->bytes;
+    if (service_->metrics() != nullptr) {
+      service_->metrics()->AddStagedBytes(-static_cast<int64_t>(out->bytes));
+    }
+  }
+  return out;
+}
+
+void LocalDataPlane::Impl::PrepareSpare(uint64_t bytes) {
+  if (bytes == 0) return;
+  absl::MutexLock lock(&mu_);
+  jobs_.push_back([this, bytes] {
+    std::optional<Spare> old;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      if (spare_.has_value() && spare_->bytes == bytes) {
+        spare_->made = absl::Now();
+        return;
+      }
+      old = TakeSpareLocked();
+      // Only from memory nobody is waiting for.
+      if (staged_ + bytes > options_.max_staged_bytes) return;
+      staged_ += bytes;
+    }
+    old.reset();
+    if (service_->metrics() != nullptr) {
+      service_->metrics()->AddStagedBytes(static_cast<int64_t>(bytes));
+    }
+    Spare spare;
+    spare.bytes = bytes;
+    spare.made = absl::Now();
+    spare.memfd.reset(
+        ::memfd_create("ckptd-staged-save", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    const bool ok =
+        spare.memfd.valid() &&
+        ::ftruncate(spare.memfd.get(), static_cast<off_t>(bytes)) == 0 &&
+        ::fallocate(spare.memfd.get(), 0, 0, static_cast<off_t>(bytes)) == 0;
+    absl::MutexLock lock(&mu_);
+    if (ok && !stopping_ && !spare_.has_value()) {
+      spare_ = std::move(spare);
+      return;
+    }
+    staged_ -= bytes;
+    if (service_->metrics() != nullptr) {
+      service_->metrics()->AddStagedBytes(-static_cast<int64_t>(bytes));
+    }
+  });
+}
+
+void LocalDataPlane::Impl::ExpireSpare() {
+  std::optional<Spare> old;
+  absl::MutexLock lock(&mu_);
+  if (spare_.has_value() && absl::Now() - spare_->made > kSpareIdle) {
+    old = TakeSpareLocked();
+  }
 }
 
 void LocalDataPlane::Impl::WorkLoop() {
@@ -605,6 +709,11 @@ void LocalDataPlane::Impl::Stop() {
     worker_exit_ = true;
   }
   if (worker_.joinable()) worker_.join();
+  std::optional<Spare> spare;
+  {
+    absl::MutexLock lock(&mu_);
+    spare = TakeSpareLocked();
+  }
   listener_.reset();
   file_.Remove();
 }

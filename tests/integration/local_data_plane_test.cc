@@ -488,6 +488,32 @@ TEST(LocalDataPlaneTest, StagedMemoryIsBounded) {
   auto version = (*local)->GetVersion("bound", "last", GetVersionOptions());
   ASSERT_TRUE(version.ok());
   EXPECT_EQ(version->info.step(), 2);
+  // After that commit the daemon keeps a spare of 5 MiB; a save of 6 MiB
+  // needs its memory, and gets it (it does not wait for the spare).
+  RawConnection third(path + ".data");
+  const std::string six = RandomBytes(6 << 20, 3);
+  auto staged = StageBytes(third, "bound", six);
+  ASSERT_EQ(CodeOf(staged), absl::StatusCode::kOk) << MessageOf(staged);
+  std::vector<UniqueFd> fds;
+  auto sealed = third.Call(CommitRequest("bound", 3, 0, six.size()), &fds);
+  ASSERT_EQ(CodeOf(sealed), absl::StatusCode::kOk) << MessageOf(sealed);
+  auto committed = third.Receive(&fds);
+  ASSERT_EQ(CodeOf(committed), absl::StatusCode::kOk) << MessageOf(committed);
+  // And a save of the spare's size uses it (once prepared: a moment after
+  // the commit), and its bytes come back intact.
+  absl::SleepFor(absl::Milliseconds(300));
+  RawConnection fourth(path + ".data");
+  const std::string again = RandomBytes(6 << 20, 4);
+  ASSERT_EQ(CodeOf(StageBytes(fourth, "bound", again)), absl::StatusCode::kOk);
+  ASSERT_EQ(
+      CodeOf(fourth.Call(CommitRequest("bound", 4, 0, again.size()), &fds)),
+      absl::StatusCode::kOk);
+  ASSERT_EQ(CodeOf(fourth.Receive(&fds)), absl::StatusCode::kOk);
+  auto mapped = MapBytes(**local, "bound", "4");
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(*mapped, std::vector<std::string>{again});
+  EXPECT_THAT(server.LogTail(100000),
+              HasSubstr("bound step 4 (6 MiB staged into prepared memory)"));
 }
 
 TEST(LocalDataPlaneTest, ACommitGoesOnAfterTheClientIsGone) {

@@ -134,9 +134,23 @@ def test_colocated_load_maps_verified_copy_on_write_tensors(tmp_path, socket_dir
         proc.stop()
 
 
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def test_save_async_over_the_socket_snapshots_and_commits_in_order(tmp_path, socket_dir):
     sock = socket_dir / "ckptd.sock"
-    proc = private_server(tmp_path, [f"--local_socket={sock}"])
+    port_file = tmp_path / "metrics.port"
+    proc = private_server(
+        tmp_path,
+        [f"--local_socket={sock}", "--metrics_listen=127.0.0.1:0", f"--metrics_port_file={port_file}"],
+    )
     try:
         with ckptd.Client(f"unix:{sock}", timeout=30) as local:
             state = _state(2)
@@ -158,6 +172,13 @@ def test_save_async_over_the_socket_snapshots_and_commits_in_order(tmp_path, soc
             for i, want in zip(infos, expected):
                 assert_same(local.load("order", i.version), want)
             assert local.get("order", "last").version == 3
+        # Three staged saves; afterwards the daemon holds one spare of the
+        # state's size for the next save, and nothing else.
+        port = int(port_file.read_text().split()[0])
+        assert _metric(port, "ckptd_staged_saves_total") == 3
+        wait_until(lambda: _metric(port, "ckptd_staged_bytes") > 0, timeout=30, what="the spare")
+        staged = _metric(port, "ckptd_staged_bytes")
+        assert 4 << 20 < staged < (4 << 20) + (64 << 10), staged
     finally:
         proc.stop()
 
