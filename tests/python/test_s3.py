@@ -484,3 +484,29 @@ def test_read_replicas_follow_the_writer_and_refuse_changes(env, tmp_path):
     assert r.returncode == 2 and "give --cache_dir DIR too" in r.stderr, r.stderr[-2000:]
     r = run(f"--data_dir={tmp_path / 'r9'}", *replica_flags(env, prefix), f"--cache_dir={tmp_path / 'c9'}")
     assert r.returncode != 0 and "needs --cache_bytes" in r.stderr, r.stderr[-2000:]
+
+
+def test_colocated_saves_go_to_the_bucket_and_loads_read_over_grpc(env, tmp_path):
+    """The data plane over an S3 store: a staged save_async lands in the
+    bucket; a load cannot map bucket objects, so it reads them over gRPC."""
+    import shutil
+    import tempfile
+
+    import ckptd
+
+    prefix = f"py-{uuid.uuid4().hex[:12]}"
+    sock_dir = Path(tempfile.mkdtemp(prefix="ckptd-s3", dir="/tmp"))
+    sock = sock_dir / "c.sock"
+    server = ServerProcess(ckptd_binary(), tmp_path / "data", s3_flags(env, prefix) + [f"--local_socket={sock}"])
+    server.start()
+    try:
+        with ckptd.Client(f"unix:{sock}", timeout=60) as c:
+            sd = state(7)
+            info = c.save_async("s3colo", sd, step=1).result()
+            assert info.state == "COMMITTED"
+            assert len(blob_keys(env, prefix)) == 2, blob_keys(env, prefix)
+            assert_same(c.load("s3colo"), sd)
+        assert "co-located save of s3colo step 1" in server.log()
+    finally:
+        server.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
