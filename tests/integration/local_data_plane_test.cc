@@ -558,6 +558,46 @@ TEST(LocalDataPlaneTest, ACommitGoesOnAfterTheClientIsGone) {
   EXPECT_EQ(*mapped, std::vector<std::string>{data});
 }
 
+TEST(LocalDataPlaneTest, SigtermCommitsAnAcknowledgedSaveBeforeExiting) {
+  SocketDir dir;
+  const std::string path = dir.Path("t.sock");
+  const std::string pause = dir.Path("pause");
+  ServerProcess server({"--local_socket=" + path});
+  server.set_extra_env({"CKPTD_PAUSE_AT=staged.before_store=" + pause});
+  ASSERT_OK(server.Start());
+  const std::string data = RandomBytes(8 << 20, 88);
+  RawConnection conn(path + ".data");
+  ASSERT_TRUE(conn.connected());
+  ASSERT_EQ(CodeOf(StageBytes(conn, "term", data)), absl::StatusCode::kOk);
+  std::vector<UniqueFd> fds;
+  auto sealed = conn.Call(CommitRequest("term", 1, 0, data.size()), &fds);
+  ASSERT_EQ(CodeOf(sealed), absl::StatusCode::kOk) << MessageOf(sealed);
+  for (int i = 0; i < 400 && !std::filesystem::exists(pause + ".reached");
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  ASSERT_TRUE(std::filesystem::exists(pause + ".reached"));
+  // SIGTERM while the commit is held: ckptd waits for it, then exits 0.
+  int exit_status = -1;
+  std::thread stopper([&] { exit_status = server.Stop(); });
+  absl::SleepFor(absl::Milliseconds(300));
+  std::ofstream(pause + ".resume").put('\n');
+  auto committed = conn.Receive(&fds);
+  stopper.join();
+  EXPECT_EQ(exit_status, 0) << server.LogTail();
+  ASSERT_EQ(CodeOf(committed), absl::StatusCode::kOk) << MessageOf(committed);
+  ASSERT_TRUE(committed->has_committed());
+  EXPECT_EQ(committed->committed().state(), v1::COMMITTED);
+  // After a restart the version is there, bit-identical.
+  server.set_extra_env({});
+  ASSERT_OK(server.Start());
+  auto local = ConnectTo("unix:" + path, "");
+  ASSERT_TRUE(local.ok());
+  auto mapped = MapBytes(**local, "term", "1");
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(*mapped, std::vector<std::string>{data});
+}
+
 TEST(LocalDataPlaneTest, BadRequestsAreRefusedAndChangeNothing) {
   SocketDir dir;
   const std::string path = dir.Path("x.sock");
