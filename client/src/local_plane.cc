@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/push_plan.h"
 #include "proto/base/digest.h"
+#include "proto/base/limits.h"
 #include "proto/base/local_frame.h"
 #include "proto/base/status.h"
 
@@ -28,10 +29,6 @@ MappedBlob::~MappedBlob() {
 namespace internal {
 namespace {
 
-// Must match server/core/staged_commit.h.
-constexpr uint64_t kStagedPackThreshold = 1 << 20;
-constexpr uint64_t kStagedPackSize = 16 << 20;
-constexpr uint64_t kStagedPackAlignment = 64;
 constexpr uint64_t kLargeAlignment = 4096;
 // Descriptors one map reply carries (kMaxLocalFrameFds).
 constexpr size_t kMapBatch = kMaxLocalFrameFds;

@@ -632,6 +632,12 @@ class Repository {
   absl::Status ReadFailure(const std::string& run, uint64_t version,
                            const Digest& digest, uint64_t generation,
                            const absl::Status& st) ABSL_LOCKS_EXCLUDED(mu_);
+  // The blob's generation when it is stored and not quarantined; else the
+  // DamageError naming run@version.
+  absl::StatusOr<uint64_t> ReadableGeneration(const std::string& run,
+                                              uint64_t version,
+                                              const Digest& digest)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::unique_ptr<storage::BlobReader>> OpenForRead(
       const std::string& run, uint64_t version, const Digest& digest)
       ABSL_LOCKS_EXCLUDED(mu_);

@@ -281,8 +281,9 @@ absl::Status Repository::ReadFailure(const std::string& run, uint64_t version,
                    "); the server's log has the details"));
 }
 
-absl::StatusOr<std::unique_ptr<storage::BlobReader>> Repository::OpenForRead(
-    const std::string& run, uint64_t version, const Digest& digest) {
+absl::StatusOr<uint64_t> Repository::ReadableGeneration(const std::string& run,
+                                                        uint64_t version,
+                                                        const Digest& digest) {
   std::optional<uint64_t> generation;
   bool quarantined = false;
   {
@@ -293,13 +294,20 @@ absl::StatusOr<std::unique_ptr<storage::BlobReader>> Repository::OpenForRead(
   if (!generation.has_value() || quarantined) {
     return DamageError(run, version, digest);
   }
+  return *generation;
+}
+
+absl::StatusOr<std::unique_ptr<storage::BlobReader>> Repository::OpenForRead(
+    const std::string& run, uint64_t version, const Digest& digest) {
+  CKPTD_ASSIGN_OR_RETURN(uint64_t generation,
+                         ReadableGeneration(run, version, digest));
   absl::StatusOr<std::unique_ptr<storage::BlobReader>> reader =
       blobs_->Open(digest);
   if (!reader.ok()) {
-    return ReadFailure(run, version, digest, *generation, reader.status());
+    return ReadFailure(run, version, digest, generation, reader.status());
   }
   return std::unique_ptr<storage::BlobReader>(new CheckedBlobReader(
-      this, run, version, digest, *generation, *std::move(reader)));
+      this, run, version, digest, generation, *std::move(reader)));
 }
 
 absl::StatusOr<std::unique_ptr<storage::BlobReader>> ReadLease::Open(
@@ -309,19 +317,11 @@ absl::StatusOr<std::unique_ptr<storage::BlobReader>> ReadLease::Open(
 
 absl::StatusOr<std::optional<UniqueFd>> Repository::OpenStoredFileForRead(
     const std::string& run, uint64_t version, const Digest& digest) {
-  std::optional<uint64_t> generation;
-  bool quarantined = false;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    generation = index_.Generation(digest);
-    quarantined = index_.Quarantined(digest);
-  }
-  if (!generation.has_value() || quarantined) {
-    return DamageError(run, version, digest);
-  }
+  CKPTD_ASSIGN_OR_RETURN(uint64_t generation,
+                         ReadableGeneration(run, version, digest));
   absl::StatusOr<std::optional<UniqueFd>> fd = blobs_->OpenStoredFile(digest);
   if (!fd.ok()) {
-    return ReadFailure(run, version, digest, *generation, fd.status());
+    return ReadFailure(run, version, digest, generation, fd.status());
   }
   return fd;
 }

@@ -4,7 +4,8 @@
 // push of the same state would, then commits the shard.
 //
 // Layout rule (the client follows it, the daemon checks nothing of it but
-// bounds): each tensor entry's blob_offset is its place in the staged bytes.
+// bounds; the constants are in proto/base/limits.h, shared with the client):
+// each tensor entry's blob_offset is its place in the staged bytes.
 // A tensor of kStagedPackThreshold bytes or more is one blob of its own.
 // Smaller tensors, in entry order, share packed blobs of at most
 // kStagedPackSize bytes: a tensor continues the current pack when it starts
@@ -24,13 +25,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "ckptd/v1/checkpoint.pb.h"
+#include "proto/base/limits.h"
 #include "server/core/repository.h"
 
 namespace ckptd::core {
-
-inline constexpr uint64_t kStagedPackThreshold = 1 << 20;
-inline constexpr uint64_t kStagedPackSize = 16 << 20;
-inline constexpr uint64_t kStagedPackAlignment = 64;
 
 // OK when every tensor entry of `manifest` lies inside `staged_bytes` and
 // names no digest; else INVALID_ARGUMENT naming the key path. Cheap: check

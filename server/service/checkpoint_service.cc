@@ -27,12 +27,6 @@ absl::Status BusyError() {
                     v1::SERVER_BUSY);
 }
 
-absl::Status DrainingError() {
-  return WithReason(absl::UnavailableError("ckptd is shutting down; retry "
-                                           "against the restarted server"),
-                    v1::SERVER_DRAINING);
-}
-
 // ---------------------------------------------------------------------------
 // UploadBlobs: chunks of blobs, each blob's chunks in order. One chunk is in
 // memory per stream, and only while the stream holds a slot of the in-flight
@@ -516,6 +510,12 @@ CheckpointService::CheckpointService(core::Repository* repo, Executor* executor,
       access_(access),
       guards_(guards),
       metrics_(metrics) {}
+
+absl::Status DrainingError() {
+  return WithReason(absl::UnavailableError("ckptd is shutting down; retry "
+                                           "against the restarted server"),
+                    v1::SERVER_DRAINING);
+}
 
 core::Actor CheckpointService::ActorOf(const Principal& caller) const {
   core::Actor actor;

@@ -39,6 +39,10 @@ struct ResourceGuards {
   DiskWatermark* watermark = nullptr;
 };
 
+// UNAVAILABLE with reason SERVER_DRAINING: what a push gets once shutdown
+// has begun (also on the co-located data plane).
+absl::Status DrainingError();
+
 class CheckpointService final : public v1::Checkpoint::CallbackService {
  public:
   // `access` (not owned) decides who may call what; `metrics` (not owned;

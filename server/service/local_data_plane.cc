@@ -59,32 +59,23 @@ void SetTimeout(int fd, int which, absl::Duration d) {
   (void)::setsockopt(fd, SOL_SOCKET, which, &tv, sizeof(tv));
 }
 
-std::string HumanSize(uint64_t bytes) {
-  if (bytes >= (uint64_t{1} << 30)) {
-    return absl::StrCat(absl::SixDigits(static_cast<double>(bytes) /
-                                        static_cast<double>(1 << 30)),
-                        " GiB");
-  }
-  return absl::StrCat(absl::SixDigits(static_cast<double>(bytes) / (1 << 20)),
-                      " MiB");
-}
-
 v1::LocalReply ErrorReply(const absl::Status& st) {
   v1::LocalReply reply;
   *reply.mutable_status() = ToRpcStatus(st);
   return reply;
 }
 
-absl::Status DrainingError() {
-  return WithReason(absl::UnavailableError("ckptd is shutting down; retry "
-                                           "against the restarted server"),
-                    v1::SERVER_DRAINING);
-}
-
-std::optional<absl::string_view> Authorization(const std::string& bearer,
-                                               const std::string& token) {
-  if (token.empty()) return std::nullopt;
-  return absl::string_view(bearer);
+// The caller of `req` (its token, as gRPC's `authorization: Bearer`),
+// allowed to call `method` on `run` (access.h).
+absl::StatusOr<Principal> Authorize(const AccessPolicy& access,
+                                    const v1::LocalRequest& req, Method method,
+                                    absl::string_view run) {
+  if (req.token().empty()) {
+    return access.Authorize(std::nullopt, nullptr, method, run);
+  }
+  const std::string token_header = absl::StrCat("Bearer ", req.token());
+  return access.Authorize(absl::string_view(token_header), nullptr, method,
+                          run);
 }
 
 }  // namespace
@@ -344,9 +335,8 @@ bool LocalDataPlane::Impl::Handle(int fd, const v1::LocalRequest& req,
 v1::LocalReply LocalDataPlane::Impl::Map(const v1::LocalRequest& req,
                                          std::vector<UniqueFd>* fds) {
   const v1::LocalMapRequest& m = req.map();
-  const std::string bearer = absl::StrCat("Bearer ", req.token());
-  absl::StatusOr<Principal> caller = service_->access().Authorize(
-      Authorization(bearer, req.token()), nullptr, Method::kReadBlobs, m.run());
+  absl::StatusOr<Principal> caller =
+      Authorize(service_->access(), req, Method::kReadBlobs, m.run());
   if (!caller.ok()) return ErrorReply(caller.status());
   if (m.digests_size() > kMaxMapDigests) {
     return ErrorReply(absl::InvalidArgumentError(absl::StrCat(
@@ -394,20 +384,18 @@ v1::LocalReply LocalDataPlane::Impl::Map(const v1::LocalRequest& req,
 absl::StatusOr<LocalDataPlane::Impl::Stage> LocalDataPlane::Impl::TakeStage(
     const v1::LocalRequest& req) {
   const v1::LocalStageRequest& s = req.stage();
-  const std::string bearer = absl::StrCat("Bearer ", req.token());
-  CKPTD_RETURN_IF_ERROR(service_->access()
-                            .Authorize(Authorization(bearer, req.token()),
-                                       nullptr, Method::kUploadBlobs, s.run())
-                            .status());
+  CKPTD_RETURN_IF_ERROR(
+      Authorize(service_->access(), req, Method::kUploadBlobs, s.run())
+          .status());
   if (service_->draining()) return DrainingError();
   CKPTD_RETURN_IF_ERROR(ValidateRunName(s.run()));
   if (s.bytes() > options_.max_staged_bytes) {
     return WithReason(
         absl::ResourceExhaustedError(absl::StrCat(
             "a co-located save of ", s.bytes(), " bytes (",
-            HumanSize(s.bytes()),
+            HumanBytes(s.bytes()),
             ") is larger than --max_staged_bytes=", options_.max_staged_bytes,
-            " (", HumanSize(options_.max_staged_bytes),
+            " (", HumanBytes(options_.max_staged_bytes),
             "); raise it, or save over gRPC")),
         v1::STAGED_MEMORY_LIMIT);
   }
@@ -475,9 +463,8 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
     ReleaseStage(stage);
     (void)SendLocalFrame(fd, ErrorReply(st));
   };
-  const std::string bearer = absl::StrCat("Bearer ", req.token());
-  absl::StatusOr<Principal> caller = service_->access().Authorize(
-      Authorization(bearer, req.token()), nullptr, Method::kCommitShard, run);
+  absl::StatusOr<Principal> caller =
+      Authorize(service_->access(), req, Method::kCommitShard, run);
   if (!caller.ok()) return fail(caller.status());
   if (service_->draining()) return fail(DrainingError());
   if (absl::Status st =
@@ -590,7 +577,7 @@ void LocalDataPlane::Impl::Commit(int fd, const v1::LocalRequest& req,
     return;
   }
   spdlog::info("{}@{}: {} ({} staged{}) stored in {}", run, begun->version(),
-               what, HumanSize(staged_bytes),
+               what, HumanBytes(staged_bytes),
                stage.from_spare ? " into prepared memory" : "",
                absl::FormatDuration(absl::Now() - start));
   if (service_->metrics() != nullptr) service_->metrics()->RecordStagedSave();

@@ -341,6 +341,11 @@ class FileBlobStore final : public BlobStore {
   absl::Status SyncLinks() override;
 
  private:
+  // The committed blob's file at `path`, read-only; NOT_FOUND naming the
+  // digest when it is not stored.
+  static absl::StatusOr<Fd> OpenStored(const Digest& digest,
+                                       const std::string& path);
+
   const std::string dir_;
   const std::string blobs_dir_;
   const std::string tmp_dir_;
@@ -566,21 +571,23 @@ absl::StatusOr<std::optional<uint64_t>> FileBlobStore::Stat(
   return footer.data_size;
 }
 
+absl::StatusOr<Fd> FileBlobStore::OpenStored(const Digest& digest,
+                                             const std::string& path) {
+  absl::StatusOr<Fd> fd = OpenFile(path, O_RDONLY, "open blob");
+  if (!fd.ok() && absl::IsNotFound(fd.status())) {
+    return absl::NotFoundError(
+        absl::StrCat("blob ", digest.Hex(), " is not stored"));
+  }
+  return fd;
+}
+
 absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
     const Digest& digest) {
   std::string path = BlobPath(blobs_dir_, digest);
-  absl::StatusOr<Fd> fd = OpenFile(path, O_RDONLY, "open blob");
-  if (!fd.ok()) {
-    if (absl::IsNotFound(fd.status())) {
-      return absl::NotFoundError(
-          absl::StrCat("blob ", digest.Hex(), " is not stored"));
-    }
-    return fd.status();
-  }
-  CKPTD_ASSIGN_OR_RETURN(BlobFooter footer,
-                         ReadFooter(fd->get(), path, digest));
+  CKPTD_ASSIGN_OR_RETURN(Fd fd, OpenStored(digest, path));
+  CKPTD_ASSIGN_OR_RETURN(BlobFooter footer, ReadFooter(fd.get(), path, digest));
   std::string raw(uint64_t{footer.chunk_count} * kBlobChecksumSize, '\0');
-  CKPTD_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), raw.data(), raw.size(),
+  CKPTD_ASSIGN_OR_RETURN(size_t n, PreadFull(fd.get(), raw.data(), raw.size(),
                                              footer.data_size, path));
   if (n != raw.size()) {
     return absl::DataLossError(absl::StrCat("blob ", digest.Hex(), " (file ",
@@ -588,23 +595,16 @@ absl::StatusOr<std::unique_ptr<BlobReader>> FileBlobStore::Open(
   }
   std::vector<uint64_t> checksums = DecodeBlobChecksums(raw);
   // Blobs are mostly streamed front to back: ask for aggressive readahead.
-  ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   return std::make_unique<FileBlobReader>(
-      std::move(path), digest, *std::move(fd), footer, std::move(checksums));
+      std::move(path), digest, std::move(fd), footer, std::move(checksums));
 }
 
 absl::StatusOr<std::optional<UniqueFd>> FileBlobStore::OpenStoredFile(
     const Digest& digest) {
-  std::string path = BlobPath(blobs_dir_, digest);
-  absl::StatusOr<Fd> fd = OpenFile(path, O_RDONLY, "open blob");
-  if (!fd.ok()) {
-    if (absl::IsNotFound(fd.status())) {
-      return absl::NotFoundError(
-          absl::StrCat("blob ", digest.Hex(), " is not stored"));
-    }
-    return fd.status();
-  }
-  return std::optional<UniqueFd>(UniqueFd(fd->Release()));
+  CKPTD_ASSIGN_OR_RETURN(Fd fd,
+                         OpenStored(digest, BlobPath(blobs_dir_, digest)));
+  return std::optional<UniqueFd>(UniqueFd(fd.Release()));
 }
 
 absl::Status FileBlobStore::Delete(const Digest& digest) {

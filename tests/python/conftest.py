@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -173,3 +174,12 @@ def run_name(request) -> str:
     """A run name unique to this test (and this session)."""
     base = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:80].strip("-.") or "run"
     return f"{base}-{os.getpid()}-{next(_run_counter)}"
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short directory for Unix socket paths (pytest's tmp_path is often
+    too long: sun_path holds 107 bytes); removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="ckptd-s", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

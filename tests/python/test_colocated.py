@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,14 +45,6 @@ def _trainer_state():
         "opt": {"step": 7, "lr": 0.1},
         "small": torch.arange(100),
     }
-
-
-@pytest.fixture
-def socket_dir():
-    # Short, unlike pytest's tmp_path: sun_path holds 107 bytes.
-    d = Path(tempfile.mkdtemp(prefix="ckptd-c", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _state(seed: int):

@@ -5,9 +5,7 @@ and roles as over TCP."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,6 @@ from _sharded_util import private_server
 from _util import assert_same
 
 WRITER_TOKEN = "ckptd_python-socket-writer-token-0001"
-
-
-@pytest.fixture
-def socket_dir():
-    # Short, unlike pytest's tmp_path: sun_path holds 107 bytes.
-    d = Path(tempfile.mkdtemp(prefix="ckptd-s", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _state(seed: int):
