@@ -11,8 +11,7 @@ InflightBudget::Ticket InflightBudget::Acquire(uint64_t bytes,
   absl::MutexLock lock(&mu_);
   // First come, first served: nobody overtakes a waiter.
   if (waiters_.empty() && in_use_ + bytes <= capacity_) {
-    in_use_ += bytes;
-    peak_ = std::max(peak_, in_use_);
+    Take(bytes);
     return 0;
   }
   const Ticket ticket = next_ticket_++;
@@ -35,8 +34,7 @@ bool InflightBudget::Cancel(Ticket ticket) {
     // A large request at the front may have held back smaller ones.
     while (was_front && !waiters_.empty() &&
            in_use_ + waiters_.front().bytes <= capacity_) {
-      in_use_ += waiters_.front().bytes;
-      peak_ = std::max(peak_, in_use_);
+      Take(waiters_.front().bytes);
       granted.push_back(std::move(waiters_.front().on_grant));
       waiters_.pop_front();
     }
@@ -51,13 +49,28 @@ void InflightBudget::Release(uint64_t bytes) {
     absl::MutexLock lock(&mu_);
     in_use_ -= std::min(bytes, in_use_);
     while (!waiters_.empty() && in_use_ + waiters_.front().bytes <= capacity_) {
-      in_use_ += waiters_.front().bytes;
-      peak_ = std::max(peak_, in_use_);
+      Take(waiters_.front().bytes);
       granted.push_back(std::move(waiters_.front().on_grant));
       waiters_.pop_front();
     }
   }
   for (auto& fn : granted) fn();
+}
+
+void InflightBudget::Take(uint64_t bytes) {
+  in_use_ += bytes;
+  peak_ = std::max(peak_, in_use_);
+  ++grants_;
+}
+
+uint64_t InflightBudget::in_use() const {
+  absl::MutexLock lock(&mu_);
+  return in_use_;
+}
+
+uint64_t InflightBudget::grants() const {
+  absl::MutexLock lock(&mu_);
+  return grants_;
 }
 
 uint64_t InflightBudget::peak() const {

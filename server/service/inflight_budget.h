@@ -63,6 +63,9 @@ class InflightBudget {
   // The most bytes ever taken at once, and how many requests ever waited.
   uint64_t peak() const;
   uint64_t waits() const;
+  // The bytes taken now, and how many requests were ever granted.
+  uint64_t in_use() const;
+  uint64_t grants() const;
 
  private:
   struct Waiter {
@@ -71,11 +74,14 @@ class InflightBudget {
     std::function<void()> on_grant;
   };
 
+  void Take(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const uint64_t capacity_;
   mutable absl::Mutex mu_;
   uint64_t in_use_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t peak_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t waits_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t grants_ ABSL_GUARDED_BY(mu_) = 0;
   Ticket next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   std::deque<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
 };

@@ -169,8 +169,12 @@ TEST(InflightBudgetTest, GrantsInOrderAsBytesComeBack) {
   EXPECT_EQ(granted, (std::vector<int>{1, 2}));
   EXPECT_EQ(budget.peak(), 10u);
   EXPECT_EQ(budget.waits(), 2u);
+  EXPECT_EQ(budget.in_use(), 10u);
+  EXPECT_EQ(budget.grants(), 3u);
   budget.Release(10);
+  EXPECT_EQ(budget.in_use(), 0u);
   EXPECT_EQ(budget.Acquire(10, [] {}), 0u);
+  EXPECT_EQ(budget.grants(), 4u);
 }
 
 TEST(InflightBudgetTest, CancelWithdrawsAQueuedRequestAndUnblocksFollowers) {
