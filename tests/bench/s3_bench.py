@@ -11,6 +11,8 @@ It starts a throwaway Ceph cluster (or uses the one in --s3-env), then:
             float32) to a ckptd with --blob_store s3://; baseline: curl PUTs
             of the same bytes, one object per tensor, --curl-parallel at once
             (the store sends parts with 4 threads), files read from /dev/shm.
+            "push again": a second save of changed bytes (every tensor + 1),
+            the steady state of a training job's checkpoints.
   pull      Client.load of that version (bytes verified by the client);
             baseline: curl GETs of the baseline objects into /dev/null.
   rebuild   --versions small versions pushed, the data dir removed, and a
@@ -203,8 +205,17 @@ def main() -> None:
             if not loaded[k].equal(t):
                 raise SystemExit(f"pulled {k} differs")
         del loaded
+        # A second save of new bytes: what a training job's later
+        # checkpoints see (ckptd's buffers are warm, nothing deduplicates).
+        for t in state.values():
+            t.add_(1.0)
+        start = time.perf_counter()
+        c.save("bench", state, step=2)
+        again_s = time.perf_counter() - start
         rows.append(("push", f"{_gbps(nbytes, put_s):.2f} GB/s curl PUT x{args.curl_parallel}",
                      f"{_gbps(nbytes, save_s):.2f} GB/s Client.save", put_s / save_s))  # fmt: skip
+        rows.append(("push again, new bytes", f"{_gbps(nbytes, put_s):.2f} GB/s curl PUT x{args.curl_parallel}",
+                     f"{_gbps(nbytes, again_s):.2f} GB/s Client.save", put_s / again_s))  # fmt: skip
         rows.append(("pull", f"{_gbps(nbytes, get_s):.2f} GB/s curl GET x{args.curl_parallel}",
                      f"{_gbps(nbytes, load_s):.2f} GB/s Client.load", get_s / load_s))  # fmt: skip
 
@@ -255,7 +266,7 @@ def main() -> None:
         push_many_s = time.perf_counter() - start
         c.close()
         writer.stop()
-        versions = args.versions + 7  # and `bench`, `warm` and the 5 of `lag`
+        versions = args.versions + 8  # and the 2 of `bench`, `warm` and the 5 of `lag`
         shutil.rmtree(work / "writer")
         start = time.perf_counter()
         rebuilt = Server(
