@@ -53,7 +53,8 @@ constexpr int kMadvPopulateWrite = 23;
 // cannot be populated this way is left to fault as before.
 void PopulateForWrite(char* p, size_t n) {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t lo =
+      (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
   const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
   if (hi > lo) {
     ::madvise(reinterpret_cast<void*>(lo), hi - lo, kMadvPopulateWrite);

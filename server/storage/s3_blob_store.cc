@@ -231,8 +231,7 @@ absl::Status S3BlobWriter::Append(std::string_view data) {
     const size_t take = std::min<uint64_t>(data.size(), part - buffer_.size());
     // A blob past 1 MiB gets its part buffer in one allocation, not a
     // chain of doublings (each a fresh block to fault in and copy into).
-    if (buffer_.size() + take >
-        std::max<size_t>(buffer_.capacity(), 1 << 20)) {
+    if (buffer_.size() + take > std::max<size_t>(buffer_.capacity(), 1 << 20)) {
       std::string room = shared_->parts->Take();
       room.reserve(part);
       room.append(buffer_);

@@ -146,7 +146,7 @@ def _replica_fanout(env, args, work: Path, prefix: str, run: str, version: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckptd", default=os.environ.get("CKPTD_BINARY", str(REPO / "build/server/ckptd")))
-    parser.add_argument("--s3-env", help="an s3.env of a running cluster (default: start one)")
+    parser.add_argument("--s3-env", help="an s3.env of a running cluster (default: start one); a run leaves about 1 GB in its bucket")
     parser.add_argument("--tensors", type=int, default=16)
     parser.add_argument("--tensor-mib", type=int, default=16)
     parser.add_argument("--curl-parallel", type=int, default=4)
